@@ -1,0 +1,149 @@
+"""
+What every taskmesh connection does with frames, whichever its role.
+
+``FramedProtocol`` turns frames into messages and back, and nothing more:
+
+- records (tasks, results) queued during one reactor turn leave together in
+  as few frames as the peer's frame limit allows, in the order they were
+  queued; one ``callLater(0)`` per turn, not one write per task;
+- a frame that does not decode, a frame over the limit, or a message the
+  peer may not send now gets an ``Error`` frame naming the reason, a log
+  line, and the connection closed: only the offending connection is lost;
+- after that, nothing more from the peer is read.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.logger import Logger
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.python.failure import Failure
+
+from taskmesh import wire
+
+#: Records of one message class waiting to go out, with their byte estimate.
+_Segment = list  # [message class, records, estimated bytes]
+
+
+def describe_address(address: IAddress) -> str:
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is not None and port is not None:
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(getattr(address, "name", None) or address)
+
+
+class PeerMisbehaved(Exception):
+    """A well-formed message the peer may not send now (wrong role or state)."""
+
+
+class FramedProtocol(Int32StringReceiver):
+    """Frames in, messages out; batched records out, per reactor turn."""
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, max_frame: int) -> None:
+        self.clock = clock
+        # Int32StringReceiver reads this attribute: frames longer are refused.
+        self.MAX_LENGTH = max_frame
+        #: The frame limit our sends respect: the peer's, once it is known.
+        self.send_limit = max_frame
+        self.peer = "unknown peer"
+        self.closing = False
+        self._segments: list[_Segment] = []
+        self._flush_call = None
+
+    # -- connection ----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.peer = describe_address(self.transport.getPeer())
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.closing = True
+        self._segments.clear()
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+
+    # -- receiving -----------------------------------------------------------
+
+    def stringReceived(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            message = wire.decode(data)
+        except wire.ProtocolError as e:
+            self.fail(wire.ERROR_MALFORMED, f"malformed frame: {e}")
+            return
+        try:
+            self.message_received(message)
+        except PeerMisbehaved as e:
+            self.fail(wire.ERROR_UNEXPECTED, str(e))
+        except Exception:
+            self.log.failure("bug while handling a message from {peer}", peer=self.peer)
+            self.fail(wire.ERROR_INTERNAL, "internal error while handling your message")
+
+    def lengthLimitExceeded(self, length: int) -> None:
+        self.fail(
+            wire.ERROR_FRAME_TOO_LARGE,
+            f"frame of {length} bytes exceeds the limit of {self.MAX_LENGTH} bytes",
+        )
+
+    def message_received(self, message: wire.Message) -> None:
+        """Subclasses handle each decoded message; raise PeerMisbehaved to refuse it."""
+        raise NotImplementedError
+
+    # -- sending -------------------------------------------------------------
+
+    def send(self, message: wire.Message) -> None:
+        """Send one message now, after anything already queued."""
+        if self.closing:
+            return
+        self.flush()
+        self.sendString(wire.encode(message))
+
+    def queue(self, message_class: type, record: tuple, size: int) -> None:
+        """
+        Queue one record of a batched message (Submit, Accepted, Rejected,
+        Results, Assign) to leave at the end of this reactor turn.  ``size``
+        is the record's variable bytes (its payload), used to split batches
+        below the peer's frame limit.
+        """
+        if self.closing:
+            return
+        size += wire.RECORD_OVERHEAD
+        segments = self._segments
+        if not segments:
+            self._flush_call = self.clock.callLater(0, self.flush)
+        else:
+            last = segments[-1]
+            if last[0] is message_class and last[2] + size <= self.send_limit:
+                last[1].append(record)
+                last[2] += size
+                return
+        segments.append([message_class, [record], wire.FRAME_OVERHEAD + size])
+
+    def flush(self) -> None:
+        """Write every queued record now, one frame per segment."""
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        segments, self._segments = self._segments, []
+        if self.closing:
+            return
+        for message_class, records, _ in segments:
+            self.sendString(wire.encode(message_class(records)))
+
+    # -- failing -------------------------------------------------------------
+
+    def fail(self, code: int, reason: str) -> None:
+        """Tell the peer why, log it, and drop this connection (only this one)."""
+        if self.closing:
+            return
+        self.log.warn(
+            "dropping connection from {peer}: {reason}", peer=self.peer, reason=reason
+        )
+        self.send(wire.Error(code, reason))
+        self.closing = True
+        self.transport.loseConnection()

@@ -1,0 +1,72 @@
+"""``twistd taskmesh-worker``: options in, a worker service out."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from taskmesh.address import DEFAULT_ADDRESS, client_endpoint_string
+from taskmesh.handlers import HandlerError, default_registry, load_import_path
+from taskmesh.service import DEFAULT_RECONNECT_MAX_DELAY, WorkerService
+from taskmesh.tap import positive_float, positive_int, release_default_pidfile
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run a taskmesh worker: it connects to a scheduler, announces the task "
+        "types it runs, runs what it is assigned and reconnects by itself when "
+        "the scheduler goes away. Start as many as you like, anywhere."
+    )
+    optParameters = [
+        ["connect", "c", DEFAULT_ADDRESS,
+         "Scheduler to connect to: host:port, [ipv6]:port, or an endpoint "
+         "string such as tcp:host=h:port=p."],
+        ["concurrency", "j", 1, "Tasks run at the same time (slots).", positive_int],
+        ["name", None, None, "Name shown in the scheduler's logs (default: host-pid)."],
+        ["reconnect-max-delay", None, DEFAULT_RECONNECT_MAX_DELAY,
+         "Longest wait between reconnection attempts, in seconds.", positive_float],
+    ]
+    optFlags = [
+        ["no-plugins", None, "Do not load task types from Twisted plugins."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["handlers"] = []
+
+    def opt_handler(self, path: str) -> None:
+        """Also run the task type at this import path (package.module:name); repeatable."""
+        self["handlers"].append(path)
+
+    def postOptions(self) -> None:
+        try:
+            self["endpoint"] = client_endpoint_string(self["connect"])
+        except ValueError as e:
+            raise usage.UsageError(f"--connect: {e}") from None
+        try:
+            self["handler-objects"] = [load_import_path(path) for path in self["handlers"]]
+        except HandlerError as e:
+            raise usage.UsageError(f"--handler: {e}") from None
+        if self["name"] is None:
+            self["name"] = f"{socket.gethostname()}-{os.getpid()}"
+        release_default_pidfile(self)
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    handlers = default_registry(
+        reactor, options["handler-objects"], use_plugins=not options["no-plugins"]
+    )
+    return WorkerService(
+        reactor,
+        options["endpoint"],
+        handlers,
+        slots=options["concurrency"],
+        name=options["name"],
+        reconnect_max_delay=options["reconnect-max-delay"],
+    )
