@@ -1,35 +1,36 @@
 """
-Addresses as users type them, turned into Twisted endpoint strings.
+Addresses as users type them, turned into Twisted client endpoints.
 
 Users write ``host:port`` (``localhost:9001``, ``[::1]:9001``) or just a
-host; Twisted wants ``tcp:host=...:port=...``.  Anything that already looks
-like an endpoint string (it names a known endpoint type) passes through
-unchanged, so ``tls:...`` and ``unix:...`` work too.
+host; those become a ``HostnameEndpoint``, which resolves both IPv4 and IPv6
+and tries them in parallel.  Anything that already is an endpoint string (it
+names a known endpoint type: ``tcp:host=h:port=p``, ``tls:...``,
+``unix:...``) goes to ``clientFromString`` unchanged.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from twisted.internet.endpoints import HostnameEndpoint, clientFromString
+from twisted.internet.interfaces import IStreamClientEndpoint
+
 DEFAULT_PORT = 9001
 DEFAULT_ADDRESS = f"localhost:{DEFAULT_PORT}"
 
-_ENDPOINT_TYPES = ("tcp:", "tcp6:", "tls:", "ssl:", "unix:", "systemd:")
+_ENDPOINT_TYPES = ("tcp:", "tls:", "ssl:", "unix:")
 
 
-def _escape(value: str) -> str:
-    """Endpoint strings use ':' and '=' as separators; escape them in values."""
-    return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
-
-
-def client_endpoint_string(address: str) -> str:
+def parse_address(address: str) -> tuple[str, int] | None:
     """
-    ``host:port``, ``[v6]:port``, ``host`` or an endpoint string, as a
-    client endpoint string.  Raises ValueError with a readable reason.
+    ``(host, port)`` for ``host:port``, ``[v6]:port`` or ``host``; None for an
+    endpoint string.  Raises ValueError with a readable reason.
     """
     text = address.strip()
     if not text:
         raise ValueError("the address is empty")
     if text.startswith(_ENDPOINT_TYPES):
-        return text
+        return None
     if text.startswith("["):
         host, bracket, rest = text[1:].partition("]")
         if not bracket or (rest and not rest.startswith(":")):
@@ -45,4 +46,13 @@ def client_endpoint_string(address: str) -> str:
         raise ValueError(f"cannot read {address!r}: the host is missing")
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"cannot read {address!r}: the port must be a number from 1 to 65535")
-    return f"tcp:host={_escape(host)}:port={int(port_text)}"
+    return host, int(port_text)
+
+
+def client_endpoint(reactor: Any, address: str) -> IStreamClientEndpoint:
+    """The endpoint to reach ``address`` (see ``parse_address``)."""
+    parsed = parse_address(address)
+    if parsed is None:
+        return clientFromString(reactor, address.strip())
+    host, port = parsed
+    return HostnameEndpoint(reactor, host, port)

@@ -18,7 +18,7 @@ from twisted.internet.error import ConnectError
 from twisted.python import usage
 
 from taskmesh import __version__
-from taskmesh.address import DEFAULT_ADDRESS, client_endpoint_string
+from taskmesh.address import DEFAULT_ADDRESS, parse_address
 from taskmesh.client import DEFAULT_CONNECT_TIMEOUT, Client
 from taskmesh.client_protocol import SchedulerGone, TaskRejected
 from taskmesh.handlers import DEFAULT_TASK_TYPE
@@ -41,7 +41,7 @@ class ConnectionOptions(usage.Options):
 
     def postOptions(self) -> None:
         try:
-            client_endpoint_string(self["connect"])
+            parse_address(self["connect"])
         except ValueError as e:
             raise usage.UsageError(f"--connect: {e}") from None
 

@@ -13,9 +13,9 @@ import socket
 from typing import Callable, Union
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import clientFromString, connectProtocol
+from twisted.internet.endpoints import connectProtocol
 
-from taskmesh.address import DEFAULT_ADDRESS, client_endpoint_string
+from taskmesh.address import DEFAULT_ADDRESS, client_endpoint
 from taskmesh.client_protocol import ClientProtocol, SchedulerGone, TaskRejected
 from taskmesh.handlers import DEFAULT_TASK_TYPE
 from taskmesh.scheduler import TaskFailed
@@ -51,7 +51,7 @@ class Client:
             from twisted.internet import reactor as global_reactor
 
             reactor = global_reactor
-        endpoint = clientFromString(reactor, client_endpoint_string(address))
+        endpoint = client_endpoint(reactor, address)
         protocol = ClientProtocol(
             reactor,  # type: ignore[arg-type]
             name=f"{socket.gethostname()}-{os.getpid()}",

@@ -75,7 +75,7 @@ class ClientProtocol(FramedProtocol):
             return result
         request = self._next_request = (self._next_request + 1) & 0xFFFFFFFF
         self._requests[request] = (task_type, result)
-        self.queue(wire.Submit, (request, task_type, payload), len(payload))
+        self.queue(wire.Submit, (request, task_type, payload), len(payload) + len(task_type))
         return result
 
     @property

@@ -106,8 +106,8 @@ class FramedProtocol(Int32StringReceiver):
         """
         Queue one record of a batched message (Submit, Accepted, Rejected,
         Results, Assign) to leave at the end of this reactor turn.  ``size``
-        is the record's variable bytes (its payload), used to split batches
-        below the peer's frame limit.
+        is the record's variable bytes (payload, type name), used to split
+        batches below the peer's frame limit.
         """
         if self.closing:
             return
@@ -133,7 +133,18 @@ class FramedProtocol(Int32StringReceiver):
         if self.closing:
             return
         for message_class, records, _ in segments:
-            self.sendString(wire.encode(message_class(records)))
+            self._send_records(message_class, records)
+
+    def _send_records(self, message_class: type, records: list) -> None:
+        data = wire.encode(message_class(records))
+        if len(data) > self.send_limit and len(records) > 1:
+            # The estimate counted characters; multi-byte type names can
+            # make the frame larger than foreseen.  Halve until it fits.
+            half = len(records) // 2
+            self._send_records(message_class, records[:half])
+            self._send_records(message_class, records[half:])
+        else:
+            self.sendString(data)
 
     # -- failing -------------------------------------------------------------
 

@@ -105,11 +105,11 @@ class SchedulerProtocol(FramedProtocol):
                 queue(
                     wire.Rejected,
                     (request, f"payload of {len(payload)} bytes exceeds the limit of {max_payload} bytes"),
-                    0,
+                    100,
                 )
                 continue
             if not task_type:
-                queue(wire.Rejected, (request, "the task type is empty"), 0)
+                queue(wire.Rejected, (request, "the task type is empty"), 100)
                 continue
             flags = 0 if core.has_worker_for(task_type) else wire.ACCEPTED_NO_WORKER
             task = core.submit(task_type, payload)
@@ -133,7 +133,7 @@ class SchedulerProtocol(FramedProtocol):
     # -- worker role: IWorkerChannel -----------------------------------------
 
     def assign(self, task_id: int, task_type: str, payload: bytes) -> None:
-        self.queue(wire.Assign, (task_id, task_type, payload), len(payload))
+        self.queue(wire.Assign, (task_id, task_type, payload), len(payload) + len(task_type))
 
     # -- end -----------------------------------------------------------------
 
@@ -157,7 +157,7 @@ class SchedulerFactory(Factory):
         max_frame: int = wire.DEFAULT_MAX_FRAME,
         max_payload: int = wire.DEFAULT_MAX_PAYLOAD,
     ) -> None:
-        if max_payload + wire.RECORD_OVERHEAD + wire.FRAME_OVERHEAD > max_frame:
+        if max_payload + wire.MAX_RECORD_OVERHEAD + wire.FRAME_OVERHEAD > max_frame:
             raise ValueError(
                 f"a payload limit of {max_payload} bytes does not fit in frames of {max_frame} bytes"
             )

@@ -15,8 +15,8 @@ from typing import Any
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.endpoints import clientFromString, serverFromString
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -84,7 +84,7 @@ class WorkerService(MultiService):
     def __init__(
         self,
         reactor: Any,
-        connect: str,
+        connect: IStreamClientEndpoint,
         handlers: HandlerRegistry,
         slots: int,
         name: str,
@@ -95,7 +95,7 @@ class WorkerService(MultiService):
         self.pool = ThreadPool(minthreads=0, maxthreads=slots, name="taskmesh-blocking")
         self.factory = WorkerFactory(reactor, handlers, slots, name, self.run_blocking)
         self.connection = ClientService(
-            clientFromString(reactor, connect),
+            connect,
             self.factory,
             retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=reconnect_max_delay),
             clock=reactor,

@@ -76,9 +76,12 @@ _ACCEPTED_REC = struct.Struct(">IQB")  # request id, task id, flags
 _REJECTED_REC = struct.Struct(">IH")  # request id, reason length
 _RESULT_REC = struct.Struct(">QBI")  # task id, status, value length
 
-#: Bytes a frame needs beyond its records' payloads, per record, at most:
-#: used by senders to split long batches below the peer's frame limit.
-RECORD_OVERHEAD = 8 + 1 + 255 + 4
+#: Fixed bytes of the largest record layout: with the record's variable bytes
+#: (payload and type name), what a sender adds up to split long batches below
+#: the peer's frame limit.
+RECORD_OVERHEAD = 13
+#: The most one record can need beyond its payload (a 255-byte type name).
+MAX_RECORD_OVERHEAD = RECORD_OVERHEAD + 255
 FRAME_OVERHEAD = _COUNT.size
 
 

@@ -37,7 +37,7 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        if self["max-payload"] + wire.RECORD_OVERHEAD + wire.FRAME_OVERHEAD > self["max-frame"]:
+        if self["max-payload"] + wire.MAX_RECORD_OVERHEAD + wire.FRAME_OVERHEAD > self["max-frame"]:
             raise usage.UsageError("--max-payload must leave room in --max-frame for a record")
         release_default_pidfile(self)
 

@@ -8,7 +8,7 @@ import socket
 from twisted.application.service import IService
 from twisted.python import usage
 
-from taskmesh.address import DEFAULT_ADDRESS, client_endpoint_string
+from taskmesh.address import DEFAULT_ADDRESS, client_endpoint, parse_address
 from taskmesh.handlers import HandlerError, default_registry, load_import_path
 from taskmesh.service import DEFAULT_RECONNECT_MAX_DELAY, WorkerService
 from taskmesh.tap import positive_float, positive_int, release_default_pidfile
@@ -44,7 +44,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         try:
-            self["endpoint"] = client_endpoint_string(self["connect"])
+            parse_address(self["connect"])
         except ValueError as e:
             raise usage.UsageError(f"--connect: {e}") from None
         try:
@@ -64,7 +64,7 @@ def makeService(options: Options) -> IService:
     )
     return WorkerService(
         reactor,
-        options["endpoint"],
+        client_endpoint(reactor, options["connect"]),
         handlers,
         slots=options["concurrency"],
         name=options["name"],

@@ -1,0 +1,299 @@
+"""
+The protocols in memory: handshake, batching, byte-at-a-time delivery, and
+every kind of bad input dropping only the offending connection.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.internet.error import ConnectionDone
+from twisted.test.iosim import connectedServerAndClient
+
+from taskmesh import wire
+from taskmesh.client_protocol import ClientProtocol, SchedulerGone, TaskRejected
+from taskmesh.handlers import HandlerRegistry, Sha256Handler, SleepHandler
+from taskmesh.scheduler import Scheduler, TaskFailed
+from taskmesh.scheduler_protocol import SchedulerFactory, SchedulerProtocol
+from taskmesh.worker_protocol import WorkerFactory
+
+HELLO_DIGEST = b"dffd6021bb2bd5b0af676290809ec3a53191dd81c7f70a4b28688a362182986f"
+
+
+def frame(message: wire.Message) -> bytes:
+    body = wire.encode(message)
+    return struct.pack(">I", len(body)) + body
+
+
+def frames(data: bytes) -> list[wire.Message]:
+    """Split what a transport received into decoded messages."""
+    messages = []
+    while data:
+        (length,) = struct.unpack(">I", data[:4])
+        messages.append(wire.decode(data[4 : 4 + length]))
+        data = data[4 + length :]
+    return messages
+
+
+class Rig:
+    """A scheduler core and factory, with connections on StringTransports."""
+
+    def __init__(self, max_frame: int = 4096, max_payload: int = 1024) -> None:
+        self.clock = Clock()
+        self.core = Scheduler(self.clock, prefetch=0)
+        self.factory = SchedulerFactory(self.core, self.clock, "s", max_frame, max_payload)
+
+    def connect(self) -> tuple[SchedulerProtocol, StringTransport]:
+        protocol = self.factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def received(self, transport: StringTransport) -> list[wire.Message]:
+        self.clock.advance(0)  # let batched records flush
+        messages = frames(transport.value())
+        transport.clear()
+        return messages
+
+    def worker(self, slots: int = 1, types: tuple[str, ...] = ("sha256",)):  # type: ignore[no-untyped-def]
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            frame(wire.Hello(role=wire.ROLE_WORKER, name="w", slots=slots, task_types=types))
+        )
+        self.expect_welcome(transport)
+        return protocol, transport
+
+    def expect_welcome(self, transport: StringTransport) -> None:
+        """The welcome goes out at once; batched records wait for the clock."""
+        assert frames(transport.value()) == [wire.Welcome("s", self.factory.max_frame, self.factory.max_payload)]
+        transport.clear()
+
+    def client(self):  # type: ignore[no-untyped-def]
+        protocol, transport = self.connect()
+        protocol.dataReceived(frame(wire.Hello(role=wire.ROLE_CLIENT, name="c")))
+        self.expect_welcome(transport)
+        return protocol, transport
+
+
+def assert_dropped_with(rig: Rig, transport: StringTransport, code: int) -> str:
+    messages = rig.received(transport)
+    assert isinstance(messages[-1], wire.Error), messages
+    assert messages[-1].code == code
+    assert transport.disconnecting
+    return messages[-1].message
+
+
+def test_full_round_trip_fed_one_byte_at_a_time() -> None:
+    rig = Rig()
+    worker, worker_transport = rig.connect()
+    for byte in frame(wire.Hello(role=wire.ROLE_WORKER, name="w", slots=1, task_types=("sha256",))):
+        worker.dataReceived(bytes([byte]))
+    assert rig.received(worker_transport) == [wire.Welcome("s", 4096, 1024)]
+
+    client, client_transport = rig.connect()
+    stream = frame(wire.Hello(role=wire.ROLE_CLIENT, name="c"))
+    stream += frame(wire.Submit([(7, "sha256", b"Hello, World!")]))
+    for byte in stream:
+        client.dataReceived(bytes([byte]))
+    assert rig.received(client_transport) == [
+        wire.Welcome("s", 4096, 1024),
+        wire.Accepted([(7, 1, 0)]),
+    ]
+    assert rig.received(worker_transport) == [wire.Assign([(1, "sha256", b"Hello, World!")])]
+    for byte in frame(wire.Results([(1, wire.STATUS_OK, HELLO_DIGEST)])):
+        worker.dataReceived(bytes([byte]))
+    assert rig.received(client_transport) == [wire.Results([(1, wire.STATUS_OK, HELLO_DIGEST)])]
+
+
+def test_records_of_one_turn_leave_in_one_frame() -> None:
+    rig = Rig()
+    worker, worker_transport = rig.worker(slots=50)
+    client, client_transport = rig.client()
+    client.dataReceived(frame(wire.Submit([(i, "sha256", b"x") for i in range(20)])))
+    accepted = rig.received(client_transport)
+    assert len(accepted) == 1 and len(accepted[0].records) == 20
+    assigned = rig.received(worker_transport)
+    assert len(assigned) == 1 and len(assigned[0].records) == 20
+
+
+def test_batches_are_split_below_the_frame_limit() -> None:
+    rig = Rig(max_frame=4096, max_payload=1024)
+    worker, worker_transport = rig.worker(slots=50)
+    client, _ = rig.client()
+    for i in range(10):
+        client.dataReceived(frame(wire.Submit([(i, "sha256", b"p" * 1000)])))
+    rig.clock.advance(0)
+    data = worker_transport.value()
+    sizes = []
+    while data:
+        (length,) = struct.unpack(">I", data[:4])
+        sizes.append(length)
+        data = data[4 + length :]
+    assert len(sizes) > 1 and max(sizes) <= 4096
+    assigned = rig.received(worker_transport)
+    assert [record[0] for message in assigned for record in message.records] == list(range(1, 11))
+
+
+def test_payload_over_the_limit_is_rejected_with_a_reason() -> None:
+    rig = Rig(max_payload=1024)
+    client, transport = rig.client()
+    client.dataReceived(frame(wire.Submit([(1, "sha256", b"x" * 1025), (2, "", b"x")])))
+    (rejected,) = rig.received(transport)
+    assert rejected == wire.Rejected(
+        [(1, "payload of 1025 bytes exceeds the limit of 1024 bytes"), (2, "the task type is empty")]
+    )
+    assert not transport.disconnecting
+
+
+def test_a_task_whose_type_no_worker_runs_is_accepted_with_a_flag() -> None:
+    rig = Rig()
+    client, transport = rig.client()
+    client.dataReceived(frame(wire.Submit([(1, "nobody-runs-this", b"")])))
+    assert rig.received(transport) == [wire.Accepted([(1, 1, wire.ACCEPTED_NO_WORKER)])]
+
+
+@pytest.mark.parametrize(
+    "garbage, code",
+    [
+        (b"\x00\x00\x00\x00", wire.ERROR_MALFORMED),  # empty frame
+        (b"\x00\x00\x00\x01\x7f", wire.ERROR_MALFORMED),  # unknown kind
+        (b"\x00\x00\x00\x03\x01TM", wire.ERROR_MALFORMED),  # truncated hello
+        (frame(wire.Hello(role=9, name="x")), wire.ERROR_UNEXPECTED),  # unknown role
+        (frame(wire.Submit([(1, "sha256", b"x")])), wire.ERROR_UNEXPECTED),  # no hello first
+        (frame(wire.Hello(role=wire.ROLE_CLIENT, name="c", version=99)), wire.ERROR_VERSION),
+        (frame(wire.Hello(role=wire.ROLE_WORKER, name="w", slots=0, task_types=("a",))), wire.ERROR_UNEXPECTED),
+        (frame(wire.Hello(role=wire.ROLE_WORKER, name="w", slots=1)), wire.ERROR_UNEXPECTED),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", wire.ERROR_FRAME_TOO_LARGE),
+        (b"\x00\x10\x00\x01" + b"x" * 10, wire.ERROR_FRAME_TOO_LARGE),
+    ],
+)
+def test_bad_input_drops_only_that_connection(garbage: bytes, code: int) -> None:
+    rig = Rig()
+    worker, worker_transport = rig.worker()
+    client, client_transport = rig.client()
+    bad, bad_transport = rig.connect()
+    bad.dataReceived(garbage)
+    reason = assert_dropped_with(rig, bad_transport, code)
+    assert reason
+    # everybody else is still served
+    client.dataReceived(frame(wire.Submit([(1, "sha256", b"Hello, World!")])))
+    assert rig.received(client_transport) == [wire.Accepted([(1, 1, 0)])]
+    worker.dataReceived(frame(wire.Results([(1, wire.STATUS_OK, HELLO_DIGEST)])))
+    assert rig.received(client_transport) == [wire.Results([(1, wire.STATUS_OK, HELLO_DIGEST)])]
+
+
+@pytest.mark.parametrize(
+    "role_hello, message",
+    [
+        (wire.Hello(role=wire.ROLE_CLIENT, name="c"), wire.Results([(1, 0, b"")])),
+        (wire.Hello(role=wire.ROLE_CLIENT, name="c"), wire.Hello(role=wire.ROLE_CLIENT, name="c")),
+        (wire.Hello(role=wire.ROLE_WORKER, name="w", slots=1, task_types=("a",)), wire.Submit([])),
+        (wire.Hello(role=wire.ROLE_CLIENT, name="c"), wire.Assign([])),
+    ],
+)
+def test_a_message_the_role_may_not_send_drops_the_connection(role_hello, message) -> None:  # type: ignore[no-untyped-def]
+    rig = Rig()
+    protocol, transport = rig.connect()
+    protocol.dataReceived(frame(role_hello) + frame(message))
+    assert "may not send" in assert_dropped_with(rig, transport, wire.ERROR_UNEXPECTED)
+
+
+def test_frames_after_a_fatal_error_are_ignored() -> None:
+    rig = Rig()
+    protocol, transport = rig.connect()
+    protocol.dataReceived(b"\x00\x00\x00\x01\x7f" + frame(wire.Hello(role=wire.ROLE_CLIENT, name="c")))
+    messages = rig.received(transport)
+    assert [type(m) for m in messages] == [wire.Error]
+
+
+def test_a_worker_that_disconnects_gives_its_tasks_back() -> None:
+    rig = Rig()
+    first, first_transport = rig.worker()
+    client, client_transport = rig.client()
+    client.dataReceived(frame(wire.Submit([(1, "sha256", b"Hello, World!")])))
+    rig.received(client_transport)
+    assert rig.received(first_transport) == [wire.Assign([(1, "sha256", b"Hello, World!")])]
+    first.connectionLost(Failure(ConnectionDone()))
+    second, second_transport = rig.worker()
+    assert rig.received(second_transport) == [wire.Assign([(1, "sha256", b"Hello, World!")])]
+
+
+def test_results_for_a_departed_client_are_not_sent_and_do_not_break_anything() -> None:
+    rig = Rig()
+    worker, _ = rig.worker(slots=2)
+    client, client_transport = rig.client()
+    client.dataReceived(frame(wire.Submit([(1, "sha256", b"x"), (2, "sha256", b"y")])))
+    client.connectionLost(Failure(ConnectionDone()))
+    worker.dataReceived(frame(wire.Results([(1, wire.STATUS_OK, b"a"), (2, wire.STATUS_FAILED, b"b")])))
+    rig.clock.advance(0)
+    assert rig.core.stats()["completed"] == 1 and rig.core.stats()["failed"] == 1
+
+
+# -- all three roles wired together in memory (iosim) ------------------------
+
+
+def test_client_worker_and_scheduler_in_memory() -> None:
+    clock = Clock()
+    core = Scheduler(clock)
+    factory = SchedulerFactory(core, clock)
+    registry = HandlerRegistry([Sha256Handler(), SleepHandler(clock)])
+    worker_factory = WorkerFactory(clock, registry, 2, "w", run_blocking=lambda f, p: None)  # type: ignore[arg-type,return-value]
+
+    _, _, worker_pump = connectedServerAndClient(
+        lambda: factory.buildProtocol(None), lambda: worker_factory.buildProtocol(None), clock=clock
+    )
+    client, _, client_pump = connectedServerAndClient(
+        lambda: factory.buildProtocol(None), lambda: ClientProtocol(clock, "c"), clock=clock
+    )
+
+    def pump() -> None:
+        for _ in range(5):
+            worker_pump.flush()
+            client_pump.flush()
+
+    pump()
+    assert core.stats()["workers"][0]["slots"] == 2
+    results = [client.submit("sha256", b"Hello, World!"), client.submit("sleep", b"3")]
+    failed = client.submit("sleep", b"soon")
+    box: list[object] = []
+    for d in results + [failed]:
+        d.addBoth(box.append)
+    pump()
+    assert box[0] == HELLO_DIGEST
+    assert isinstance(box[1], Failure) and box[1].check(TaskFailed)
+    clock.advance(3)
+    pump()
+    assert box[2] == b"slept 3"
+
+
+def test_client_refuses_an_oversized_payload_before_sending() -> None:
+    clock = Clock()
+    client = ClientProtocol(clock, "c")
+    transport = StringTransport()
+    client.makeConnection(transport)
+    client.dataReceived(frame(wire.Welcome("s", 4096, 10)))
+    transport.clear()
+    box: list[Failure] = []
+    client.submit("sha256", b"x" * 11).addErrback(box.append)
+    clock.advance(0)
+    assert box[0].check(TaskRejected) and "exceeds" in str(box[0].value)
+    assert transport.value() == b""
+
+
+def test_client_fails_every_pending_task_when_the_connection_drops() -> None:
+    clock = Clock()
+    client = ClientProtocol(clock, "c")
+    client.makeConnection(StringTransport())
+    client.dataReceived(frame(wire.Welcome("s", 4096, 1024)))
+    box: list[Failure] = []
+    client.submit("sha256", b"x").addErrback(box.append)
+    clock.advance(0)
+    client.dataReceived(frame(wire.Accepted([(1, 5, 0)])))
+    client.submit("sha256", b"y").addErrback(box.append)
+    client.connectionLost(Failure(ConnectionDone()))
+    assert len(box) == 2 and all(f.check(SchedulerGone) for f in box)
+    assert client.lost.called

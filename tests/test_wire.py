@@ -1,0 +1,97 @@
+"""The wire format: every message round-trips, and anything malformed raises ProtocolError."""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import pytest
+
+from taskmesh import wire
+
+MESSAGES = [
+    wire.Hello(role=wire.ROLE_CLIENT, name="c"),
+    wire.Hello(role=wire.ROLE_WORKER, name="wörker", slots=4, task_types=("sha256", "sleep")),
+    wire.Welcome(name="s", max_frame=1 << 20, max_payload=1 << 16),
+    wire.Error(code=wire.ERROR_MALFORMED, message="bad ✗"),
+    wire.Submit([(1, "sha256", b"Hello"), (2, "sleep", b""), (0xFFFFFFFF, "x", b"\x00" * 300)]),
+    wire.Submit([]),
+    wire.Accepted([(1, 10, 0), (2, 2**64 - 1, wire.ACCEPTED_NO_WORKER)]),
+    wire.Rejected([(7, "payload too large")]),
+    wire.Results([(10, wire.STATUS_OK, b"digest"), (11, wire.STATUS_FAILED, "why ✗".encode())]),
+    wire.Assign([(10, "sha256", b"Hello"), (11, "sleep", b"0.5")]),
+]
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
+def test_round_trip(message: wire.Message) -> None:
+    assert wire.decode(wire.encode(message)) == message
+
+
+def test_records_are_plain_tuples() -> None:
+    decoded = wire.decode(wire.encode(wire.Assign([(1, "sha256", b"x")])))
+    assert isinstance(decoded, wire.Assign)
+    assert decoded.records == [(1, "sha256", b"x")]
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
+def test_every_truncation_is_refused(message: wire.Message) -> None:
+    """Cutting a frame anywhere must raise ProtocolError, never decode or crash otherwise."""
+    data = wire.encode(message)
+    for cut in range(len(data)):
+        with pytest.raises(wire.ProtocolError):
+            wire.decode(data[:cut])
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
+def test_trailing_bytes_are_refused(message: wire.Message) -> None:
+    with pytest.raises(wire.ProtocolError):
+        wire.decode(wire.encode(message) + b"\x00")
+
+
+def test_unknown_kind() -> None:
+    with pytest.raises(wire.ProtocolError, match="unknown message kind 0x7f"):
+        wire.decode(b"\x7f")
+
+
+def test_hello_without_magic_is_not_a_taskmesh_peer() -> None:
+    data = bytearray(wire.encode(wire.Hello(role=wire.ROLE_CLIENT, name="c")))
+    data[1:5] = b"HTTP"
+    with pytest.raises(wire.ProtocolError, match="magic"):
+        wire.decode(bytes(data))
+
+
+def test_invalid_utf8_type_is_refused() -> None:
+    body = struct.pack(">BI", wire.KIND_SUBMIT, 1) + struct.pack(">IB", 1, 2) + b"\xff\xfe"
+    body += struct.pack(">I", 0)
+    with pytest.raises(wire.ProtocolError, match="UTF-8"):
+        wire.decode(body)
+
+
+def test_unknown_result_status_is_refused() -> None:
+    body = struct.pack(">BI", wire.KIND_RESULTS, 1) + struct.pack(">QBI", 1, 9, 0)
+    with pytest.raises(wire.ProtocolError, match="status"):
+        wire.decode(body)
+
+
+def test_record_count_larger_than_frame() -> None:
+    body = struct.pack(">BI", wire.KIND_ACCEPTED, 1000) + struct.pack(">IQB", 1, 1, 0)
+    with pytest.raises(wire.ProtocolError):
+        wire.decode(body)
+
+
+def test_random_bytes_never_escape_as_other_errors() -> None:
+    """Fuzz: arbitrary bodies either decode or raise ProtocolError, nothing else."""
+    rng = random.Random(1234)
+    kinds = [0x01, 0x02, 0x03, 0x10, 0x11, 0x12, 0x13, 0x20, 0x7F]
+    for _ in range(5000):
+        body = bytes([rng.choice(kinds)]) + rng.randbytes(rng.randrange(0, 40))
+        try:
+            wire.decode(body)
+        except wire.ProtocolError:
+            pass
+
+
+def test_names_too_long_to_encode() -> None:
+    with pytest.raises(ValueError, match="task type"):
+        wire.encode(wire.Hello(role=wire.ROLE_WORKER, name="w", slots=1, task_types=("x" * 256,)))

@@ -1,0 +1,142 @@
+"""The worker core: slots, inline and blocking handlers, failures, and stopping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from zope.interface import implementer
+
+from taskmesh.handlers import HandlerRegistry, ITaskHandler, Sha256Handler, SleepHandler
+from taskmesh.worker import Worker
+from taskmesh.wire import STATUS_FAILED, STATUS_OK
+
+HELLO_DIGEST = b"dffd6021bb2bd5b0af676290809ec3a53191dd81c7f70a4b28688a362182986f"
+
+
+@implementer(ITaskHandler)
+class Explodes:
+    name = "explodes"
+    blocking = False
+
+    def run(self, payload: bytes) -> bytes:
+        raise ValueError("payload " + payload.decode())
+
+
+@implementer(ITaskHandler)
+class Blocking:
+    name = "blocking"
+    blocking = True
+
+    def run(self, payload: bytes) -> str:
+        return "ran " + payload.decode()
+
+
+@implementer(ITaskHandler)
+class Returns:
+    """Returns whatever the test put in ``value``."""
+
+    name = "returns"
+    blocking = False
+    value: Any = None
+
+    def run(self, payload: bytes) -> Any:
+        return self.value
+
+
+class Harness:
+    def __init__(self, slots: int = 1, max_result: int = 1000) -> None:
+        self.clock = Clock()
+        self.reports: list[tuple[int, int, bytes]] = []
+        self.blocking_calls: list[tuple[Any, bytes, Deferred[Any]]] = []
+        self.returns = Returns()
+        registry = HandlerRegistry(
+            [Sha256Handler(), SleepHandler(self.clock), Explodes(), Blocking(), self.returns]
+        )
+        self.worker = Worker(
+            registry,
+            slots,
+            lambda *report: self.reports.append(report),
+            self.run_blocking,
+            max_result=max_result,
+        )
+
+    def run_blocking(self, function: Any, payload: bytes) -> Deferred[Any]:
+        waiting: Deferred[Any] = Deferred()
+        self.blocking_calls.append((function, payload, waiting))
+        return waiting
+
+
+def test_quick_handler_answers_inline() -> None:
+    h = Harness()
+    h.worker.assign([(1, "sha256", b"Hello, World!")])
+    assert h.reports == [(1, STATUS_OK, HELLO_DIGEST)]
+
+
+def test_slots_bound_the_running_tasks() -> None:
+    h = Harness(slots=2)
+    h.worker.assign([(1, "sleep", b"1"), (2, "sleep", b"1"), (3, "sleep", b"1")])
+    assert (h.worker.running, h.worker.waiting) == (2, 1)
+    h.clock.advance(1)
+    assert h.reports == [(1, STATUS_OK, b"slept 1"), (2, STATUS_OK, b"slept 1")]
+    assert (h.worker.running, h.worker.waiting) == (1, 0)
+    h.clock.advance(1)
+    assert h.reports[-1] == (3, STATUS_OK, b"slept 1")
+
+
+def test_a_handler_exception_fails_the_task_with_its_text() -> None:
+    h = Harness()
+    h.worker.assign([(1, "explodes", b"x"), (2, "sha256", b"Hello, World!")])
+    assert h.reports == [(1, STATUS_FAILED, b"ValueError: payload x"), (2, STATUS_OK, HELLO_DIGEST)]
+
+
+def test_bad_sleep_payload_fails_clearly() -> None:
+    h = Harness()
+    h.worker.assign([(1, "sleep", b"abc"), (2, "sleep", b"-1"), (3, "sleep", b"nan")])
+    assert [status for _, status, _ in h.reports] == [STATUS_FAILED] * 3
+    assert b"sleep wants a number of seconds" in h.reports[0][2]
+
+
+def test_an_unknown_type_fails_instead_of_running() -> None:
+    h = Harness()
+    h.worker.assign([(1, "nope", b"")])
+    assert h.reports == [(1, STATUS_FAILED, b"this worker does not run task type 'nope'")]
+
+
+def test_blocking_handlers_go_to_run_blocking_and_hold_a_slot() -> None:
+    h = Harness(slots=1)
+    h.worker.assign([(1, "blocking", b"a"), (2, "blocking", b"b")])
+    assert len(h.blocking_calls) == 1 and h.worker.waiting == 1
+    function, payload, waiting = h.blocking_calls[0]
+    waiting.callback(function(payload))
+    assert h.reports == [(1, STATUS_OK, b"ran a")]
+    assert len(h.blocking_calls) == 2
+
+
+def test_results_must_be_bytes_or_text_and_within_the_limit() -> None:
+    h = Harness(max_result=10)
+    h.returns.value = 42
+    h.worker.assign([(1, "returns", b"")])
+    h.returns.value = b"x" * 11
+    h.worker.assign([(2, "returns", b"")])
+    h.returns.value = "é"
+    h.worker.assign([(3, "returns", b"")])
+    assert h.reports[0][:2] == (1, STATUS_FAILED) and b"int" in h.reports[0][2]
+    assert h.reports[1][:2] == (2, STATUS_FAILED) and b"exceeds" in h.reports[1][2]
+    assert h.reports[2] == (3, STATUS_OK, "é".encode())
+
+
+def test_stop_drops_waiting_tasks_and_late_outcomes() -> None:
+    h = Harness(slots=1)
+    h.worker.assign([(1, "sleep", b"1"), (2, "sleep", b"1")])
+    h.worker.stop()
+    h.clock.advance(5)
+    assert h.reports == []
+    assert (h.worker.running, h.worker.waiting) == (0, 0)
+
+
+def test_a_worker_needs_a_slot() -> None:
+    with pytest.raises(ValueError):
+        Harness(slots=0)
