@@ -17,7 +17,7 @@ from twisted.test.iosim import connectedServerAndClient
 from taskmesh import wire
 from taskmesh.client_protocol import ClientProtocol, SchedulerGone, TaskRejected
 from taskmesh.handlers import HandlerRegistry, Sha256Handler, SleepHandler
-from taskmesh.scheduler import Scheduler, TaskFailed
+from taskmesh.scheduler import Policy, Scheduler, TaskFailed
 from taskmesh.scheduler_protocol import SchedulerFactory, SchedulerProtocol
 from taskmesh.worker_protocol import WorkerFactory
 
@@ -44,8 +44,12 @@ class Rig:
 
     def __init__(self, max_frame: int = 4096, max_payload: int = 1024) -> None:
         self.clock = Clock()
-        self.core = Scheduler(self.clock, prefetch=0)
+        self.core = Scheduler(self.clock, policy=Policy(prefetch=0))
         self.factory = SchedulerFactory(self.core, self.clock, "s", max_frame, max_payload)
+
+    @property
+    def welcome(self) -> wire.Welcome:
+        return wire.Welcome("s", self.factory.max_frame, self.factory.max_payload, 2000, 3)
 
     def connect(self) -> tuple[SchedulerProtocol, StringTransport]:
         protocol = self.factory.buildProtocol(None)
@@ -69,7 +73,7 @@ class Rig:
 
     def expect_welcome(self, transport: StringTransport) -> None:
         """The welcome goes out at once; batched records wait for the clock."""
-        assert frames(transport.value()) == [wire.Welcome("s", self.factory.max_frame, self.factory.max_payload)]
+        assert frames(transport.value()) == [self.welcome]
         transport.clear()
 
     def client(self):  # type: ignore[no-untyped-def]
@@ -92,17 +96,14 @@ def test_full_round_trip_fed_one_byte_at_a_time() -> None:
     worker, worker_transport = rig.connect()
     for byte in frame(wire.Hello(role=wire.ROLE_WORKER, name="w", slots=1, task_types=("sha256",))):
         worker.dataReceived(bytes([byte]))
-    assert rig.received(worker_transport) == [wire.Welcome("s", 4096, 1024)]
+    assert rig.received(worker_transport) == [rig.welcome]
 
     client, client_transport = rig.connect()
     stream = frame(wire.Hello(role=wire.ROLE_CLIENT, name="c"))
-    stream += frame(wire.Submit([(7, "sha256", b"Hello, World!")]))
+    stream += frame(wire.Submit([(7, "sha256", b"Hello, World!", wire.DEFAULT_OPTIONS)]))
     for byte in stream:
         client.dataReceived(bytes([byte]))
-    assert rig.received(client_transport) == [
-        wire.Welcome("s", 4096, 1024),
-        wire.Accepted([(7, 1, 0)]),
-    ]
+    assert rig.received(client_transport) == [rig.welcome, wire.Accepted([(7, 1, 0)])]
     assert rig.received(worker_transport) == [wire.Assign([(1, "sha256", b"Hello, World!")])]
     for byte in frame(wire.Results([(1, wire.STATUS_OK, HELLO_DIGEST)])):
         worker.dataReceived(bytes([byte]))
@@ -113,7 +114,7 @@ def test_records_of_one_turn_leave_in_one_frame() -> None:
     rig = Rig()
     worker, worker_transport = rig.worker(slots=50)
     client, client_transport = rig.client()
-    client.dataReceived(frame(wire.Submit([(i, "sha256", b"x") for i in range(20)])))
+    client.dataReceived(frame(wire.Submit([(i, "sha256", b"x", wire.DEFAULT_OPTIONS) for i in range(20)])))
     accepted = rig.received(client_transport)
     assert len(accepted) == 1 and len(accepted[0].records) == 20
     assigned = rig.received(worker_transport)
@@ -125,7 +126,7 @@ def test_batches_are_split_below_the_frame_limit() -> None:
     worker, worker_transport = rig.worker(slots=50)
     client, _ = rig.client()
     for i in range(10):
-        client.dataReceived(frame(wire.Submit([(i, "sha256", b"p" * 1000)])))
+        client.dataReceived(frame(wire.Submit([(i, "sha256", b"p" * 1000, wire.DEFAULT_OPTIONS)])))
     rig.clock.advance(0)
     data = worker_transport.value()
     sizes = []
@@ -141,7 +142,7 @@ def test_batches_are_split_below_the_frame_limit() -> None:
 def test_payload_over_the_limit_is_rejected_with_a_reason() -> None:
     rig = Rig(max_payload=1024)
     client, transport = rig.client()
-    client.dataReceived(frame(wire.Submit([(1, "sha256", b"x" * 1025), (2, "", b"x")])))
+    client.dataReceived(frame(wire.Submit([(1, "sha256", b"x" * 1025, wire.DEFAULT_OPTIONS), (2, "", b"x", wire.DEFAULT_OPTIONS)])))
     (rejected,) = rig.received(transport)
     assert rejected == wire.Rejected(
         [(1, "payload of 1025 bytes exceeds the limit of 1024 bytes"), (2, "the task type is empty")]
@@ -152,7 +153,7 @@ def test_payload_over_the_limit_is_rejected_with_a_reason() -> None:
 def test_a_task_whose_type_no_worker_runs_is_accepted_with_a_flag() -> None:
     rig = Rig()
     client, transport = rig.client()
-    client.dataReceived(frame(wire.Submit([(1, "nobody-runs-this", b"")])))
+    client.dataReceived(frame(wire.Submit([(1, "nobody-runs-this", b"", wire.DEFAULT_OPTIONS)])))
     assert rig.received(transport) == [wire.Accepted([(1, 1, wire.ACCEPTED_NO_WORKER)])]
 
 
@@ -163,7 +164,7 @@ def test_a_task_whose_type_no_worker_runs_is_accepted_with_a_flag() -> None:
         (b"\x00\x00\x00\x01\x7f", wire.ERROR_MALFORMED),  # unknown kind
         (b"\x00\x00\x00\x03\x01TM", wire.ERROR_MALFORMED),  # truncated hello
         (frame(wire.Hello(role=9, name="x")), wire.ERROR_UNEXPECTED),  # unknown role
-        (frame(wire.Submit([(1, "sha256", b"x")])), wire.ERROR_UNEXPECTED),  # no hello first
+        (frame(wire.Submit([(1, "sha256", b"x", wire.DEFAULT_OPTIONS)])), wire.ERROR_UNEXPECTED),  # no hello first
         (frame(wire.Hello(role=wire.ROLE_CLIENT, name="c", version=99)), wire.ERROR_VERSION),
         (frame(wire.Hello(role=wire.ROLE_WORKER, name="w", slots=0, task_types=("a",))), wire.ERROR_UNEXPECTED),
         (frame(wire.Hello(role=wire.ROLE_WORKER, name="w", slots=1)), wire.ERROR_UNEXPECTED),
@@ -180,7 +181,7 @@ def test_bad_input_drops_only_that_connection(garbage: bytes, code: int) -> None
     reason = assert_dropped_with(rig, bad_transport, code)
     assert reason
     # everybody else is still served
-    client.dataReceived(frame(wire.Submit([(1, "sha256", b"Hello, World!")])))
+    client.dataReceived(frame(wire.Submit([(1, "sha256", b"Hello, World!", wire.DEFAULT_OPTIONS)])))
     assert rig.received(client_transport) == [wire.Accepted([(1, 1, 0)])]
     worker.dataReceived(frame(wire.Results([(1, wire.STATUS_OK, HELLO_DIGEST)])))
     assert rig.received(client_transport) == [wire.Results([(1, wire.STATUS_OK, HELLO_DIGEST)])]
@@ -214,7 +215,7 @@ def test_a_worker_that_disconnects_gives_its_tasks_back() -> None:
     rig = Rig()
     first, first_transport = rig.worker()
     client, client_transport = rig.client()
-    client.dataReceived(frame(wire.Submit([(1, "sha256", b"Hello, World!")])))
+    client.dataReceived(frame(wire.Submit([(1, "sha256", b"Hello, World!", wire.DEFAULT_OPTIONS)])))
     rig.received(client_transport)
     assert rig.received(first_transport) == [wire.Assign([(1, "sha256", b"Hello, World!")])]
     first.connectionLost(Failure(ConnectionDone()))
@@ -226,11 +227,12 @@ def test_results_for_a_departed_client_are_not_sent_and_do_not_break_anything() 
     rig = Rig()
     worker, _ = rig.worker(slots=2)
     client, client_transport = rig.client()
-    client.dataReceived(frame(wire.Submit([(1, "sha256", b"x"), (2, "sha256", b"y")])))
+    client.dataReceived(frame(wire.Submit([(1, "sha256", b"x", wire.DEFAULT_OPTIONS), (2, "sha256", b"y", wire.DEFAULT_OPTIONS)])))
     client.connectionLost(Failure(ConnectionDone()))
     worker.dataReceived(frame(wire.Results([(1, wire.STATUS_OK, b"a"), (2, wire.STATUS_FAILED, b"b")])))
     rig.clock.advance(0)
-    assert rig.core.stats()["completed"] == 1 and rig.core.stats()["failed"] == 1
+    tasks = rig.core.stats()["tasks"]
+    assert (tasks["succeeded"], tasks["failed"]) == (1, 1)
 
 
 # -- all three roles wired together in memory (iosim) ------------------------

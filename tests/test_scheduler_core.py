@@ -1,179 +1,421 @@
-"""The scheduler core, driven directly with a Clock: every rule of issue 2."""
+"""
+The scheduler core, driven directly with a Clock: assignment, leases,
+heartbeats, timeouts, retries and backoff, cancel, deduplication,
+backpressure, durability order and recovery.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from taskmesh.scheduler import IWorkerChannel, Scheduler, TaskFailed
-from taskmesh.wire import STATUS_FAILED, STATUS_OK
+from taskmesh.scheduler import IWorkerChannel, Policy, Scheduler, Task, TaskCancelled, TaskFailed
+from taskmesh.sqlite_store import SqliteStore
+from taskmesh.store import ITaskStore, MemoryStore, State
+from taskmesh.wire import STATUS_FAILED, STATUS_OK, TaskOptions
 
 
 @implementer(IWorkerChannel)
 class FakeChannel:
-    """Records what the core assigns to one worker."""
+    """Records what the core tells one worker."""
 
     def __init__(self) -> None:
         self.assigned: list[tuple[int, str, bytes]] = []
+        self.cancelled: list[int] = []
+        self.heartbeats = 0
+        self.dropped: str | None = None
 
     def assign(self, task_id: int, task_type: str, payload: bytes) -> None:
         self.assigned.append((task_id, task_type, payload))
+
+    def cancel(self, task_id: int) -> None:
+        self.cancelled.append(task_id)
+
+    def heartbeat(self) -> None:
+        self.heartbeats += 1
+
+    def drop(self, reason: str) -> None:
+        self.dropped = reason
 
     def ids(self) -> list[int]:
         return [task_id for task_id, _, _ in self.assigned]
 
 
-def outcome(deferred):  # type: ignore[no-untyped-def]
-    """The result or failure a Deferred has fired with, or a marker if not yet."""
-    box: list[object] = []
+@implementer(ITaskStore)
+class SpyStore(MemoryStore):
+    """A memory store that remembers what was committed, to check the order."""
 
-    def peek(result: object) -> object:
-        box.append(result)
-        return result
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[int] = []
+        self.durable: set[int] = set()
 
-    deferred.addBoth(peek)
-    return box[0] if box else "pending"
+    def add(self, task: Any) -> None:
+        super().add(task)
+        self.pending.append(task.id)
+
+    def finish(self, task_id: int, state: State, value: bytes, finished_at: float) -> None:
+        super().finish(task_id, state, value, finished_at)
+        self.pending.append(-task_id)
+
+    def commit(self) -> None:
+        self.durable.update(self.pending)
+        self.pending.clear()
 
 
-@pytest.fixture
-def core() -> Scheduler:
-    return Scheduler(Clock(), prefetch=1, max_losses=3)
+class Rig:
+    def __init__(self, store: ITaskStore | None = None, **policy: Any) -> None:
+        self.clock = Clock()
+        self.store = store if store is not None else SpyStore()
+        # Workers here never send heartbeats: keep the heartbeat round out of
+        # the way unless a test is about it.
+        defaults = {"prefetch": 1, "heartbeat_interval": 1000.0}
+        self.core = Scheduler(self.clock, self.store, Policy(**{**defaults, **policy}))
+        self.core.start()
+        #: What each task's Deferred fired with, recorded as a client would see it.
+        self.outcomes: dict[int, object] = {}
 
+    def submit(self, task_type: str = "sha256", payload: bytes = b"x", **options: Any) -> Task:
+        task_id, duplicate = self.core.submit(task_type, payload, TaskOptions(**options))
+        assert not duplicate
+        task = self.core.task(task_id)
+        assert task is not None
 
-def join(core: Scheduler, slots: int = 1, types: tuple[str, ...] = ("sha256",), name: str = "w"):  # type: ignore[no-untyped-def]
-    channel = FakeChannel()
-    worker = core.add_worker(channel, name, slots, frozenset(types))
-    return channel, worker
+        def record(result: object) -> object:
+            self.outcomes[task_id] = result
+            return result
+
+        task.deferred.addBoth(record)
+        return task
+
+    def result(self, task: Task) -> object:
+        return self.outcomes.get(task.id, "pending")
+
+    def failed_with(self, task: Task, error: type = TaskFailed) -> str:
+        found = self.result(task)
+        assert isinstance(found, Failure) and found.check(error), found
+        return str(found.value)
+
+    def join(self, slots: int = 1, types: tuple[str, ...] = ("sha256",), name: str = "w"):  # type: ignore[no-untyped-def]
+        channel = FakeChannel()
+        return channel, self.core.add_worker(channel, name, slots, frozenset(types))
+
+    def turn(self) -> None:
+        """End the reactor turn: the group commit runs."""
+        self.clock.advance(0)
 
 
 def test_fake_channel_provides_the_interface() -> None:
     verifyObject(IWorkerChannel, FakeChannel())
+    verifyObject(ITaskStore, SpyStore())
 
 
-def test_tasks_wait_without_workers_then_go_fifo_up_to_slots_plus_prefetch(core: Scheduler) -> None:
-    tasks = [core.submit("sha256", b"%d" % i) for i in range(5)]
-    assert not core.has_worker_for("sha256")
-    assert core.stats()["queued"] == 5
-    channel, _ = join(core, slots=2)
-    # 2 slots + 1 prefetch, oldest first
-    assert channel.ids() == [tasks[0].id, tasks[1].id, tasks[2].id]
-    assert core.stats()["queued"] == 2
-    assert core.has_worker_for("sha256")
+# -- assignment -------------------------------------------------------------
 
 
-def test_result_fires_the_deferred_once_and_refills_the_worker(core: Scheduler) -> None:
-    tasks = [core.submit("sha256", b"x") for _ in range(3)]
-    channel, worker = join(core, slots=1)
-    assert channel.ids() == [tasks[0].id, tasks[1].id]
-    core.complete(worker, [(tasks[0].id, STATUS_OK, b"digest")])
-    assert outcome(tasks[0].deferred) == b"digest"
-    assert channel.ids() == [tasks[0].id, tasks[1].id, tasks[2].id]
-    assert core.stats()["completed"] == 1
+def test_tasks_wait_without_workers_then_go_fifo_up_to_slots_plus_prefetch() -> None:
+    rig = Rig()
+    tasks = [rig.submit(payload=b"%d" % i) for i in range(5)]
+    assert not rig.core.has_worker_for("sha256")
+    channel, _ = rig.join(slots=2)
+    assert channel.ids() == [t.id for t in tasks[:3]]  # 2 slots + 1 prefetch, oldest first
+    assert rig.core.stats()["tasks"]["queued"] == 2
 
 
-def test_a_failed_outcome_fails_the_task_with_the_workers_reason(core: Scheduler) -> None:
-    task = core.submit("sha256", b"x")
-    _, worker = join(core)
-    core.complete(worker, [(task.id, STATUS_FAILED, b"ValueError: nope")])
-    failure = outcome(task.deferred)
-    assert failure.check(TaskFailed)
-    assert str(failure.value) == "ValueError: nope"
-
-
-def test_new_tasks_go_to_the_worker_with_most_room(core: Scheduler) -> None:
-    a, _ = join(core, slots=1, name="a")
-    b, _ = join(core, slots=3, name="b")
+def test_new_tasks_go_to_the_worker_with_most_room() -> None:
+    rig = Rig()
+    a, _ = rig.join(slots=1, name="a")
+    b, _ = rig.join(slots=3, name="b")
     for _ in range(4):
-        core.submit("sha256", b"x")
-    # b has 4 free, a has 2: b, b, then a and b alternate by free room
-    assert len(a.assigned) + len(b.assigned) == 4
-    assert len(b.assigned) == 3 and len(a.assigned) == 1
+        rig.submit()
+    assert (len(a.assigned), len(b.assigned)) == (1, 3)
 
 
-def test_a_worker_never_holds_more_than_slots_plus_prefetch(core: Scheduler) -> None:
-    channel, _ = join(core, slots=2)
+def test_a_worker_never_holds_more_than_slots_plus_prefetch() -> None:
+    rig = Rig()
+    channel, _ = rig.join(slots=2)
     for _ in range(10):
-        core.submit("sha256", b"x")
+        rig.submit()
     assert len(channel.assigned) == 3
-    assert core.stats()["queued"] == 7
 
 
-def test_lost_worker_tasks_go_back_to_the_front_and_run_elsewhere(core: Scheduler) -> None:
-    first, first_worker = join(core, slots=1, name="first")
-    tasks = [core.submit("sha256", b"%d" % i) for i in range(4)]
-    assert first.ids() == [tasks[0].id, tasks[1].id]
-    core.remove_worker(first_worker)
-    assert core.stats()["queued"] == 4
-    second, second_worker = join(core, slots=1, name="second")
-    # the requeued tasks keep their place ahead of later submissions
-    assert second.ids() == [tasks[0].id, tasks[1].id]
-    core.complete(second_worker, [(tasks[0].id, STATUS_OK, b"ok")])
-    assert outcome(tasks[0].deferred) == b"ok"
-
-
-def test_a_task_that_loses_its_worker_three_times_fails_as_poison(core: Scheduler) -> None:
-    task = core.submit("sha256", b"x")
-    for attempt in range(3):
-        channel, worker = join(core, name=f"w{attempt}")
-        assert channel.ids() == [task.id]
-        assert outcome(task.deferred) == "pending"
-        core.remove_worker(worker, "killed")
-    failure = outcome(task.deferred)
-    assert failure.check(TaskFailed)
-    assert "lost its worker 3 times" in str(failure.value)
-    assert "w2" in str(failure.value)
-    assert core.stats()["failed"] == 1 and core.stats()["queued"] == 0
-
-
-def test_a_result_from_a_worker_without_the_lease_is_dropped(core: Scheduler) -> None:
-    task = core.submit("sha256", b"x")
-    _, old = join(core, name="old")
-    core.remove_worker(old)
-    channel, new = join(core, name="new")
-    core.complete(old, [(task.id, STATUS_OK, b"late")])
-    assert outcome(task.deferred) == "pending"
-    core.complete(new, [(task.id, STATUS_OK, b"right")])
-    core.complete(new, [(task.id, STATUS_OK, b"duplicate")])
-    assert outcome(task.deferred) == b"right"
-    assert core.stats()["completed"] == 1
-
-
-def test_tasks_only_go_to_workers_that_run_their_type(core: Scheduler) -> None:
-    sleeper, _ = join(core, types=("sleep",), name="sleeper")
-    hashed = core.submit("sha256", b"x")
-    slept = core.submit("sleep", b"1")
+def test_tasks_only_go_to_workers_that_run_their_type() -> None:
+    rig = Rig()
+    sleeper, _ = rig.join(types=("sleep",), name="sleeper")
+    hashed = rig.submit("sha256")
+    slept = rig.submit("sleep")
     assert sleeper.ids() == [slept.id]
-    assert core.stats()["waiting_by_type"] == {"sha256": 1}
-    hasher, _ = join(core, types=("sha256",), name="hasher")
+    assert rig.core.stats()["waiting_by_type"] == {"sha256": {"queued": 1, "no_worker_runs_it": True}}
+    hasher, _ = rig.join(types=("sha256",), name="hasher")
     assert hasher.ids() == [hashed.id]
 
 
-def test_a_worker_of_several_types_takes_the_oldest_first(core: Scheduler) -> None:
-    order = [core.submit(t, b"x") for t in ("sleep", "sha256", "sleep", "sha256")]
-    channel, worker = join(core, slots=4, types=("sha256", "sleep"))
-    assert channel.ids() == [task.id for task in order]
+def test_higher_priority_first_then_fifo() -> None:
+    rig = Rig()
+    low = [rig.submit(priority=0) for _ in range(3)]
+    high = [rig.submit(priority=5) for _ in range(2)]
+    channel, _ = rig.join(slots=10)
+    assert channel.ids() == [t.id for t in high + low]
 
 
-def test_a_waiting_type_does_not_block_other_types(core: Scheduler) -> None:
-    join(core, types=("sleep",), name="sleeper")
-    core.submit("sha256", b"x")
-    slept = core.submit("sleep", b"1")
-    assert slept.worker is not None
+# -- outcomes and durability ------------------------------------------------
 
 
-def test_the_core_reads_time_from_its_clock() -> None:
-    clock = Clock()
-    clock.advance(42)
-    task = Scheduler(clock).submit("sha256", b"x")
-    assert task.submitted_at == 42
+def test_a_result_fires_once_durable_and_refills_the_worker() -> None:
+    rig = Rig()
+    tasks = [rig.submit() for _ in range(3)]
+    channel, worker = rig.join(slots=1)
+    rig.core.complete(worker, [(tasks[0].id, STATUS_OK, b"digest")])
+    assert channel.ids() == [t.id for t in tasks]  # refilled at once
+    assert rig.result(tasks[0]) == "pending"  # not before the commit
+    rig.turn()
+    assert rig.result(tasks[0]) == b"digest"
+    assert -tasks[0].id in rig.store.durable
+    assert rig.core.watch(tasks[0].id).value == b"digest"  # type: ignore[union-attr]
 
 
-def test_invalid_settings_are_refused() -> None:
+def test_acknowledgements_wait_for_the_commit() -> None:
+    rig = Rig()
+    seen: list[bool] = []
+    task = rig.submit()
+    rig.core.after_commit(lambda: seen.append(task.id in rig.store.durable))
+    assert seen == []
+    rig.turn()
+    assert seen == [True]
+
+
+def test_a_handler_error_fails_at_once_with_its_reason() -> None:
+    rig = Rig()
+    task = rig.submit()
+    _, worker = rig.join()
+    rig.core.complete(worker, [(task.id, STATUS_FAILED, b"ValueError: nope")])
+    rig.turn()
+    assert rig.failed_with(task) == "ValueError: nope"
+
+
+def test_a_result_from_a_worker_without_the_lease_is_dropped() -> None:
+    rig = Rig()
+    task = rig.submit()
+    _, old = rig.join(name="old")
+    rig.core.remove_worker(old)
+    _, new = rig.join(name="new")
+    rig.core.complete(old, [(task.id, STATUS_OK, b"late")])
+    rig.core.complete(new, [(task.id, STATUS_OK, b"right")])
+    rig.core.complete(new, [(task.id, STATUS_OK, b"duplicate")])
+    rig.turn()
+    assert rig.result(task) == b"right"
+    assert rig.core.stats()["tasks"]["succeeded"] == 1
+
+
+# -- losing workers ---------------------------------------------------------
+
+
+def test_lost_worker_tasks_keep_their_place_and_run_elsewhere() -> None:
+    rig = Rig()
+    first, first_worker = rig.join(slots=1, name="first")
+    tasks = [rig.submit(payload=b"%d" % i) for i in range(4)]
+    rig.core.remove_worker(first_worker)
+    second, _ = rig.join(slots=1, name="second")
+    assert second.ids() == [tasks[0].id, tasks[1].id]
+
+
+def test_a_task_that_loses_its_worker_three_times_fails_as_poison() -> None:
+    rig = Rig()
+    task = rig.submit()
+    for attempt in range(3):
+        channel, worker = rig.join(name=f"w{attempt}")
+        assert channel.ids() == [task.id]
+        rig.core.remove_worker(worker, "killed")
+    rig.turn()
+    reason = rig.failed_with(task)
+    assert "poison" in reason and "lost its worker 3 times" in reason and "w2" in reason
+
+
+def test_a_silent_worker_loses_its_leases_and_a_live_one_is_greeted() -> None:
+    rig = Rig(heartbeat_interval=1.0, heartbeat_tolerance=3)
+    task = rig.submit()
+    silent, silent_worker = rig.join(name="silent")
+    chatty, chatty_worker = rig.join(name="chatty")
+    assert silent.ids() == [task.id]
+    for _ in range(3):
+        rig.clock.advance(1)
+        rig.core.heard_from(chatty_worker)
+    assert silent.dropped is None and silent.heartbeats == 3
+    rig.clock.advance(1)
+    assert silent.dropped is not None and "no heartbeat" in silent.dropped
+    assert chatty.dropped is None and chatty.heartbeats == 4
+    assert chatty.ids() == [task.id]  # ran elsewhere
+
+
+# -- timeouts and retries ---------------------------------------------------
+
+
+def test_a_timed_out_attempt_is_cancelled_and_retried_with_exponential_backoff() -> None:
+    rig = Rig(retry_delay=2.0, retry_max_delay=60.0)
+    task = rig.submit(timeout=5.0, max_attempts=3)
+    channel, worker = rig.join()
+    rig.clock.advance(5)
+    assert channel.cancelled == [task.id]
+    assert rig.core.stats()["tasks"]["waiting_to_retry"] == 1
+    rig.clock.advance(1.5)
+    assert channel.ids() == [task.id]
+    rig.clock.advance(0.5)  # first retry after 2 s
+    assert channel.ids() == [task.id, task.id]
+    rig.clock.advance(5)  # second timeout
+    rig.clock.advance(3.5)
+    assert len(channel.assigned) == 2
+    rig.clock.advance(0.5)  # second retry after 4 s
+    assert len(channel.assigned) == 3
+    rig.clock.advance(5)  # third timeout: attempts spent
+    rig.turn()
+    reason = rig.failed_with(task)
+    assert "timed out after 5 s" in reason and "attempt 3 of 3" in reason
+
+
+def test_a_result_in_time_cancels_the_timeout() -> None:
+    rig = Rig()
+    task = rig.submit(timeout=5.0)
+    channel, worker = rig.join()
+    rig.clock.advance(4)
+    rig.core.complete(worker, [(task.id, STATUS_OK, b"ok")])
+    rig.clock.advance(10)
+    assert rig.result(task) == b"ok"
+    assert channel.cancelled == []
+
+
+def test_retry_on_error_retries_then_fails_with_the_last_error() -> None:
+    rig = Rig(retry_delay=0.5)
+    task = rig.submit(retry_on_error=True, max_attempts=2)
+    channel, worker = rig.join()
+    rig.core.complete(worker, [(task.id, STATUS_FAILED, b"IOError: flaky")])
+    rig.clock.advance(0.5)
+    assert channel.ids() == [task.id, task.id]
+    rig.core.complete(worker, [(task.id, STATUS_FAILED, b"IOError: still flaky")])
+    rig.turn()
+    assert rig.failed_with(task) == "IOError: still flaky (attempt 2 of 2; giving up)"
+
+
+def test_backoff_is_capped() -> None:
+    rig = Rig(retry_delay=1.0, retry_max_delay=3.0, max_attempts=10)
+    task = rig.submit(retry_on_error=True)
+    channel, worker = rig.join()
+    for expected_delay in (1, 2, 3, 3):
+        rig.core.complete(worker, [(task.id, STATUS_FAILED, b"E")])
+        before = len(channel.assigned)
+        rig.clock.advance(expected_delay - 0.5)
+        assert len(channel.assigned) == before
+        rig.clock.advance(0.5)
+        assert len(channel.assigned) == before + 1
+
+
+# -- cancel -----------------------------------------------------------------
+
+
+def test_cancel_a_queued_task() -> None:
+    rig = Rig()
+    task = rig.submit()
+    assert rig.core.cancel(task.id, "changed my mind")
+    rig.turn()
+    assert rig.failed_with(task, TaskCancelled) == "changed my mind"
+    channel, _ = rig.join()
+    assert channel.ids() == []
+    assert rig.core.watch(task.id).state is State.CANCELLED  # type: ignore[union-attr]
+
+
+def test_cancel_a_running_task_tells_its_worker_and_drops_its_late_result() -> None:
+    rig = Rig()
+    task = rig.submit()
+    channel, worker = rig.join()
+    assert rig.core.cancel(task.id)
+    assert channel.cancelled == [task.id]
+    rig.core.complete(worker, [(task.id, STATUS_OK, b"too late")])
+    rig.turn()
+    rig.failed_with(task, TaskCancelled)
+    assert not rig.core.cancel(task.id)  # already finished
+
+
+def test_cancel_a_task_waiting_to_retry() -> None:
+    rig = Rig()
+    task = rig.submit(retry_on_error=True)
+    channel, worker = rig.join()
+    rig.core.complete(worker, [(task.id, STATUS_FAILED, b"E")])
+    assert rig.core.cancel(task.id)
+    rig.clock.advance(100)
+    assert channel.ids() == [task.id]
+    assert rig.core.stats()["tasks"]["waiting_to_retry"] == 0
+
+
+# -- deduplication ----------------------------------------------------------
+
+
+def test_a_key_returns_the_first_task_live_or_finished() -> None:
+    rig = Rig()
+    first = rig.submit(key="k")
+    assert rig.core.submit("sha256", b"other", TaskOptions(key="k")) == (first.id, True)
+    _, worker = rig.join()
+    rig.core.complete(worker, [(first.id, STATUS_OK, b"r")])
+    rig.turn()
+    assert rig.core.submit("sha256", b"again", TaskOptions(key="k")) == (first.id, True)
+    assert rig.core.stats()["tasks"]["succeeded"] == 1
+
+
+# -- backpressure -----------------------------------------------------------
+
+
+def test_submitters_are_paused_at_the_bound_and_resumed_with_room() -> None:
+    rig = Rig(max_queued=10)
+    signals: list[bool] = []
+    rig.core.on_queue_full = signals.append
+    for _ in range(10):
+        rig.submit()
+    assert signals == [True]
+    rig.join(slots=2)  # takes 3: 7 left, under 90 % of the bound
+    assert signals == [True, False]
+
+
+# -- retention and recovery -------------------------------------------------
+
+
+def test_results_are_pruned_after_the_retention_time() -> None:
+    rig = Rig(result_ttl=100.0)
+    task = rig.submit()
+    _, worker = rig.join()
+    rig.core.complete(worker, [(task.id, STATUS_OK, b"r")])
+    rig.turn()
+    rig.clock.advance(60)
+    assert rig.core.watch(task.id) is not None
+    rig.clock.advance(60)
+    assert rig.core.watch(task.id) is None
+
+
+def test_a_restart_on_the_same_store_resumes_everything(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = str(tmp_path / "store.sqlite")
+    first = Rig(SqliteStore(path))
+    done, running, queued = first.submit(payload=b"a"), first.submit(payload=b"b"), first.submit(payload=b"c", key="k")
+    first.turn()
+    channel, worker = first.join(slots=1)  # holds done and running (prefetch 1)
+    first.core.complete(worker, [(done.id, STATUS_OK, b"digest-a")])
+    first.turn()
+    # The process dies here: no stop(), no close().  A new one opens the file.
+    second = Rig(SqliteStore(path))
+    assert second.core.watch(done.id).value == b"digest-a"  # type: ignore[union-attr]
+    assert second.core.state_of(running.id) is State.QUEUED
+    assert second.core.state_of(queued.id) is State.QUEUED
+    assert second.core.submit("sha256", b"dup", TaskOptions(key="k")) == (queued.id, True)
+    fresh = second.submit()
+    assert fresh.id > queued.id
+    channel, worker = second.join(slots=5)
+    assert channel.ids()[:2] == [running.id, queued.id]
+
+
+def test_invalid_policies_are_refused() -> None:
+    for bad in ({"prefetch": -1}, {"max_losses": 0}, {"heartbeat_interval": 0}, {"max_queued": 0}):
+        with pytest.raises(ValueError):
+            Policy(**bad)
     with pytest.raises(ValueError):
-        Scheduler(Clock(), prefetch=-1)
-    with pytest.raises(ValueError):
-        Scheduler(Clock(), max_losses=0)
-    with pytest.raises(ValueError):
-        join(Scheduler(Clock()), slots=0)
+        Rig().join(slots=0)

@@ -12,6 +12,8 @@ from twisted.python import usage
 from twisted.scripts.twistd import ServerOptions
 
 from taskmesh.service import SchedulerService, WorkerService
+from taskmesh.sqlite_store import SqliteStore
+from taskmesh.store import MemoryStore
 from taskmesh.tap import scheduler as scheduler_tap
 from taskmesh.tap import worker as worker_tap
 
@@ -37,12 +39,32 @@ def test_a_daemon_keeps_its_pid_file() -> None:
     assert twistd_options("taskmesh-scheduler")["pidfile"] == os.path.abspath("twistd.pid")
 
 
-def test_scheduler_defaults_and_service() -> None:
+def test_scheduler_defaults_and_service(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)
     options = twistd_options("-n", "taskmesh-scheduler").subOptions
     assert options["listen"] == "tcp:9001"
     service = scheduler_tap.makeService(options)
     assert isinstance(service, SchedulerService)
     assert service.listen == "tcp:9001"
+    assert isinstance(service.store, SqliteStore)
+    assert (tmp_path / "taskmesh.sqlite").exists()  # the embedded store, in this folder
+    service.store.close()
+
+
+def test_scheduler_memory_store_and_policy() -> None:
+    options = scheduler_tap.Options()
+    options.parseOptions(["--store", "memory", "--heartbeat", "0.5", "--max-attempts", "5"])
+    service = scheduler_tap.makeService(options)
+    assert isinstance(service.store, MemoryStore)
+    assert service.core.policy.heartbeat_interval == 0.5
+    assert service.core.policy.max_attempts == 5
+
+
+def test_an_unusable_store_path_stops_the_scheduler_with_a_reason(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    options = scheduler_tap.Options()
+    options.parseOptions(["--store", str(tmp_path / "no" / "such" / "dir" / "x.sqlite")])
+    with pytest.raises(SystemExit, match="cannot open the store"):
+        scheduler_tap.makeService(options)
 
 
 def test_scheduler_limits_must_fit_together() -> None:

@@ -12,13 +12,33 @@ from taskmesh import wire
 MESSAGES = [
     wire.Hello(role=wire.ROLE_CLIENT, name="c"),
     wire.Hello(role=wire.ROLE_WORKER, name="wörker", slots=4, task_types=("sha256", "sleep")),
-    wire.Welcome(name="s", max_frame=1 << 20, max_payload=1 << 16),
+    wire.Welcome(name="s", max_frame=1 << 20, max_payload=1 << 16, heartbeat_ms=500, tolerance=3),
     wire.Error(code=wire.ERROR_MALFORMED, message="bad ✗"),
-    wire.Submit([(1, "sha256", b"Hello"), (2, "sleep", b""), (0xFFFFFFFF, "x", b"\x00" * 300)]),
+    wire.Heartbeat(),
+    wire.StatusRequest(),
+    wire.StatusReport('{"workers": []}'),
+    wire.Submit(
+        [
+            (1, "sha256", b"Hello", wire.DEFAULT_OPTIONS),
+            (2, "sleep", b"", wire.TaskOptions(priority=-5, timeout=1.5, max_attempts=7)),
+            (3, "x", b"\x00" * 300, wire.TaskOptions(key="k✗", retry_on_error=True, no_result=True)),
+            (0xFFFFFFFF, "x", b"", wire.TaskOptions(priority=2**31 - 1)),
+        ]
+    ),
     wire.Submit([]),
-    wire.Accepted([(1, 10, 0), (2, 2**64 - 1, wire.ACCEPTED_NO_WORKER)]),
+    wire.Query([(1, True), (2**64 - 1, False)]),
+    wire.Cancel([1, 2, 3]),
+    wire.Accepted([(1, 10, 0), (2, 2**64 - 1, wire.ACCEPTED_NO_WORKER | wire.ACCEPTED_DUPLICATE)]),
     wire.Rejected([(7, "payload too large")]),
-    wire.Results([(10, wire.STATUS_OK, b"digest"), (11, wire.STATUS_FAILED, "why ✗".encode())]),
+    wire.Results(
+        [
+            (10, wire.STATUS_OK, b"digest"),
+            (11, wire.STATUS_FAILED, "why ✗".encode()),
+            (12, wire.STATUS_PENDING, b"queued"),
+            (13, wire.STATUS_UNKNOWN, b"never heard of it"),
+            (14, wire.STATUS_CANCELLED, b"cancelled"),
+        ]
+    ),
     wire.Assign([(10, "sha256", b"Hello"), (11, "sleep", b"0.5")]),
 ]
 
@@ -63,7 +83,7 @@ def test_hello_without_magic_is_not_a_taskmesh_peer() -> None:
 
 def test_invalid_utf8_type_is_refused() -> None:
     body = struct.pack(">BI", wire.KIND_SUBMIT, 1) + struct.pack(">IB", 1, 2) + b"\xff\xfe"
-    body += struct.pack(">I", 0)
+    body += struct.pack(">IB", 0, 0)
     with pytest.raises(wire.ProtocolError, match="UTF-8"):
         wire.decode(body)
 
@@ -83,7 +103,7 @@ def test_record_count_larger_than_frame() -> None:
 def test_random_bytes_never_escape_as_other_errors() -> None:
     """Fuzz: arbitrary bodies either decode or raise ProtocolError, nothing else."""
     rng = random.Random(1234)
-    kinds = [0x01, 0x02, 0x03, 0x10, 0x11, 0x12, 0x13, 0x20, 0x7F]
+    kinds = [0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x20, 0x7F]
     for _ in range(5000):
         body = bytes([rng.choice(kinds)]) + rng.randbytes(rng.randrange(0, 40))
         try:
@@ -95,3 +115,15 @@ def test_random_bytes_never_escape_as_other_errors() -> None:
 def test_names_too_long_to_encode() -> None:
     with pytest.raises(ValueError, match="task type"):
         wire.encode(wire.Hello(role=wire.ROLE_WORKER, name="w", slots=1, task_types=("x" * 256,)))
+
+
+def test_default_options_cost_one_byte() -> None:
+    plain = wire.encode(wire.Submit([(1, "sha256", b"x", wire.DEFAULT_OPTIONS)]))
+    assert plain.endswith(b"x\x00")
+
+
+def test_unknown_option_bits_are_refused() -> None:
+    data = bytearray(wire.encode(wire.Submit([(1, "sha256", b"x", wire.DEFAULT_OPTIONS)])))
+    data[-1] = 0x80
+    with pytest.raises(wire.ProtocolError, match="option bits"):
+        wire.decode(bytes(data))

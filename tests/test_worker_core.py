@@ -140,3 +140,22 @@ def test_stop_drops_waiting_tasks_and_late_outcomes() -> None:
 def test_a_worker_needs_a_slot() -> None:
     with pytest.raises(ValueError):
         Harness(slots=0)
+
+
+def test_cancel_drops_a_waiting_task_and_silences_a_running_one() -> None:
+    h = Harness(slots=1)
+    h.worker.assign([(1, "sleep", b"5"), (2, "sleep", b"5"), (3, "sha256", b"Hello, World!")])
+    h.worker.cancel([1, 2])
+    assert h.reports == [(3, STATUS_OK, HELLO_DIGEST)]  # 3 ran as soon as 1's slot was free
+    h.clock.advance(10)
+    assert h.reports == [(3, STATUS_OK, HELLO_DIGEST)]
+    assert (h.worker.running, h.worker.waiting) == (0, 0)
+
+
+def test_a_cancelled_blocking_task_reports_nothing() -> None:
+    h = Harness(slots=1)
+    h.worker.assign([(1, "blocking", b"a")])
+    h.worker.cancel([1])
+    function, payload, waiting = h.blocking_calls[0]
+    waiting.callback(function(payload))  # the thread finishes later; nobody hears of it
+    assert h.reports == []

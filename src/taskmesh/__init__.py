@@ -6,7 +6,25 @@ A scheduler queues tasks from clients and hands them to workers over TCP;
 """
 
 from taskmesh._version import __version__
-from taskmesh.client import Client, SchedulerGone, TaskFailed, TaskRejected
+from taskmesh.client import (
+    Client,
+    SchedulerGone,
+    TaskCancelled,
+    TaskFailed,
+    TaskPending,
+    TaskRejected,
+    TaskUnknown,
+)
 from taskmesh.handlers import ITaskHandler
 
-__all__ = ["Client", "ITaskHandler", "SchedulerGone", "TaskFailed", "TaskRejected", "__version__"]
+__all__ = [
+    "Client",
+    "ITaskHandler",
+    "SchedulerGone",
+    "TaskCancelled",
+    "TaskFailed",
+    "TaskPending",
+    "TaskRejected",
+    "TaskUnknown",
+    "__version__",
+]

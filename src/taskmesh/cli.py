@@ -2,13 +2,14 @@
 The ``taskmesh`` command: a thin layer over ``taskmesh.Client``.
 
 Results go to stdout; anything else a person should read goes to stderr as
-one line, and the exit status says what happened: 0 done, 1 the task failed
-or was refused, 2 the command line was wrong, 3 the scheduler could not be
-reached or went away.
+one line, and the exit status says what happened: 0 done, 1 the task failed,
+was cancelled or refused (or no such task), 2 the command line was wrong, 3
+the scheduler could not be reached, 4 the task has not finished yet.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any, Sequence
 
@@ -19,16 +20,27 @@ from twisted.python import usage
 
 from taskmesh import __version__
 from taskmesh.address import DEFAULT_ADDRESS, parse_address
-from taskmesh.client import DEFAULT_CONNECT_TIMEOUT, Client
-from taskmesh.client_protocol import SchedulerGone, TaskRejected
+from taskmesh.client import (
+    DEFAULT_CONNECT_TIMEOUT,
+    Client,
+    SchedulerGone,
+    TaskPending,
+    TaskRejected,
+    TaskUnknown,
+    task_options,
+)
 from taskmesh.handlers import DEFAULT_TASK_TYPE
 from taskmesh.scheduler import TaskFailed
-from taskmesh.tap import positive_float
+from taskmesh.tap import positive_float, positive_int
 
 EXIT_OK = 0
 EXIT_TASK_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
+EXIT_NOT_FINISHED = 4
+
+#: Pause between attempts to reach a scheduler again while waiting for a result.
+RECONNECT_DELAY = 0.5
 
 
 class ConnectionOptions(usage.Options):
@@ -36,7 +48,7 @@ class ConnectionOptions(usage.Options):
         ["connect", "c", DEFAULT_ADDRESS,
          "Scheduler address: host:port, [ipv6]:port or an endpoint string."],
         ["connect-timeout", None, DEFAULT_CONNECT_TIMEOUT,
-         "Seconds to wait for the scheduler to answer.", positive_float],
+         "Seconds to keep trying to reach the scheduler.", positive_float],
     ]
 
     def postOptions(self) -> None:
@@ -46,15 +58,79 @@ class ConnectionOptions(usage.Options):
             raise usage.UsageError(f"--connect: {e}") from None
 
 
+def task_id_argument(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 2**64:
+        raise usage.UsageError(f"{text!r} is not a task id (a positive whole number)")
+    return int(text)
+
+
 class SubmitOptions(ConnectionOptions):
     synopsis = "[options] TEXT"
-    longdesc = "Run one task and print its result (for sha256, the hex digest of TEXT)."
+    longdesc = (
+        "Run one task and print its result (for sha256, the hex digest of TEXT). "
+        "If the connection drops while waiting, it reconnects and waits on by id."
+    )
     optParameters = [
         ["type", "t", DEFAULT_TASK_TYPE, "Task type."],
+        ["priority", "p", 0, "Higher runs first.", int],
+        ["timeout", None, None, "Seconds an attempt may run before it fails.", positive_float],
+        ["max-attempts", None, None,
+         "Attempts that may fail (timeout, or error with --retry-on-error) "
+         "before the task fails (default: the scheduler's, 3).", positive_int],
+        ["key", "k", None,
+         "Deduplication key: a second submission with the same key gets the first task."],
+    ]
+    optFlags = [
+        ["no-wait", None, "Print the task id once the task is stored, and exit."],
+        ["retry-on-error", None, "Retry when the handler raises, instead of failing at once."],
     ]
 
     def parseArgs(self, text: str) -> None:
         self["text"] = text
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        try:
+            self["options"] = dict(
+                priority=self["priority"],
+                timeout=self["timeout"],
+                max_attempts=self["max-attempts"] or 0,
+                key=self["key"],
+                retry_on_error=bool(self["retry-on-error"]),
+            )
+            task_options(**self["options"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+class ResultOptions(ConnectionOptions):
+    synopsis = "[options] TASK_ID"
+    longdesc = (
+        "Print a task's result. An unfinished task's state (queued, running) "
+        "is printed instead, with exit status 4, unless --wait is given: then "
+        "it waits, reconnecting if the scheduler restarts."
+    )
+    optFlags = [["wait", "w", "Wait until the task is finished."]]
+
+    def parseArgs(self, task_id: str) -> None:
+        self["task_id"] = task_id_argument(task_id)
+
+
+class CancelOptions(ConnectionOptions):
+    synopsis = "[options] TASK_ID"
+    longdesc = (
+        "Cancel a queued task, or ask its worker to stop a running one, and "
+        "print the task's state afterwards."
+    )
+
+    def parseArgs(self, task_id: str) -> None:
+        self["task_id"] = task_id_argument(task_id)
+
+
+class StatusOptions(ConnectionOptions):
+    synopsis = "[options]"
+    longdesc = "Print the scheduler's workers and its tasks counted by state."
+    optFlags = [["json", None, "Print JSON, for scripts."]]
 
 
 class Options(usage.Options):
@@ -62,6 +138,9 @@ class Options(usage.Options):
     longdesc = "Talk to a taskmesh scheduler. Run 'taskmesh COMMAND --help' for a command's options."
     subCommands = [
         ["submit", None, SubmitOptions, "Run one task and print its result."],
+        ["result", None, ResultOptions, "Print a task's result (or state) by id."],
+        ["cancel", None, CancelOptions, "Cancel a task by id."],
+        ["status", None, StatusOptions, "Show workers and task counts."],
     ]
 
     def opt_version(self) -> None:
@@ -71,7 +150,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("name a command (submit)")
+            raise usage.UsageError("name a command: submit, result, cancel or status")
 
 
 class CommandFailed(Exception):
@@ -85,6 +164,13 @@ class CommandFailed(Exception):
 def warn(message: str) -> None:
     sys.stderr.write(f"taskmesh: warning: {message}\n")
     sys.stderr.flush()
+
+
+def out(data: bytes | str) -> None:
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    sys.stdout.buffer.write(data + b"\n")
+    sys.stdout.flush()
 
 
 async def connect(options: ConnectionOptions, reactor: Any) -> Client:
@@ -109,23 +195,128 @@ async def connect(options: ConnectionOptions, reactor: Any) -> Client:
         ) from None
 
 
+async def reconnect(options: ConnectionOptions, reactor: Any) -> Client:
+    """Keep trying to reach a scheduler that went away, for --connect-timeout seconds."""
+    deadline = reactor.seconds() + options["connect-timeout"]
+    while True:
+        try:
+            return await connect(options, reactor)
+        except CommandFailed:
+            if reactor.seconds() >= deadline:
+                raise
+        await task.deferLater(reactor, RECONNECT_DELAY, lambda: None)
+
+
+async def wait_for(options: ConnectionOptions, reactor: Any, client: Client, task_id: int) -> bytes:
+    """A task's result, attaching again by id whenever the connection drops."""
+    try:
+        while True:
+            try:
+                return await client.result(task_id, wait=True)
+            except SchedulerGone:
+                warn(f"lost the scheduler while waiting for task {task_id}; reconnecting")
+                client = await reconnect(options, reactor)
+    finally:
+        await client.close()
+
+
+def task_error(task_id: int, error: Exception) -> CommandFailed:
+    if isinstance(error, TaskUnknown):
+        return CommandFailed(str(error), EXIT_TASK_FAILED)
+    if isinstance(error, TaskRejected):
+        return CommandFailed(f"task refused: {error}", EXIT_TASK_FAILED)
+    kind = "cancelled" if type(error).__name__ == "TaskCancelled" else "failed"
+    return CommandFailed(f"task {task_id} {kind}: {error}", EXIT_TASK_FAILED)
+
+
 async def submit(options: SubmitOptions, reactor: Any) -> None:
     client = await connect(options, reactor)
     try:
-        result = await client.submit(options["text"], options["type"])
-    except TaskFailed as e:
-        raise CommandFailed(f"task failed: {e}", EXIT_TASK_FAILED) from None
+        task_id = await client.enqueue(options["text"], options["type"], **options["options"])
     except TaskRejected as e:
-        raise CommandFailed(f"task refused: {e}", EXIT_TASK_FAILED) from None
+        raise task_error(0, e) from None
+    except SchedulerGone as e:
+        raise CommandFailed(
+            f"{e} (the task may or may not have been stored; submit again with --key to be sure)",
+            EXIT_UNREACHABLE,
+        ) from None
+    if options["no-wait"]:
+        await client.close()
+        out(str(task_id))
+        return
+    try:
+        out(await wait_for(options, reactor, client, task_id))
+    except (TaskFailed, TaskUnknown) as e:
+        raise task_error(task_id, e) from None
+
+
+async def result(options: ResultOptions, reactor: Any) -> None:
+    client = await connect(options, reactor)
+    task_id = options["task_id"]
+    try:
+        if options["wait"]:
+            out(await wait_for(options, reactor, client, task_id))
+        else:
+            try:
+                out(await client.result(task_id, wait=False))
+            finally:
+                await client.close()
+    except TaskPending as e:
+        out(e.state)
+        raise CommandFailed(f"task {task_id} has not finished: it is {e.state}", EXIT_NOT_FINISHED) from None
+    except (TaskFailed, TaskUnknown) as e:
+        raise task_error(task_id, e) from None
+    except SchedulerGone as e:
+        raise CommandFailed(str(e), EXIT_UNREACHABLE) from None
+
+
+async def cancel(options: CancelOptions, reactor: Any) -> None:
+    client = await connect(options, reactor)
+    task_id = options["task_id"]
+    try:
+        out(await client.cancel(task_id))
+    except TaskUnknown as e:
+        raise task_error(task_id, e) from None
     except SchedulerGone as e:
         raise CommandFailed(str(e), EXIT_UNREACHABLE) from None
     finally:
         await client.close()
-    sys.stdout.buffer.write(result + b"\n")
-    sys.stdout.flush()
 
 
-COMMANDS = {"submit": submit}
+def describe_status(report: dict[str, Any]) -> str:
+    tasks = report["tasks"]
+    lines = [
+        "tasks: " + ", ".join(f"{count} {state.replace('_', ' ')}" for state, count in tasks.items())
+    ]
+    for task_type, waiting in report["waiting_by_type"].items():
+        why = " (no connected worker runs this type)" if waiting["no_worker_runs_it"] else ""
+        lines.append(f"  {waiting['queued']} {task_type} queued{why}")
+    workers = report["workers"]
+    lines.append(f"workers: {len(workers)}")
+    if workers:
+        lines.append(f"  {'name':<40} {'slots':>5} {'running':>7}  types")
+        for worker in workers:
+            lines.append(
+                f"  {worker['name']:<40} {worker['slots']:>5} {worker['running']:>7}  "
+                + ",".join(worker["types"])
+            )
+    if report.get("paused_submitters"):
+        lines.append("submitters are paused: the queue is at its bound")
+    return "\n".join(lines)
+
+
+async def status(options: StatusOptions, reactor: Any) -> None:
+    client = await connect(options, reactor)
+    try:
+        report = await client.status()
+    except SchedulerGone as e:
+        raise CommandFailed(str(e), EXIT_UNREACHABLE) from None
+    finally:
+        await client.close()
+    out(json.dumps(report, indent=2) if options["json"] else describe_status(report))
+
+
+COMMANDS = {"submit": submit, "result": result, "cancel": cancel, "status": status}
 
 
 def run(reactor: Any, options: Options) -> "Deferred[None]":
@@ -145,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         options.parseOptions(list(sys.argv[1:] if argv is None else argv))
     except usage.UsageError as e:
-        sys.stderr.write(f"taskmesh: error: {e}\n{options.getSynopsis()}\n")
-        sys.stderr.write("Run 'taskmesh --help' for the commands and their options.\n")
+        sys.stderr.write(f"taskmesh: error: {e}\n")
+        sys.stderr.write("Run 'taskmesh --help' (or 'taskmesh COMMAND --help') for the options.\n")
         raise SystemExit(EXIT_USAGE) from None
     task.react(run, (options,))

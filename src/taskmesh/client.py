@@ -3,6 +3,8 @@ The Python API: connect to a scheduler, submit tasks, get Deferreds back.
 
     client = await Client.connect("localhost:9001")
     digest = await client.submit("Hello, World!")       # b"dffd60..."
+    task_id = await client.enqueue("Hello, World!")    # durable, not waited for
+    digest = await client.result(task_id)               # from any connection, later
     await client.close()
 """
 
@@ -10,17 +12,33 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import connectProtocol
 
+from taskmesh import wire
 from taskmesh.address import DEFAULT_ADDRESS, client_endpoint
-from taskmesh.client_protocol import ClientProtocol, SchedulerGone, TaskRejected
+from taskmesh.client_protocol import (
+    ClientProtocol,
+    SchedulerGone,
+    TaskPending,
+    TaskRejected,
+    TaskUnknown,
+    outcome_error,
+)
 from taskmesh.handlers import DEFAULT_TASK_TYPE
-from taskmesh.scheduler import TaskFailed
+from taskmesh.scheduler import TaskCancelled, TaskFailed
 
-__all__ = ["Client", "TaskFailed", "TaskRejected", "SchedulerGone"]
+__all__ = [
+    "Client",
+    "SchedulerGone",
+    "TaskCancelled",
+    "TaskFailed",
+    "TaskPending",
+    "TaskRejected",
+    "TaskUnknown",
+]
 
 #: How long connect() waits for the scheduler's handshake before giving up.
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -28,8 +46,30 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 Payload = Union[str, bytes]
 
 
+def task_options(
+    priority: int = 0,
+    timeout: float | None = None,
+    max_attempts: int = 0,
+    key: str | None = None,
+    retry_on_error: bool = False,
+    no_result: bool = False,
+) -> wire.TaskOptions:
+    """Options for a submission; the defaults share one object and cost one byte."""
+    if (priority, timeout, max_attempts, key, retry_on_error, no_result) == (
+        0, None, 0, None, False, False,
+    ):
+        return wire.DEFAULT_OPTIONS
+    if timeout is not None and not timeout > 0:
+        raise ValueError("timeout must be a positive number of seconds")
+    if not 0 <= max_attempts <= 0xFFFF:
+        raise ValueError("max_attempts must be 1 to 65535 (0: the scheduler's default)")
+    if not -(2**31) <= priority < 2**31:
+        raise ValueError("priority must fit in 32 bits")
+    return wire.TaskOptions(priority, timeout, max_attempts, key, retry_on_error, no_result)
+
+
 class Client:
-    """A connection to a scheduler, for submitting tasks and awaiting results."""
+    """A connection to a scheduler, for submitting tasks and fetching results."""
 
     def __init__(self, protocol: ClientProtocol) -> None:
         self._protocol = protocol
@@ -38,7 +78,7 @@ class Client:
     async def connect(
         cls,
         address: str = DEFAULT_ADDRESS,
-        reactor: object = None,
+        reactor: Any = None,
         timeout: float = DEFAULT_CONNECT_TIMEOUT,
         on_no_worker: Callable[[str], None] = lambda task_type: None,
     ) -> "Client":
@@ -51,13 +91,10 @@ class Client:
             from twisted.internet import reactor as global_reactor
 
             reactor = global_reactor
-        endpoint = client_endpoint(reactor, address)
         protocol = ClientProtocol(
-            reactor,  # type: ignore[arg-type]
-            name=f"{socket.gethostname()}-{os.getpid()}",
-            on_no_worker=on_no_worker,
+            reactor, name=f"{socket.gethostname()}-{os.getpid()}", on_no_worker=on_no_worker
         )
-        connecting = connectProtocol(endpoint, protocol)
+        connecting = connectProtocol(client_endpoint(reactor, address), protocol)
         connecting.addTimeout(timeout, reactor)
         await connecting
         ready = protocol.ready
@@ -69,15 +106,77 @@ class Client:
             raise
         return cls(protocol)
 
-    def submit(self, payload: Payload, task_type: str = DEFAULT_TASK_TYPE) -> "Deferred[bytes]":
+    def submit(
+        self,
+        payload: Payload,
+        task_type: str = DEFAULT_TASK_TYPE,
+        *,
+        priority: int = 0,
+        timeout: float | None = None,
+        max_attempts: int = 0,
+        key: str | None = None,
+        retry_on_error: bool = False,
+    ) -> "Deferred[bytes]":
         """
-        Run one task.  The Deferred fires with the result's bytes, or fails
-        with TaskFailed (the reason is the message), TaskRejected, or
-        SchedulerGone.  A str payload is sent as UTF-8.
+        Run one task and wait for it.  The Deferred fires with the result's
+        bytes, or fails with TaskFailed (the message says why), TaskCancelled,
+        TaskRejected, or SchedulerGone.  A str payload is sent as UTF-8.
+
+        ``timeout`` bounds each attempt's execution (seconds); a timed-out
+        attempt is retried with exponential backoff up to ``max_attempts``
+        (0: the scheduler's default, 3).  ``retry_on_error`` retries a
+        handler's exception the same way instead of failing at once.  A
+        second submission with the same ``key`` is not run again: it gets the
+        first task's result.  Higher ``priority`` runs first.
         """
-        if isinstance(payload, str):
-            payload = payload.encode("utf-8")
-        return self._protocol.submit(task_type, payload)
+        options = task_options(priority, timeout, max_attempts, key, retry_on_error)
+        return self._protocol.submit(task_type, _as_bytes(payload), options)
+
+    def enqueue(
+        self,
+        payload: Payload,
+        task_type: str = DEFAULT_TASK_TYPE,
+        *,
+        priority: int = 0,
+        timeout: float | None = None,
+        max_attempts: int = 0,
+        key: str | None = None,
+        retry_on_error: bool = False,
+    ) -> "Deferred[int]":
+        """
+        Queue one task without waiting for it: the Deferred fires with its id
+        once the scheduler has made it durable.  Fetch the result later with
+        ``result(task_id)``, from this connection or any other.
+        """
+        options = task_options(priority, timeout, max_attempts, key, retry_on_error, True)
+        return self._protocol.submit(task_type, _as_bytes(payload), options)
+
+    async def result(self, task_id: int, wait: bool = True) -> bytes:
+        """
+        A task's result by id.  With ``wait`` it waits until the task is
+        finished; without, an unfinished task raises TaskPending (its state
+        is in ``.state``).  TaskUnknown: no such id, or its result was pruned.
+        """
+        status, value = await self._protocol.query(task_id, wait)
+        if status == wire.STATUS_OK:
+            return value
+        raise outcome_error(task_id, status, value)
+
+    async def cancel(self, task_id: int) -> str:
+        """Cancel a task; returns its state afterwards ('cancelled', 'succeeded' or 'failed')."""
+        status, value = await self._protocol.cancel(task_id)
+        if status == wire.STATUS_UNKNOWN:
+            raise outcome_error(task_id, status, value)
+        return {
+            wire.STATUS_OK: "succeeded",
+            wire.STATUS_FAILED: "failed",
+            wire.STATUS_CANCELLED: "cancelled",
+            wire.STATUS_PENDING: value.decode("utf-8", "replace"),
+        }[status]
+
+    def status(self) -> "Deferred[dict[str, Any]]":
+        """The scheduler's workers and task counts, as a dict (see ``taskmesh status --json``)."""
+        return self._protocol.status()
 
     @property
     def max_payload(self) -> int:
@@ -85,10 +184,14 @@ class Client:
         return welcome.max_payload if welcome else 0
 
     def close(self) -> "Deferred[None]":
-        """Send what is queued and disconnect; tasks still pending fail with SchedulerGone."""
+        """Send what is queued and disconnect; what is still pending fails with SchedulerGone."""
         protocol = self._protocol
         if not protocol.closing:
             protocol.flush()
             protocol.closing = True
             protocol.transport.loseConnection()
         return protocol.lost
+
+
+def _as_bytes(payload: Payload) -> bytes:
+    return payload.encode("utf-8") if isinstance(payload, str) else payload

@@ -2,14 +2,16 @@
 The client's end of a connection to the scheduler.
 
 It correlates each submission (by a request number of its own) with the
-task id the scheduler answers with, and each result with the Deferred the
+task id the scheduler answers with, and each result with the Deferreds the
 caller holds.  If the connection drops, every Deferred still waiting fails
 with a reason that says so: nothing hangs.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import json
+from collections import deque
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -18,7 +20,7 @@ from twisted.python.failure import Failure
 
 from taskmesh import wire
 from taskmesh.framing import FramedProtocol, PeerMisbehaved
-from taskmesh.scheduler import TaskFailed
+from taskmesh.scheduler import TaskCancelled, TaskFailed
 
 
 class TaskRejected(Exception):
@@ -26,11 +28,36 @@ class TaskRejected(Exception):
 
 
 class SchedulerGone(Exception):
-    """The connection to the scheduler ended before this task's result came."""
+    """The connection to the scheduler ended before the answer came."""
+
+
+class TaskUnknown(LookupError):
+    """No task has this id (never submitted, or its result was pruned)."""
+
+
+class TaskPending(Exception):
+    """The task has no outcome yet; the message is its state (queued or running)."""
+
+    def __init__(self, task_id: int, state: str) -> None:
+        super().__init__(f"task {task_id} is {state}")
+        self.task_id = task_id
+        self.state = state
+
+
+#: What a result record means for someone waiting on it.
+def outcome_error(task_id: int, status: int, value: bytes) -> Exception:
+    text = value.decode("utf-8", "replace")
+    if status == wire.STATUS_FAILED:
+        return TaskFailed(text)
+    if status == wire.STATUS_CANCELLED:
+        return TaskCancelled(text)
+    if status == wire.STATUS_PENDING:
+        return TaskPending(task_id, text)
+    return TaskUnknown(f"task {task_id}: {text}")
 
 
 class ClientProtocol(FramedProtocol):
-    """Submits tasks and collects their results over one connection."""
+    """Submits tasks, queries and cancels them, over one connection."""
 
     log = Logger()
 
@@ -49,60 +76,105 @@ class ClientProtocol(FramedProtocol):
         self.lost: Deferred[None] = Deferred()
         self._on_no_worker = on_no_worker
         self._next_request = 0
-        # request number -> (task type, result Deferred), until accepted
-        self._requests: dict[int, tuple[str, Deferred[bytes]]] = {}
-        # task id -> result Deferred, until its result comes
-        self._tasks: dict[int, Deferred[bytes]] = {}
+        # request number -> (task type, Deferred, wants the result or only the id)
+        self._requests: dict[int, tuple[str, Deferred[Any], bool]] = {}
+        # task id -> Deferreds of its result
+        self._waiters: dict[int, list[Deferred[bytes]]] = {}
+        # task id -> Deferreds of the next (status, value) record, whatever it says
+        self._peeks: dict[int, list[Deferred[tuple[int, bytes]]]] = {}
+        self._status: deque[Deferred[dict[str, Any]]] = deque()
         self._error: str | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.send(wire.Hello(role=wire.ROLE_CLIENT, name=self.name))
 
-    def submit(self, task_type: str, payload: bytes) -> "Deferred[bytes]":
-        """Queue one task; the Deferred fires with its result bytes."""
-        result: Deferred[bytes] = Deferred()
-        if self.welcome is None or self.closing:
-            result.errback(SchedulerGone("not connected to a scheduler"))
-            return result
-        if len(payload) > self.welcome.max_payload:
-            result.errback(
-                TaskRejected(
-                    f"payload of {len(payload)} bytes exceeds the scheduler's limit "
-                    f"of {self.welcome.max_payload} bytes"
-                )
-            )
-            return result
+    # -- requests ------------------------------------------------------------
+
+    def submit(
+        self, task_type: str, payload: bytes, options: wire.TaskOptions = wire.DEFAULT_OPTIONS
+    ) -> "Deferred[Any]":
+        """
+        Queue one task.  The Deferred fires with the result bytes, or, when
+        ``options.no_result`` is set, with the task id once the scheduler has
+        made the task durable.
+        """
+        waiting: Deferred[Any] = Deferred()
+        failure = self._unusable(payload)
+        if failure is not None:
+            waiting.errback(failure)
+            return waiting
         request = self._next_request = (self._next_request + 1) & 0xFFFFFFFF
-        self._requests[request] = (task_type, result)
-        self.queue(wire.Submit, (request, task_type, payload), len(payload) + len(task_type))
-        return result
+        self._requests[request] = (task_type, waiting, not options.no_result)
+        self.queue(
+            wire.Submit, (request, task_type, payload, options), len(payload) + len(task_type)
+        )
+        return waiting
+
+    def query(self, task_id: int, wait: bool) -> "Deferred[tuple[int, bytes]]":
+        """The next result record for this task: its outcome, or its state now."""
+        answer: Deferred[tuple[int, bytes]] = self._peek(task_id)
+        self.queue(wire.Query, (task_id, wait), 0)
+        return answer
+
+    def cancel(self, task_id: int) -> "Deferred[tuple[int, bytes]]":
+        """Cancel; the answer is the task's outcome afterwards."""
+        answer = self._peek(task_id)
+        self.queue(wire.Cancel, task_id, 0)
+        return answer
+
+    def status(self) -> "Deferred[dict[str, Any]]":
+        answer: Deferred[dict[str, Any]] = Deferred()
+        if self._unusable(b"") is not None:
+            answer.errback(SchedulerGone("not connected to a scheduler"))
+            return answer
+        self._status.append(answer)
+        self.send(wire.StatusRequest())
+        return answer
+
+    def _peek(self, task_id: int) -> "Deferred[tuple[int, bytes]]":
+        answer: Deferred[tuple[int, bytes]] = Deferred()
+        failure = self._unusable(b"")
+        if failure is not None:
+            answer.errback(failure)
+        else:
+            self._peeks.setdefault(task_id, []).append(answer)
+        return answer
+
+    def _unusable(self, payload: bytes) -> Exception | None:
+        if self.welcome is None or self.closing:
+            return SchedulerGone("not connected to a scheduler")
+        if len(payload) > self.welcome.max_payload:
+            return TaskRejected(
+                f"payload of {len(payload)} bytes exceeds the scheduler's limit "
+                f"of {self.welcome.max_payload} bytes"
+            )
+        return None
 
     @property
     def pending(self) -> int:
-        return len(self._requests) + len(self._tasks)
+        return len(self._requests) + len(self._waiters) + len(self._peeks)
+
+    # -- answers -------------------------------------------------------------
 
     def message_received(self, message: wire.Message) -> None:
         kind = type(message)
         if kind is wire.Results:
-            tasks = self._tasks
-            for task_id, status, value in message.records:  # type: ignore[union-attr]
-                result = tasks.pop(task_id, None)
-                if result is None:
-                    self.log.warn("result for unknown task {task_id}", task_id=task_id)
-                elif status == wire.STATUS_OK:
-                    result.callback(value)
-                else:
-                    result.errback(TaskFailed(value.decode("utf-8", "replace")))
+            self._results(message.records)  # type: ignore[union-attr]
         elif kind is wire.Accepted:
             for request, task_id, flags in message.records:  # type: ignore[union-attr]
-                task_type, result = self._pop_request(request)
-                self._tasks[task_id] = result
+                task_type, waiting, wants_result = self._pop_request(request)
                 if flags & wire.ACCEPTED_NO_WORKER:
                     self._on_no_worker(task_type)
+                if wants_result:
+                    self._waiters.setdefault(task_id, []).append(waiting)
+                else:
+                    waiting.callback(task_id)
         elif kind is wire.Rejected:
             for request, reason in message.records:  # type: ignore[union-attr]
                 self._pop_request(request)[1].errback(TaskRejected(reason))
+        elif kind is wire.StatusReport and self._status:
+            self._status.popleft().callback(json.loads(message.json))  # type: ignore[union-attr]
         elif kind is wire.Welcome and self.welcome is None:
             self.welcome = message  # type: ignore[assignment]
             self.MAX_LENGTH = self.send_limit = message.max_frame  # type: ignore[union-attr]
@@ -114,7 +186,22 @@ class ClientProtocol(FramedProtocol):
         else:
             raise PeerMisbehaved(f"a client does not expect {kind.__name__} now")
 
-    def _pop_request(self, request: int) -> tuple[str, Deferred[bytes]]:
+    def _results(self, records: list[wire.ResultRecord]) -> None:
+        waiters = self._waiters
+        peeks = self._peeks
+        for task_id, status, value in records:
+            if peeks:
+                for answer in peeks.pop(task_id, ()):
+                    answer.callback((status, value))
+            if status == wire.STATUS_PENDING:
+                continue
+            for waiting in waiters.pop(task_id, ()):
+                if status == wire.STATUS_OK:
+                    waiting.callback(value)
+                else:
+                    waiting.errback(outcome_error(task_id, status, value))
+
+    def _pop_request(self, request: int) -> tuple[str, Deferred[Any], bool]:
         found = self._requests.pop(request, None)
         if found is None:
             raise PeerMisbehaved(f"answer to request {request}, which is not pending")
@@ -123,15 +210,18 @@ class ClientProtocol(FramedProtocol):
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
         why = self._error or reason.getErrorMessage()
-        gone = SchedulerGone(f"connection to the scheduler lost: {why}")
         if not self.ready.called:
-            self.ready.errback(gone)
-        waiting = [result for _, result in self._requests.values()]
-        waiting.extend(self._tasks.values())
+            self.ready.errback(SchedulerGone(f"connection to the scheduler lost: {why}"))
+        waiting: list[Deferred[Any]] = [entry[1] for entry in self._requests.values()]
+        for group in (*self._waiters.values(), *self._peeks.values()):
+            waiting.extend(group)
+        waiting.extend(self._status)
         self._requests.clear()
-        self._tasks.clear()
-        for result in waiting:
-            result.errback(
-                SchedulerGone(f"connection to the scheduler lost before the task finished: {why}")
+        self._waiters.clear()
+        self._peeks.clear()
+        self._status.clear()
+        for answer in waiting:
+            answer.errback(
+                SchedulerGone(f"connection to the scheduler lost before the answer came: {why}")
             )
         self.lost.callback(None)

@@ -3,34 +3,84 @@ The scheduler core: a sans-I/O state machine.
 
 It owns the task table, the queue, the connected workers and their leases,
 and one Deferred per task that fires exactly once.  Every scheduling decision
-(assign, requeue, fail) is made here and nowhere else.  It does no I/O: it
-hands assignments to an ``IWorkerChannel`` that a protocol implements, and it
-takes time from the ``IReactorTime`` it is given, never the global reactor,
-so tests drive it with ``twisted.internet.task.Clock``.
+(assign, requeue, retry, time out, fail, cancel) is made here and nowhere
+else.  It does no I/O of its own: it hands assignments to an
+``IWorkerChannel`` that a protocol implements, writes through an
+``ITaskStore``, and takes time from the ``IReactorTime`` it is given, never
+the global reactor, so tests drive it with ``twisted.internet.task.Clock``.
+
+Durability order: a new task is written to the store before its submission
+is acknowledged (``after_commit``), and an outcome is written before the
+task's Deferred fires.  The store is committed once per reactor turn that
+wrote anything (group commit).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import Interface
 
+from taskmesh.store import ITaskStore, MemoryStore, Outcome, State
 from taskmesh.taskqueue import TaskQueue
-
-#: How many times a task may lose its worker (connection dropped) before it is
-#: failed instead of requeued: a task that keeps killing workers is poison.
-DEFAULT_MAX_LOSSES = 3
-#: Tasks a worker may hold beyond its slots, so it never idles waiting for the
-#: next assignment to cross the network.  Small, so that slow tasks are not
-#: hoarded by one worker while another sits idle.
-DEFAULT_PREFETCH = 2
+from taskmesh.wire import DEFAULT_OPTIONS, STATUS_OK, TaskOptions
 
 
 class TaskFailed(Exception):
     """A task ended without a result; the message says why, for a person."""
+
+
+class TaskCancelled(TaskFailed):
+    """A task was cancelled before it finished."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Every rule's number, with its default; each is a scheduler option."""
+
+    #: Tasks a worker may hold beyond its slots, so it never idles waiting
+    #: for the next assignment to cross the network.  Small, so that slow
+    #: tasks are not hoarded by one worker while another sits idle.
+    prefetch: int = 2
+    #: Times a task may lose its worker (connection dropped, heartbeats
+    #: stopped) before it is failed as poison: it may be what kills them.
+    max_losses: int = 3
+    #: Attempts that may fail (time out, or raise when retries on error were
+    #: asked for) before the task fails; a task may ask for another number.
+    max_attempts: int = 3
+    #: First pause before retrying a failed attempt; doubles each time.
+    retry_delay: float = 1.0
+    retry_max_delay: float = 60.0
+    #: Workers and scheduler exchange heartbeats this often (seconds); a
+    #: worker silent for ``heartbeat_tolerance`` intervals loses its leases.
+    heartbeat_interval: float = 2.0
+    heartbeat_tolerance: int = 3
+    #: Outcomes are kept this long (seconds) for retrieval by id.
+    result_ttl: float = 24 * 3600.0
+    #: Queued tasks beyond which submitting clients are paused (slowed, not dropped).
+    max_queued: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        checks = {
+            "prefetch": self.prefetch >= 0,
+            "max_losses": self.max_losses >= 1,
+            "max_attempts": self.max_attempts >= 1,
+            "retry_delay": self.retry_delay >= 0,
+            "retry_max_delay": self.retry_max_delay >= self.retry_delay,
+            "heartbeat_interval": self.heartbeat_interval > 0,
+            "heartbeat_tolerance": self.heartbeat_tolerance >= 1,
+            "result_ttl": self.result_ttl > 0,
+            "max_queued": self.max_queued >= 1,
+        }
+        wrong = [name for name, ok in checks.items() if not ok]
+        if wrong:
+            raise ValueError(f"invalid scheduler policy: {', '.join(wrong)}")
 
 
 class IWorkerChannel(Interface):
@@ -39,11 +89,20 @@ class IWorkerChannel(Interface):
     def assign(task_id: int, task_type: str, payload: bytes) -> None:
         """Send this task to the worker (the channel may batch the frames)."""
 
+    def cancel(task_id: int) -> None:
+        """Tell the worker to stop this task; its lease is already gone."""
+
+    def heartbeat() -> None:
+        """Send a heartbeat."""
+
+    def drop(reason: str) -> None:
+        """Close the connection: the core has given up on this worker."""
+
 
 class WorkerState:
     """The core's view of one connected worker: what it runs and what it holds."""
 
-    __slots__ = ("channel", "name", "slots", "task_types", "capacity", "leases")
+    __slots__ = ("channel", "name", "slots", "task_types", "capacity", "leases", "last_seen")
 
     def __init__(
         self,
@@ -52,6 +111,7 @@ class WorkerState:
         slots: int,
         task_types: frozenset[str],
         prefetch: int,
+        now: float,
     ) -> None:
         self.channel = channel
         self.name = name
@@ -61,29 +121,46 @@ class WorkerState:
         self.capacity = slots + prefetch
         #: Tasks this worker holds, by id.
         self.leases: dict[int, Task] = {}
-
-    def free(self) -> int:
-        return self.capacity - len(self.leases)
+        self.last_seen = now
 
 
-@dataclass(eq=False, slots=True)
 class Task:
     """One task the scheduler is responsible for until its Deferred fires."""
 
-    id: int
-    type: str
-    payload: bytes
-    submitted_at: float
-    deferred: "Deferred[bytes]" = field(default_factory=Deferred)
-    #: Times this task was leased to a worker whose connection then dropped.
-    losses: int = 0
-    #: The worker holding the lease, while running.
-    worker: WorkerState | None = None
+    __slots__ = (
+        "id", "type", "payload", "options", "submitted_at", "deferred",
+        "state", "attempts", "losses", "worker", "timer",
+    )
+
+    def __init__(
+        self, task_id: int, task_type: str, payload: bytes, options: TaskOptions, submitted_at: float
+    ) -> None:
+        self.id = task_id
+        self.type = task_type
+        self.payload = payload
+        self.options = options
+        self.submitted_at = submitted_at
+        self.deferred: Deferred[bytes] = Deferred()
+        self.state = State.QUEUED
+        #: Attempts that failed (timed out, or raised with retries on error).
+        self.attempts = 0
+        #: Times this task's worker was lost while it held the task.
+        self.losses = 0
+        #: The worker holding the lease, while running.
+        self.worker: WorkerState | None = None
+        #: The pending timeout (while running) or retry (while waiting to retry).
+        self.timer: IDelayedCall | None = None
 
     @property
-    def seq(self) -> int:
-        """Place in line: ids grow with submission order."""
-        return self.id
+    def priority(self) -> int:
+        return self.options.priority
+
+    def __repr__(self) -> str:
+        return f"<Task {self.id} {self.type} {self.state.name}>"
+
+
+def _consume(failure: Failure) -> None:
+    """End of every failed task's chain: the failure has been delivered."""
 
 
 class Scheduler:
@@ -94,41 +171,163 @@ class Scheduler:
     def __init__(
         self,
         clock: IReactorTime,
-        prefetch: int = DEFAULT_PREFETCH,
-        max_losses: int = DEFAULT_MAX_LOSSES,
+        store: ITaskStore | None = None,
+        policy: Policy = Policy(),
     ) -> None:
-        if prefetch < 0:
-            raise ValueError("prefetch must be 0 or more")
-        if max_losses < 1:
-            raise ValueError("max_losses must be 1 or more")
         self._clock = clock
-        self._prefetch = prefetch
-        self._max_losses = max_losses
+        self._store: ITaskStore = store if store is not None else MemoryStore()
+        self.policy = policy
         self._queue = TaskQueue()
         self._tasks: dict[int, Task] = {}
+        self._keys: dict[str, int] = {}
         self._workers: list[WorkerState] = []
-        self._next_id = 1
-        self.completed = 0
-        self.failed = 0
+        self._next_id = self._store.next_id()
+        self._waiting_retry = 0
+        # group commit
+        self._commit_call: IDelayedCall | None = None
+        self._finished: list[tuple[Task, bytes]] = []
+        self._after_commit: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        # flow control
+        self._paused = False
+        #: Called with True when the queue reaches its bound, False when it has room again.
+        self.on_queue_full: Callable[[bool], None] = lambda full: None
+        self._loops: list[LoopingCall] = []
+        self.counts = {State.SUCCEEDED: 0, State.FAILED: 0, State.CANCELLED: 0}
+
+    # -- life ----------------------------------------------------------------
+
+    def start(self) -> int:
+        """
+        Take back every unfinished task from the store (queued or running
+        when the last scheduler stopped: both are queued again), and start
+        the heartbeat and pruning rounds.  Returns how many were recovered.
+        """
+        recovered = 0
+        for stored in self._store.unfinished():
+            options = TaskOptions(
+                priority=stored.priority,
+                timeout=stored.timeout,
+                max_attempts=stored.max_attempts,
+                key=stored.key,
+                retry_on_error=stored.retry_on_error,
+            )
+            task = Task(stored.id, stored.type, stored.payload, options, stored.submitted_at)
+            task.attempts = stored.attempts
+            task.losses = stored.losses
+            self._tasks[task.id] = task
+            if stored.key is not None:
+                self._keys[stored.key] = task.id
+            self._queue.push(task)
+            recovered += 1
+        self._next_id = self._store.next_id()
+        if recovered:
+            self.log.info("recovered {count} unfinished tasks from the store", count=recovered)
+        for interval, work in (
+            (self.policy.heartbeat_interval, self._check_workers),
+            (min(60.0, self.policy.result_ttl), self._prune),
+        ):
+            loop = LoopingCall(work)
+            loop.clock = self._clock
+            loop.start(interval, now=False)
+            self._loops.append(loop)
+        return recovered
+
+    def stop(self) -> None:
+        """Stop the rounds and make everything written so far durable."""
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops.clear()
+        if self._commit_call is not None and self._commit_call.active():
+            self._commit_call.cancel()
+        self._commit()
 
     # -- what clients ask ----------------------------------------------------
 
-    def submit(self, task_type: str, payload: bytes) -> Task:
+    def submit(
+        self, task_type: str, payload: bytes, options: TaskOptions = DEFAULT_OPTIONS
+    ) -> tuple[int, bool]:
         """
-        Take responsibility for a task.  Its Deferred fires with the result
-        bytes, or fails with TaskFailed.  The task goes straight to the worker
-        with the most free room that runs its type, or waits in the queue.
+        Take responsibility for a task; returns ``(task id, duplicate)``.  A
+        submission whose key names an existing task (live or finished and
+        not yet pruned) returns that task's id with ``duplicate`` true and
+        queues nothing.  Watch the id with ``watch``; acknowledge only in
+        ``after_commit``.
         """
-        task = Task(self._next_id, task_type, payload, self._clock.seconds())
+        key = options.key
+        if key is not None:
+            existing = self._keys.get(key)
+            if existing is None:
+                existing = self._store.task_for_key(key)
+            if existing is not None:
+                return existing, True
+        task = Task(self._next_id, task_type, payload, options, self._clock.seconds())
         self._next_id += 1
         self._tasks[task.id] = task
-        if not self._queue.has_waiting(task_type):
-            worker = self._roomiest_worker_for(task_type)
-            if worker is not None:
-                self._lease(task, worker)
-                return task
-        self._queue.push(task)
-        return task
+        if key is not None:
+            self._keys[key] = task.id
+        self._store.add(task)
+        if self._commit_call is None:
+            self._commit_call = self._clock.callLater(0, self._commit)
+        self._enqueue(task)
+        if not self._paused and len(self._queue) >= self.policy.max_queued:
+            self._paused = True
+            self.log.warn(
+                "{count} tasks queued: pausing submitters until there is room",
+                count=len(self._queue),
+            )
+            self.on_queue_full(True)
+        return task.id, False
+
+    def after_commit(self, function: Callable[..., Any], *args: Any) -> None:
+        """Call ``function(*args)`` once everything written so far is durable."""
+        self._after_commit.append((function, args))
+        if self._commit_call is None:
+            self._commit_call = self._clock.callLater(0, self._commit)
+
+    def watch(self, task_id: int) -> "Deferred[bytes] | Outcome | None":
+        """
+        The Deferred of a live task (callbacks added to it must pass the
+        result or failure on), the outcome of a finished one, or None for an
+        id never used or pruned.
+        """
+        task = self._tasks.get(task_id)
+        if task is not None:
+            return task.deferred
+        return self._store.outcome(task_id)
+
+    def task(self, task_id: int) -> Task | None:
+        """A live (unfinished, or finished but not yet durable) task, or None."""
+        return self._tasks.get(task_id)
+
+    def state_of(self, task_id: int) -> State | None:
+        task = self._tasks.get(task_id)
+        return task.state if task is not None else None
+
+    def cancel(self, task_id: int, reason: str = "cancelled") -> bool:
+        """
+        Cancel a queued task, or a running one (its worker is told to stop
+        and its late result, if any, is dropped).  False if the task is
+        unknown or already finished.
+        """
+        task = self._tasks.get(task_id)
+        if task is None or task.state.finished:
+            return False
+        worker = task.worker
+        if worker is not None:
+            self._release(task)
+            worker.channel.cancel(task_id)
+        elif task.timer is not None:
+            self._waiting_retry -= 1
+        else:
+            self._queue.remove(task)
+        if task.timer is not None:
+            task.timer.cancel()
+            task.timer = None
+        self._finish(task, State.CANCELLED, reason.encode("utf-8"))
+        if worker is not None:
+            self._fill(worker)
+        return True
 
     def has_worker_for(self, task_type: str) -> bool:
         """Whether any connected worker runs this type (else the task waits)."""
@@ -142,7 +341,9 @@ class Scheduler:
         """A worker finished its handshake: give it work at once."""
         if slots < 1:
             raise ValueError("a worker needs at least one slot")
-        worker = WorkerState(channel, name, slots, task_types, self._prefetch)
+        worker = WorkerState(
+            channel, name, slots, task_types, self.policy.prefetch, self._clock.seconds()
+        )
         self._workers.append(worker)
         self.log.info(
             "worker {name} joined with {slots} slots for {types}",
@@ -153,17 +354,20 @@ class Scheduler:
         self._fill(worker)
         return worker
 
+    def heard_from(self, worker: WorkerState) -> None:
+        """Any frame from a worker proves it alive."""
+        worker.last_seen = self._clock.seconds()
+
     def remove_worker(self, worker: WorkerState, reason: str = "connection lost") -> None:
         """
-        A worker is gone.  Each task it held goes back to the front of the
-        queue, unless it has now lost its worker max_losses times: then it
-        fails, so a task that kills every worker cannot kill them all.
+        A worker is gone.  Each task it held goes back in line, unless it has
+        now lost its worker max_losses times: then it fails as poison, so a
+        task that kills every worker cannot kill them all.
         """
         if worker not in self._workers:
             return
         self._workers.remove(worker)
-        held = sorted(worker.leases.values(), key=lambda task: task.seq)
-        worker.leases.clear()
+        held = sorted(worker.leases.values(), key=lambda task: task.id)
         self.log.info(
             "worker {name} left ({reason}); {count} tasks to requeue",
             name=worker.name,
@@ -171,103 +375,236 @@ class Scheduler:
             count=len(held),
         )
         for task in held:
-            task.worker = None
+            self._release(task)
             task.losses += 1
-            if task.losses >= self._max_losses:
-                self._fail(
+            if task.losses >= self.policy.max_losses:
+                self._finish(
                     task,
-                    f"task {task.id} lost its worker {task.losses} times "
-                    f"(last: {worker.name}, {reason}); giving up",
+                    State.FAILED,
+                    f"poison: task {task.id} lost its worker {task.losses} times "
+                    f"(last: {worker.name}, {reason}); not trying again".encode("utf-8"),
                 )
             else:
-                self._queue.push_front(task)
+                self._store.record_attempts(task.id, task.attempts, task.losses)
+                self._queue.push(task)
         self._fill_all()
 
     def complete(self, worker: WorkerState, records: list[tuple[int, int, bytes]]) -> None:
         """
         A worker reports outcomes: (task id, status, value) with status 0 for
         success, else value is the reason.  Only the worker holding a task's
-        lease is heard: a result for a task it does not hold (already
-        requeued, already done) is logged and dropped, so each task is decided
-        once.  The worker is refilled once, after the whole batch.
+        lease is heard: a result for a task it does not hold (requeued after
+        a lost lease, timed out, cancelled, already done) is logged and
+        dropped, so each task's outcome is recorded once.  The worker is
+        refilled once, after the whole batch.
         """
         leases = worker.leases
-        tasks = self._tasks
         for task_id, status, value in records:
             task = leases.pop(task_id, None)
             if task is None:
-                self.log.warn(
-                    "dropped a result for task {task_id} from worker {name}, which does not hold it",
+                self.log.info(
+                    "dropped a late result for task {task_id} from {name}, which no longer holds it",
                     task_id=task_id,
                     name=worker.name,
                 )
                 continue
             task.worker = None
-            del tasks[task_id]
-            if status == 0:
-                self.completed += 1
-                task.deferred.callback(value)
+            if task.timer is not None:
+                task.timer.cancel()
+                task.timer = None
+            if status == STATUS_OK:
+                self._finish(task, State.SUCCEEDED, value)
+            elif task.options.retry_on_error:
+                self._attempt_failed(task, value.decode("utf-8", "replace"))
             else:
-                self._fail_finished(task, value.decode("utf-8", "replace"))
+                self._finish(task, State.FAILED, value)
         self._fill(worker)
 
     # -- what monitoring reads ----------------------------------------------
 
-    def stats(self) -> dict[str, object]:
+    def stats(self) -> dict[str, Any]:
+        now = self._clock.seconds()
         running = sum(len(worker.leases) for worker in self._workers)
+        served = set().union(*(w.task_types for w in self._workers)) if self._workers else set()
+        waiting = self._queue.waiting_by_type()
         return {
-            "queued": len(self._queue),
-            "running": running,
-            "completed": self.completed,
-            "failed": self.failed,
-            "waiting_by_type": self._queue.waiting_by_type(),
+            "tasks": {
+                "queued": len(self._queue),
+                "waiting_to_retry": self._waiting_retry,
+                "running": running,
+                "succeeded": self.counts[State.SUCCEEDED],
+                "failed": self.counts[State.FAILED],
+                "cancelled": self.counts[State.CANCELLED],
+            },
+            "waiting_by_type": {
+                task_type: {"queued": count, "no_worker_runs_it": task_type not in served}
+                for task_type, count in sorted(waiting.items())
+            },
             "workers": [
                 {
                     "name": worker.name,
                     "slots": worker.slots,
-                    "running": len(worker.leases),
+                    "running": min(len(worker.leases), worker.slots),
+                    "held": len(worker.leases),
                     "types": sorted(worker.task_types),
+                    "last_seen_seconds_ago": round(now - worker.last_seen, 3),
                 }
                 for worker in self._workers
             ],
+            "paused_submitters": self._paused,
         }
 
     # -- decisions -----------------------------------------------------------
 
-    def _roomiest_worker_for(self, task_type: str) -> WorkerState | None:
-        best = None
-        best_free = 0
-        for worker in self._workers:
-            free = worker.capacity - len(worker.leases)
-            if free > best_free and task_type in worker.task_types:
-                best, best_free = worker, free
-        return best
+    def _enqueue(self, task: Task) -> None:
+        """Straight to the roomiest worker that runs the type, or in line."""
+        if not self._queue.has_waiting(task.type):
+            best = None
+            best_free = 0
+            for worker in self._workers:
+                free = worker.capacity - len(worker.leases)
+                if free > best_free and task.type in worker.task_types:
+                    best, best_free = worker, free
+            if best is not None:
+                self._lease(task, best)
+                return
+        self._queue.push(task)
 
     def _lease(self, task: Task, worker: WorkerState) -> None:
         task.worker = worker
+        task.state = State.RUNNING
         worker.leases[task.id] = task
+        timeout = task.options.timeout
+        if timeout is not None:
+            task.timer = self._clock.callLater(timeout, self._timed_out, task)
         worker.channel.assign(task.id, task.type, task.payload)
+
+    def _release(self, task: Task) -> None:
+        """Take a task's lease back from its worker (lost, timed out, cancelled)."""
+        worker = task.worker
+        if worker is not None:
+            del worker.leases[task.id]
+            task.worker = None
+        task.state = State.QUEUED
+        if task.timer is not None:
+            task.timer.cancel()
+            task.timer = None
 
     def _fill(self, worker: WorkerState) -> None:
         """Give a worker queued work until it is full or nothing fits."""
-        if not self._queue:
+        queue = self._queue
+        if not queue:
             return
         while len(worker.leases) < worker.capacity:
-            task = self._queue.pop_for(worker.task_types)
+            task = queue.pop_for(worker.task_types)
             if task is None:
-                return
+                break
             self._lease(task, worker)  # type: ignore[arg-type]
+        if self._paused and len(queue) < self.policy.max_queued * 0.9:
+            self._paused = False
+            self.log.info("queue has room again: resuming submitters")
+            self.on_queue_full(False)
 
     def _fill_all(self) -> None:
         # Emptiest first, so requeued work spreads out instead of piling up.
         for worker in sorted(self._workers, key=lambda w: len(w.leases)):
             self._fill(worker)
 
-    def _fail(self, task: Task, reason: str) -> None:
-        del self._tasks[task.id]
-        self._fail_finished(task, reason)
+    def _timed_out(self, task: Task) -> None:
+        task.timer = None
+        worker = task.worker
+        self._release(task)
+        if worker is not None:
+            worker.channel.cancel(task.id)
+        self._attempt_failed(task, f"timed out after {task.options.timeout:g} s")
+        if worker is not None:
+            self._fill(worker)
 
-    def _fail_finished(self, task: Task, reason: str) -> None:
-        self.failed += 1
-        self.log.info("task {task_id} failed: {reason}", task_id=task.id, reason=reason)
-        task.deferred.errback(TaskFailed(reason))
+    def _attempt_failed(self, task: Task, reason: str) -> None:
+        """Retry after an exponential backoff, or fail once attempts are spent."""
+        task.attempts += 1
+        allowed = task.options.max_attempts or self.policy.max_attempts
+        if task.attempts >= allowed:
+            self._finish(
+                task,
+                State.FAILED,
+                f"{reason} (attempt {task.attempts} of {allowed}; giving up)".encode("utf-8"),
+            )
+            return
+        delay = min(
+            self.policy.retry_delay * 2 ** (task.attempts - 1), self.policy.retry_max_delay
+        )
+        self.log.info(
+            "task {task_id} attempt {attempt} of {allowed} failed ({reason}); retry in {delay:g} s",
+            task_id=task.id,
+            attempt=task.attempts,
+            allowed=allowed,
+            reason=reason,
+            delay=delay,
+        )
+        self._store.record_attempts(task.id, task.attempts, task.losses)
+        task.state = State.QUEUED
+        self._waiting_retry += 1
+        task.timer = self._clock.callLater(delay, self._retry, task)
+
+    def _retry(self, task: Task) -> None:
+        task.timer = None
+        self._waiting_retry -= 1
+        self._enqueue(task)
+
+    def _finish(self, task: Task, state: State, value: bytes) -> None:
+        """Record an outcome; the Deferred fires once it is durable."""
+        task.state = state
+        self.counts[state] += 1
+        if state is not State.SUCCEEDED:
+            self.log.info(
+                "task {task_id} {state}: {reason}",
+                task_id=task.id,
+                state=state.name.lower(),
+                reason=value.decode("utf-8", "replace"),
+            )
+        if task.options.key is not None:
+            self._keys.pop(task.options.key, None)
+        self._store.finish(task.id, state, value, self._clock.seconds())
+        self._finished.append((task, value))
+        if self._commit_call is None:
+            self._commit_call = self._clock.callLater(0, self._commit)
+
+    def _commit(self) -> None:
+        """
+        One commit for everything this turn wrote, then the Deferreds of the
+        tasks it finished, then whoever waited for durability.
+        """
+        self._commit_call = None
+        self._store.commit()
+        finished, self._finished = self._finished, []
+        tasks = self._tasks
+        for task, value in finished:
+            del tasks[task.id]
+            if task.state is State.SUCCEEDED:
+                task.deferred.callback(value)
+            else:
+                error = TaskCancelled if task.state is State.CANCELLED else TaskFailed
+                task.deferred.errback(error(value.decode("utf-8", "replace")))
+                task.deferred.addErrback(_consume)
+        waiting, self._after_commit = self._after_commit, []
+        for function, args in waiting:
+            function(*args)
+
+    def _check_workers(self) -> None:
+        """Heartbeat round: drop the silent, greet the rest."""
+        now = self._clock.seconds()
+        limit = self.policy.heartbeat_interval * self.policy.heartbeat_tolerance
+        for worker in list(self._workers):
+            silent = now - worker.last_seen
+            if silent > limit:
+                reason = f"no heartbeat for {silent:.1f} s"
+                worker.channel.drop(reason)
+                self.remove_worker(worker, reason)
+            else:
+                worker.channel.heartbeat()
+
+    def _prune(self) -> None:
+        pruned = self._store.prune(self._clock.seconds() - self.policy.result_ttl)
+        if pruned:
+            self.log.info("pruned {count} outcomes older than the retention time", count=pruned)

@@ -2,14 +2,19 @@
 The scheduler's end of a connection: translates frames to core calls and back.
 
 One listening port serves both roles; the peer's hello says which.  A
-client's submissions become ``Scheduler.submit`` calls and their Deferreds
-become result frames; a worker becomes an ``IWorkerChannel`` the core assigns
-through, and its result frames become ``Scheduler.complete`` calls.  No
-scheduling decision is made here.
+client's submissions become ``Scheduler.submit`` calls, acknowledged once the
+store has committed them, and the tasks' Deferreds become result frames; a
+worker becomes an ``IWorkerChannel`` the core assigns through, and its result
+frames become ``Scheduler.complete`` calls.  No scheduling decision is made
+here.
 """
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -18,10 +23,17 @@ from zope.interface import implementer
 
 from taskmesh import wire
 from taskmesh.framing import FramedProtocol, PeerMisbehaved
-from taskmesh.scheduler import IWorkerChannel, Scheduler, TaskFailed, WorkerState
+from taskmesh.scheduler import IWorkerChannel, Scheduler, TaskCancelled, TaskFailed, WorkerState
+from taskmesh.store import State
 
 #: Most slots one worker may claim: a sanity bound, not a tuning knob.
 MAX_WORKER_SLOTS = 4096
+
+_OUTCOME_STATUS = {
+    State.SUCCEEDED: wire.STATUS_OK,
+    State.FAILED: wire.STATUS_FAILED,
+    State.CANCELLED: wire.STATUS_CANCELLED,
+}
 
 
 @implementer(IWorkerChannel)
@@ -42,15 +54,32 @@ class SchedulerProtocol(FramedProtocol):
 
     def message_received(self, message: wire.Message) -> None:
         kind = type(message)
-        if self.role is None:
+        if self.worker is not None:
+            self.core.heard_from(self.worker)
+            if kind is wire.Results:
+                self.core.complete(self.worker, message.records)  # type: ignore[union-attr]
+                return
+            if kind is wire.Heartbeat:
+                return
+        elif self.role == wire.ROLE_CLIENT:
+            if kind is wire.Submit:
+                self._submit(message.records)  # type: ignore[union-attr]
+                return
+            if kind is wire.Query:
+                self.core.after_commit(self._answer, message.records)  # type: ignore[union-attr]
+                return
+            if kind is wire.Cancel:
+                self._cancel(message.records)  # type: ignore[union-attr]
+                return
+            if kind is wire.StatusRequest:
+                self.send(wire.StatusReport(json.dumps(self.core.stats())))
+                return
+        elif self.role is None:
             if kind is not wire.Hello:
                 raise PeerMisbehaved(f"expected a hello first, got {kind.__name__}")
             self._hello(message)  # type: ignore[arg-type]
-        elif self.role == wire.ROLE_CLIENT and kind is wire.Submit:
-            self._submit(message.records)  # type: ignore[union-attr]
-        elif self.role == wire.ROLE_WORKER and kind is wire.Results:
-            self.core.complete(self.worker, message.records)  # type: ignore[arg-type,union-attr]
-        elif kind is wire.Error:
+            return
+        if kind is wire.Error:
             self.log.warn(
                 "{peer} reported error {code}: {message}",
                 peer=self.peer,
@@ -59,9 +88,9 @@ class SchedulerProtocol(FramedProtocol):
             )
             self.closing = True
             self.transport.loseConnection()
-        else:
-            role = wire.ROLE_NAMES[self.role]
-            raise PeerMisbehaved(f"a {role} may not send {kind.__name__}")
+            return
+        role = wire.ROLE_NAMES.get(self.role or 0, "peer")
+        raise PeerMisbehaved(f"a {role} may not send {kind.__name__}")
 
     def _hello(self, hello: wire.Hello) -> None:
         if hello.version != wire.PROTOCOL_VERSION:
@@ -80,11 +109,14 @@ class SchedulerProtocol(FramedProtocol):
                 raise PeerMisbehaved("a worker must announce at least one task type")
         self.role = hello.role
         self.name = hello.name or self.peer
+        policy = self.core.policy
         self.send(
             wire.Welcome(
                 name=self.factory.name,
                 max_frame=self.factory.max_frame,
                 max_payload=self.factory.max_payload,
+                heartbeat_ms=round(policy.heartbeat_interval * 1000),
+                tolerance=policy.heartbeat_tolerance,
             )
         )
         if hello.role == wire.ROLE_WORKER:
@@ -92,48 +124,94 @@ class SchedulerProtocol(FramedProtocol):
                 self, f"{self.name}@{self.peer}", hello.slots, frozenset(hello.task_types)
             )
         else:
-            self.log.debug("client {name} connected from {peer}", name=self.name, peer=self.peer)
+            self.factory.client_joined(self)
 
     # -- client role ---------------------------------------------------------
 
     def _submit(self, records: list[wire.SubmitRecord]) -> None:
         max_payload = self.factory.max_payload
         core = self.core
-        queue = self.queue
-        for request, task_type, payload in records:
+        accepted: list[tuple[int, int, int, bool]] = []
+        for request, task_type, payload, options in records:
             if len(payload) > max_payload:
-                queue(
-                    wire.Rejected,
-                    (request, f"payload of {len(payload)} bytes exceeds the limit of {max_payload} bytes"),
-                    100,
-                )
+                reason = f"payload of {len(payload)} bytes exceeds the limit of {max_payload} bytes"
+                self.queue(wire.Rejected, (request, reason), len(reason))
                 continue
             if not task_type:
-                queue(wire.Rejected, (request, "the task type is empty"), 100)
+                self.queue(wire.Rejected, (request, "the task type is empty"), 22)
                 continue
             flags = 0 if core.has_worker_for(task_type) else wire.ACCEPTED_NO_WORKER
-            task = core.submit(task_type, payload)
-            queue(wire.Accepted, (request, task.id, flags), 0)
-            task.deferred.addCallbacks(
-                self._succeeded, self._failed, callbackArgs=(task.id,), errbackArgs=(task.id,)
+            task_id, duplicate = core.submit(task_type, payload, options)
+            if duplicate:
+                flags |= wire.ACCEPTED_DUPLICATE
+            accepted.append((request, task_id, flags, options.no_result))
+        if accepted:
+            # Acknowledge only what the store has made durable.
+            core.after_commit(self._acknowledge, accepted)
+
+    def _acknowledge(self, accepted: list[tuple[int, int, int, bool]]) -> None:
+        queue = self.queue
+        for request, task_id, flags, no_result in accepted:
+            queue(wire.Accepted, (request, task_id, flags), 0)
+            if not no_result:
+                self._watch(task_id)
+
+    def _watch(self, task_id: int) -> None:
+        """Send this task's outcome when it has one (now, if it has)."""
+        found = self.core.watch(task_id)
+        if isinstance(found, Deferred):
+            found.addCallbacks(
+                self._succeeded, self._failed, callbackArgs=(task_id,), errbackArgs=(task_id,)
             )
+        elif found is not None:
+            self._send_result(task_id, _OUTCOME_STATUS[found.state], found.value)
+        else:
+            self._send_result(task_id, wire.STATUS_UNKNOWN, b"no such task: never submitted, or its result was pruned")
 
-    def _succeeded(self, value: bytes, task_id: int) -> None:
+    def _answer(self, records: list[wire.QueryRecord]) -> None:
+        for task_id, wait in records:
+            state = self.core.state_of(task_id)
+            if state is None or wait:
+                self._watch(task_id)
+            else:
+                self._send_result(task_id, wire.STATUS_PENDING, state.name.lower().encode())
+
+    def _cancel(self, task_ids: list[int]) -> None:
+        for task_id in task_ids:
+            self.core.cancel(task_id, f"cancelled by {self.name}")
+        self.core.after_commit(self._answer, [(task_id, False) for task_id in task_ids])
+
+    def _send_result(self, task_id: int, status: int, value: bytes) -> None:
+        self.queue(wire.Results, (task_id, status, value), len(value))
+
+    def _succeeded(self, value: bytes, task_id: int) -> bytes:
         self.queue(wire.Results, (task_id, wire.STATUS_OK, value), len(value))
+        return value  # others may watch the same task
 
-    def _failed(self, failure: Failure, task_id: int) -> None:
-        if failure.check(TaskFailed):
-            reason = str(failure.value)
+    def _failed(self, failure: Failure, task_id: int) -> Failure:
+        if failure.check(TaskCancelled):
+            status = wire.STATUS_CANCELLED
+        elif failure.check(TaskFailed):
+            status = wire.STATUS_FAILED
         else:
             self.log.failure("unexpected failure of task {task_id}", failure, task_id=task_id)
-            reason = "internal error in the scheduler"
-        encoded = reason.encode("utf-8")
-        self.queue(wire.Results, (task_id, wire.STATUS_FAILED, encoded), len(encoded))
+            status = wire.STATUS_FAILED
+        self._send_result(task_id, status, str(failure.value).encode("utf-8"))
+        return failure  # others may watch the same task
 
     # -- worker role: IWorkerChannel -----------------------------------------
 
     def assign(self, task_id: int, task_type: str, payload: bytes) -> None:
         self.queue(wire.Assign, (task_id, task_type, payload), len(payload) + len(task_type))
+
+    def cancel(self, task_id: int) -> None:
+        self.queue(wire.Cancel, task_id, 0)
+
+    def heartbeat(self) -> None:
+        self.send(wire.Heartbeat())
+
+    def drop(self, reason: str) -> None:
+        self.fail(wire.ERROR_SILENT, reason)
 
     # -- end -----------------------------------------------------------------
 
@@ -142,10 +220,12 @@ class SchedulerProtocol(FramedProtocol):
         if self.worker is not None:
             worker, self.worker = self.worker, None
             self.core.remove_worker(worker, reason.getErrorMessage())
+        elif self.role == wire.ROLE_CLIENT:
+            self.factory.client_left(self)
 
 
 class SchedulerFactory(Factory):
-    """Builds a SchedulerProtocol for every connection to the scheduler."""
+    """Builds a SchedulerProtocol for every connection, and pauses clients when the queue is full."""
 
     noisy = False
 
@@ -166,6 +246,26 @@ class SchedulerFactory(Factory):
         self.name = name
         self.max_frame = max_frame
         self.max_payload = max_payload
+        self.clients: set[SchedulerProtocol] = set()
+        self.clients_paused = False
+        core.on_queue_full = self._queue_full
 
-    def buildProtocol(self, addr: object) -> SchedulerProtocol:
+    def buildProtocol(self, addr: Any) -> SchedulerProtocol:
         return SchedulerProtocol(self)
+
+    def client_joined(self, client: SchedulerProtocol) -> None:
+        self.clients.add(client)
+        if self.clients_paused:
+            client.transport.pauseProducing()
+
+    def client_left(self, client: SchedulerProtocol) -> None:
+        self.clients.discard(client)
+
+    def _queue_full(self, full: bool) -> None:
+        """Flow control: stop reading submitters while the queue is at its bound."""
+        self.clients_paused = full
+        for client in self.clients:
+            if full:
+                client.transport.pauseProducing()
+            else:
+                client.transport.resumeProducing()

@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint
 from twisted.internet.threads import deferToThreadPool
@@ -27,6 +27,7 @@ from taskmesh.framing import describe_address
 from taskmesh.handlers import HandlerRegistry
 from taskmesh.scheduler import Scheduler
 from taskmesh.scheduler_protocol import SchedulerFactory
+from taskmesh.store import ITaskStore
 from taskmesh.worker_protocol import WorkerFactory
 
 #: Longest pause between two attempts to reach a scheduler that is down.
@@ -34,7 +35,11 @@ DEFAULT_RECONNECT_MAX_DELAY = 5.0
 
 
 class SchedulerService(Service):
-    """Listens on an endpoint string and serves a scheduler core there."""
+    """
+    Serves a scheduler core on an endpoint.  Starting takes back the store's
+    unfinished tasks before listening; stopping stops listening, then
+    commits and closes the store.
+    """
 
     log = Logger()
 
@@ -43,12 +48,14 @@ class SchedulerService(Service):
         reactor: Any,
         listen: str,
         core: Scheduler,
+        store: ITaskStore,
         max_frame: int = wire.DEFAULT_MAX_FRAME,
         max_payload: int = wire.DEFAULT_MAX_PAYLOAD,
         name: str = "taskmesh-scheduler",
     ) -> None:
         self.listen = listen
         self.core = core
+        self.store = store
         self.endpoint = serverFromString(reactor, listen)
         self.factory = SchedulerFactory(core, reactor, name, max_frame, max_payload)
         self.port: IListeningPort | None = None
@@ -56,6 +63,7 @@ class SchedulerService(Service):
     def startService(self) -> None:
         """Listen now; if the port cannot be had, raise so twistd exits with the reason."""
         super().startService()
+        self.core.start()
         failures: list[Failure] = []
         self.endpoint.listen(self.factory).addCallbacks(self._listening, failures.append)
         if failures:
@@ -70,12 +78,17 @@ class SchedulerService(Service):
             listen=self.listen,
         )
 
-    def stopService(self) -> Deferred[None] | None:
+    def stopService(self) -> Deferred[None]:
         super().stopService()
-        if self.port is not None:
-            port, self.port = self.port, None
-            return maybeDeferred(port.stopListening)
-        return None
+        port, self.port = self.port, None
+        stopping = maybeDeferred(port.stopListening) if port is not None else succeed(None)
+        stopping.addBoth(self._close_store)
+        return stopping
+
+    def _close_store(self, passthrough: Any) -> Any:
+        self.core.stop()
+        self.store.close()
+        return passthrough
 
 
 class WorkerService(MultiService):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Union
+from typing import Callable, Union
 
 PROTOCOL_VERSION = 1
 MAGIC = b"TMSH"
@@ -37,12 +37,26 @@ ROLE_CLIENT = 1
 ROLE_WORKER = 2
 ROLE_NAMES = {ROLE_CLIENT: "client", ROLE_WORKER: "worker"}
 
-# Outcome of a task.
-STATUS_OK = 0
-STATUS_FAILED = 1
+# Status of a task in a result record.
+STATUS_OK = 0  # value: the result
+STATUS_FAILED = 1  # value: the reason, UTF-8
+STATUS_CANCELLED = 2  # value: who cancelled it, UTF-8
+STATUS_PENDING = 3  # value: the state, "queued" or "running" (answers a query without wait)
+STATUS_UNKNOWN = 4  # value: why, UTF-8 (never submitted, or its result was pruned)
+_STATUSES = frozenset(range(5))
 
 # Bits of the flags byte in an accepted record.
 ACCEPTED_NO_WORKER = 0x01  # no connected worker runs this task type yet
+ACCEPTED_DUPLICATE = 0x02  # a task with this key existed: this is its id, nothing new was queued
+
+# Bits of the options byte of a submit record; each set bit but the last two
+# adds a field after the payload, in this order.
+OPTION_PRIORITY = 0x01  # i32
+OPTION_TIMEOUT = 0x02  # u32 milliseconds
+OPTION_MAX_ATTEMPTS = 0x04  # u16
+OPTION_KEY = 0x08  # u8 length + UTF-8
+OPTION_RETRY_ON_ERROR = 0x10  # no field
+OPTION_NO_RESULT = 0x20  # no field: do not send this task's result on this connection
 
 # Error codes carried by ``Error``; the sender closes the connection after it.
 ERROR_MALFORMED = 1
@@ -50,22 +64,28 @@ ERROR_VERSION = 2
 ERROR_FRAME_TOO_LARGE = 3
 ERROR_UNEXPECTED = 4
 ERROR_INTERNAL = 5
+ERROR_SILENT = 6  # no heartbeat for too long
 
 # Message kinds: the first byte of every frame body.
 KIND_HELLO = 0x01
 KIND_WELCOME = 0x02
 KIND_ERROR = 0x03
+KIND_HEARTBEAT = 0x04
+KIND_STATUS_REQUEST = 0x05
+KIND_STATUS_REPORT = 0x06
 KIND_SUBMIT = 0x10
 KIND_ACCEPTED = 0x11
 KIND_REJECTED = 0x12
 KIND_RESULTS = 0x13
+KIND_QUERY = 0x14
+KIND_CANCEL = 0x15
 KIND_ASSIGN = 0x20
 
 # Record and header layouts (all big-endian, no padding).
 _KIND = struct.Struct(">B")
 _COUNT = struct.Struct(">BI")  # kind, record count
 _HELLO_HEAD = struct.Struct(">B4sHBIH")  # kind, magic, version, role, slots, name length
-_WELCOME_HEAD = struct.Struct(">BHIIH")  # kind, version, max frame, max payload, name length
+_WELCOME_HEAD = struct.Struct(">BHIIIHH")  # kind, version, max frame, max payload, heartbeat ms, tolerance, name length
 _ERROR_HEAD = struct.Struct(">BHH")  # kind, code, message length
 _U8 = struct.Struct(">B")
 _U16 = struct.Struct(">H")
@@ -75,6 +95,9 @@ _U32 = struct.Struct(">I")
 _ACCEPTED_REC = struct.Struct(">IQB")  # request id, task id, flags
 _REJECTED_REC = struct.Struct(">IH")  # request id, reason length
 _RESULT_REC = struct.Struct(">QBI")  # task id, status, value length
+_QUERY_REC = struct.Struct(">QB")  # task id, wait
+_TASK_ID = struct.Struct(">Q")
+_I32 = struct.Struct(">i")
 
 #: Fixed bytes of the largest record layout: with the record's variable bytes
 #: (payload and type name), what a sender adds up to split long batches below
@@ -102,12 +125,50 @@ class Hello:
 
 @dataclass(frozen=True, slots=True)
 class Welcome:
-    """The scheduler's answer to a hello: the limits the peer must respect."""
+    """
+    The scheduler's answer to a hello: the limits the peer must respect, and
+    the heartbeat: a worker sends one every ``heartbeat_ms`` and treats a
+    scheduler silent for ``tolerance`` intervals as gone (and vice versa).
+    """
 
     name: str
     max_frame: int
     max_payload: int
+    heartbeat_ms: int = 0
+    tolerance: int = 0
     version: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """I am alive (worker and scheduler, both ways)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRequest:
+    """Client to scheduler: describe yourself."""
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    """Scheduler to client: workers and task counts, as a JSON object."""
+
+    json: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """How a submitted task is to be run; the defaults cost nothing on the wire."""
+
+    priority: int = 0
+    timeout: float | None = None  # seconds of execution before the attempt fails
+    max_attempts: int = 0  # 0: the scheduler's default
+    key: str | None = None  # deduplication key
+    retry_on_error: bool = False
+    no_result: bool = False
+
+
+DEFAULT_OPTIONS = TaskOptions()
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,9 +182,9 @@ class Error:
 # Records are plain tuples: a frame of ten thousand tasks should not cost ten
 # thousand extra objects.
 
-#: (request id, task type, payload): a client's request id is its own
-#: correlation number, echoed back in Accepted or Rejected.
-SubmitRecord = tuple[int, str, bytes]
+#: (request id, task type, payload, options): a client's request id is its
+#: own correlation number, echoed back in Accepted or Rejected.
+SubmitRecord = tuple[int, str, bytes, TaskOptions]
 #: (request id, task id, flags)
 AcceptedRecord = tuple[int, int, int]
 #: (request id, reason)
@@ -132,6 +193,8 @@ RejectedRecord = tuple[int, str]
 ResultRecord = tuple[int, int, bytes]
 #: (task id, task type, payload)
 AssignRecord = tuple[int, str, bytes]
+#: (task id, wait): wait=True answers when the task is finished
+QueryRecord = tuple[int, bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +232,24 @@ class Assign:
     records: list[AssignRecord]
 
 
-Message = Union[Hello, Welcome, Error, Submit, Accepted, Rejected, Results, Assign]
+@dataclass(frozen=True, slots=True)
+class Query:
+    """Client to scheduler: tell me (now, or when finished) how these tasks ended."""
+
+    records: list[QueryRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Client to scheduler, and scheduler to worker: stop these tasks (by id)."""
+
+    records: list[int]
+
+
+Message = Union[
+    Hello, Welcome, Error, Heartbeat, StatusRequest, StatusReport,
+    Submit, Accepted, Rejected, Results, Query, Cancel, Assign,
+]
 
 
 def _short(text: str, what: str, limit: int) -> bytes:
@@ -199,7 +279,13 @@ def encode_welcome(message: Welcome) -> bytes:
     name = _short(message.name, "name", 0xFFFF)
     return (
         _WELCOME_HEAD.pack(
-            KIND_WELCOME, message.version, message.max_frame, message.max_payload, len(name)
+            KIND_WELCOME,
+            message.version,
+            message.max_frame,
+            message.max_payload,
+            message.heartbeat_ms,
+            message.tolerance,
+            len(name),
         )
         + name
     )
@@ -210,27 +296,61 @@ def encode_error(message: Error) -> bytes:
     return _ERROR_HEAD.pack(KIND_ERROR, message.code, len(text)) + text
 
 
-def _encode_typed(kind: int, rec: struct.Struct, records: list[tuple[int, str, bytes]]) -> bytes:
-    """Submit and Assign share a shape: (number, task type, payload)."""
-    parts = [_COUNT.pack(kind, len(records))]
+_NO_OPTIONS = b"\x00"
+
+
+def _encode_options(options: TaskOptions) -> bytes:
+    if options is DEFAULT_OPTIONS:
+        return _NO_OPTIONS
+    flags = 0
+    fields = []
+    if options.priority:
+        flags |= OPTION_PRIORITY
+        fields.append(_I32.pack(options.priority))
+    if options.timeout is not None:
+        flags |= OPTION_TIMEOUT
+        fields.append(_U32.pack(max(1, round(options.timeout * 1000))))
+    if options.max_attempts:
+        flags |= OPTION_MAX_ATTEMPTS
+        fields.append(_U16.pack(options.max_attempts))
+    if options.key is not None:
+        flags |= OPTION_KEY
+        key = _short(options.key, "key", 0xFF)
+        fields.append(_U8.pack(len(key)) + key)
+    if options.retry_on_error:
+        flags |= OPTION_RETRY_ON_ERROR
+    if options.no_result:
+        flags |= OPTION_NO_RESULT
+    return _U8.pack(flags) + b"".join(fields)
+
+
+def encode_submit(message: Submit) -> bytes:
+    parts = [_COUNT.pack(KIND_SUBMIT, len(message.records))]
     append = parts.append
-    pack = rec.pack
+    pack = _SUBMIT_REC.pack
     pack_len = _U32.pack
-    for number, task_type, payload in records:
+    for request, task_type, payload, options in message.records:
         encoded_type = task_type.encode("utf-8")
-        append(pack(number, len(encoded_type)))
+        append(pack(request, len(encoded_type)))
+        append(encoded_type)
+        append(pack_len(len(payload)))
+        append(payload)
+        append(_NO_OPTIONS if options is DEFAULT_OPTIONS else _encode_options(options))
+    return b"".join(parts)
+
+
+def encode_assign(message: Assign) -> bytes:
+    parts = [_COUNT.pack(KIND_ASSIGN, len(message.records))]
+    append = parts.append
+    pack = _ASSIGN_REC.pack
+    pack_len = _U32.pack
+    for task_id, task_type, payload in message.records:
+        encoded_type = task_type.encode("utf-8")
+        append(pack(task_id, len(encoded_type)))
         append(encoded_type)
         append(pack_len(len(payload)))
         append(payload)
     return b"".join(parts)
-
-
-def encode_submit(message: Submit) -> bytes:
-    return _encode_typed(KIND_SUBMIT, _SUBMIT_REC, message.records)
-
-
-def encode_assign(message: Assign) -> bytes:
-    return _encode_typed(KIND_ASSIGN, _ASSIGN_REC, message.records)
 
 
 def encode_accepted(message: Accepted) -> bytes:
@@ -259,10 +379,34 @@ def encode_results(message: Results) -> bytes:
     return b"".join(parts)
 
 
+def encode_status_report(message: StatusReport) -> bytes:
+    text = message.json.encode("utf-8")
+    return _U8.pack(KIND_STATUS_REPORT) + _U32.pack(len(text)) + text
+
+
+def encode_query(message: Query) -> bytes:
+    pack = _QUERY_REC.pack
+    return _COUNT.pack(KIND_QUERY, len(message.records)) + b"".join(
+        [pack(task_id, 1 if wait else 0) for task_id, wait in message.records]
+    )
+
+
+def encode_cancel(message: Cancel) -> bytes:
+    pack = _TASK_ID.pack
+    return _COUNT.pack(KIND_CANCEL, len(message.records)) + b"".join(
+        [pack(task_id) for task_id in message.records]
+    )
+
+
 _ENCODERS = {
     Hello: encode_hello,
     Welcome: encode_welcome,
     Error: encode_error,
+    Heartbeat: lambda message: bytes([KIND_HEARTBEAT]),
+    StatusRequest: lambda message: bytes([KIND_STATUS_REQUEST]),
+    StatusReport: encode_status_report,
+    Query: encode_query,
+    Cancel: encode_cancel,
     Submit: encode_submit,
     Accepted: encode_accepted,
     Rejected: encode_rejected,
@@ -331,10 +475,19 @@ def _decode_hello(data: bytes) -> Hello:
 
 def _decode_welcome(data: bytes) -> Welcome:
     reader = _Reader(data, 0)
-    _, version, max_frame, max_payload, name_length = reader.unpack(_WELCOME_HEAD)
+    _, version, max_frame, max_payload, heartbeat_ms, tolerance, name_length = reader.unpack(
+        _WELCOME_HEAD
+    )
     name = reader.text(name_length, "name")
     reader.finish()
-    return Welcome(name=name, max_frame=max_frame, max_payload=max_payload, version=version)
+    return Welcome(
+        name=name,
+        max_frame=max_frame,
+        max_payload=max_payload,
+        heartbeat_ms=heartbeat_ms,
+        tolerance=tolerance,
+        version=version,
+    )
 
 
 def _decode_error(data: bytes) -> Error:
@@ -361,15 +514,52 @@ def _type_name(raw: bytes) -> str:
     return name
 
 
-def _decode_typed(data: bytes, rec: struct.Struct) -> list[tuple[int, str, bytes]]:
-    """Decode the records of a Submit or Assign frame."""
+def _decode_options(reader: _Reader) -> TaskOptions:
+    (flags,) = reader.unpack(_U8)
+    if flags & ~0x3F:
+        raise ProtocolError(f"unknown task option bits 0x{flags:02x}")
+    priority = reader.unpack(_I32)[0] if flags & OPTION_PRIORITY else 0
+    timeout = reader.unpack(_U32)[0] / 1000 if flags & OPTION_TIMEOUT else None
+    max_attempts = reader.unpack(_U16)[0] if flags & OPTION_MAX_ATTEMPTS else 0
+    key = reader.text(reader.unpack(_U8)[0], "key") if flags & OPTION_KEY else None
+    return TaskOptions(
+        priority=priority,
+        timeout=timeout,
+        max_attempts=max_attempts,
+        key=key,
+        retry_on_error=bool(flags & OPTION_RETRY_ON_ERROR),
+        no_result=bool(flags & OPTION_NO_RESULT),
+    )
+
+
+def _decode_submit(data: bytes) -> Submit:
+    reader = _Reader(data, 0)
+    _, count = reader.unpack(_COUNT)
+    records = []
+    for _ in range(count):
+        request, type_length = reader.unpack(_SUBMIT_REC)
+        task_type = _type_name(reader.take(type_length))
+        (payload_length,) = reader.unpack(_U32)
+        payload = reader.take(payload_length)
+        if reader.offset < len(data) and data[reader.offset] == 0:
+            reader.offset += 1
+            options = DEFAULT_OPTIONS
+        else:
+            options = _decode_options(reader)
+        records.append((request, task_type, payload, options))
+    reader.finish()
+    return Submit(records)
+
+
+def _decode_assign(data: bytes) -> Assign:
+    """The hot path of every worker: unpack in place, no cursor object."""
     if len(data) < _COUNT.size:
         raise ProtocolError("frame too short for its header")
     _, count = _COUNT.unpack_from(data, 0)
     offset = _COUNT.size
     size = len(data)
-    rec_size = rec.size
-    unpack = rec.unpack_from
+    rec_size = _ASSIGN_REC.size
+    unpack = _ASSIGN_REC.unpack_from
     unpack_len = _U32.unpack_from
     records = []
     append = records.append
@@ -389,7 +579,7 @@ def _decode_typed(data: bytes, rec: struct.Struct) -> list[tuple[int, str, bytes
         append((number, task_type, data[type_end + 4 : offset]))
     if offset != size:
         raise ProtocolError(f"{size - offset} unexpected bytes after the records")
-    return records
+    return Assign(records)
 
 
 def _decode_accepted(data: bytes) -> Accepted:
@@ -432,7 +622,7 @@ def _decode_results(data: bytes) -> Results:
         offset = start + length
         if offset > size:
             raise ProtocolError("a result runs past the end of the frame")
-        if status not in (STATUS_OK, STATUS_FAILED):
+        if status not in _STATUSES:
             raise ProtocolError(f"unknown result status {status}")
         append((task_id, status, data[start:offset]))
     if offset != size:
@@ -440,15 +630,59 @@ def _decode_results(data: bytes) -> Results:
     return Results(records)
 
 
+def _decode_query(data: bytes) -> Query:
+    reader = _Reader(data, 0)
+    _, count = reader.unpack(_COUNT)
+    if len(data) != _COUNT.size + count * _QUERY_REC.size:
+        raise ProtocolError("query frame length does not match its record count")
+    unpack = _QUERY_REC.unpack_from
+    records = []
+    for i in range(count):
+        task_id, wait = unpack(data, _COUNT.size + i * _QUERY_REC.size)
+        records.append((task_id, bool(wait)))
+    return Query(records)
+
+
+def _decode_cancel(data: bytes) -> Cancel:
+    reader = _Reader(data, 0)
+    _, count = reader.unpack(_COUNT)
+    if len(data) != _COUNT.size + count * _TASK_ID.size:
+        raise ProtocolError("cancel frame length does not match its record count")
+    unpack = _TASK_ID.unpack_from
+    return Cancel([unpack(data, _COUNT.size + i * _TASK_ID.size)[0] for i in range(count)])
+
+
+def _decode_empty(message: Message) -> "Callable[[bytes], Message]":
+    def decode_empty(data: bytes) -> Message:
+        if len(data) != 1:
+            raise ProtocolError(f"{type(message).__name__} carries no body")
+        return message
+
+    return decode_empty
+
+
+def _decode_status_report(data: bytes) -> StatusReport:
+    reader = _Reader(data, 1)
+    (length,) = reader.unpack(_U32)
+    report = StatusReport(reader.text(length, "status report"))
+    reader.finish()
+    return report
+
+
 _DECODERS = {
     KIND_HELLO: _decode_hello,
     KIND_WELCOME: _decode_welcome,
     KIND_ERROR: _decode_error,
-    KIND_SUBMIT: lambda data: Submit(_decode_typed(data, _SUBMIT_REC)),
+    KIND_HEARTBEAT: _decode_empty(Heartbeat()),
+    KIND_STATUS_REQUEST: _decode_empty(StatusRequest()),
+    KIND_STATUS_REPORT: _decode_status_report,
+    KIND_QUERY: _decode_query,
+    KIND_CANCEL: _decode_cancel,
+    KIND_SUBMIT: _decode_submit,
     KIND_ACCEPTED: _decode_accepted,
     KIND_REJECTED: _decode_rejected,
     KIND_RESULTS: _decode_results,
-    KIND_ASSIGN: lambda data: Assign(_decode_typed(data, _ASSIGN_REC)),
+    KIND_ASSIGN: _decode_assign,
 }
 
 

@@ -54,6 +54,10 @@ class Worker:
         self._max_result = max_result
         self._waiting: deque[tuple[int, str, bytes]] = deque()
         self._running = 0
+        # Running tasks that returned a Deferred (or run in a thread), so a
+        # cancel can reach them; a cancelled one's outcome is not reported.
+        self._pending: dict[int, Deferred] = {}
+        self._cancelled: set[int] = set()
         self._stopped = False
 
     @property
@@ -68,6 +72,23 @@ class Worker:
         """Tasks from the scheduler: start what fits in the slots, queue the rest."""
         self._waiting.extend(records)
         self._start_waiting()
+
+    def cancel(self, task_ids: list[int]) -> None:
+        """
+        The scheduler took these tasks back (cancelled or timed out).  A
+        waiting one is dropped and a running one's Deferred is cancelled.  A
+        thread cannot be made to abandon its work: a blocking task runs on,
+        its outcome discarded, while the thread pool (as large as the slots)
+        keeps the next blocking task waiting for its thread.
+        """
+        doomed = set(task_ids)
+        if self._waiting:
+            self._waiting = deque(entry for entry in self._waiting if entry[0] not in doomed)
+        for task_id in doomed:
+            pending = self._pending.get(task_id)
+            if pending is not None:
+                self._cancelled.add(task_id)
+                pending.cancel()
 
     def stop(self) -> None:
         """
@@ -95,7 +116,8 @@ class Worker:
     def _run(self, task_id: int, handler: ITaskHandler, payload: bytes) -> None:
         if handler.blocking:
             self._running += 1
-            self._run_blocking(handler.run, payload).addBoth(self._finished, task_id)
+            running = self._pending[task_id] = self._run_blocking(handler.run, payload)
+            running.addBoth(self._finished, task_id)
             return
         try:
             result = handler.run(payload)
@@ -104,13 +126,19 @@ class Worker:
             return
         if isinstance(result, Deferred):
             self._running += 1
+            self._pending[task_id] = result
             result.addBoth(self._finished, task_id)
         else:
             self._send(task_id, result)
 
     def _finished(self, outcome: object, task_id: int) -> None:
         self._running -= 1
+        self._pending.pop(task_id, None)
         if self._stopped:
+            return
+        if task_id in self._cancelled:
+            self._cancelled.discard(task_id)
+            self._start_waiting()
             return
         if isinstance(outcome, Failure):
             self._report(

@@ -2,18 +2,22 @@
 The worker's end of its connection to the scheduler.
 
 It introduces the worker (name, slots, task types), then feeds assignments
-to a fresh ``Worker`` core for this connection and sends the core's outcomes
-back in batched result frames.  Reconnecting is not its business: the worker
-service wraps the factory in a ``ClientService``.
+and cancellations to a fresh ``Worker`` core for this connection, sends the
+core's outcomes back in batched result frames, and keeps the heartbeat the
+scheduler's welcome asked for: one every interval, and the connection
+dropped if the scheduler is silent for ``tolerance`` intervals (a half-open
+TCP connection would otherwise hold the worker forever).  Reconnecting is
+not its business: the worker service wraps the factory in a
+``ClientService``.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -32,6 +36,9 @@ class WorkerProtocol(FramedProtocol):
         super().__init__(factory.clock, wire.DEFAULT_MAX_FRAME)
         self.factory = factory
         self.core: Worker | None = None
+        self._heartbeat: LoopingCall | None = None
+        self._last_heard = 0.0
+        self._silence_limit = 0.0
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -45,13 +52,26 @@ class WorkerProtocol(FramedProtocol):
             )
         )
 
+    def stringReceived(self, data: bytes) -> None:
+        self._last_heard = self.clock.seconds()
+        super().stringReceived(data)
+
     def message_received(self, message: wire.Message) -> None:
         kind = type(message)
-        if kind is wire.Assign and self.core is not None:
-            self.core.assign(message.records)  # type: ignore[union-attr]
-        elif kind is wire.Welcome and self.core is None:
+        core = self.core
+        if core is not None:
+            if kind is wire.Assign:
+                core.assign(message.records)  # type: ignore[union-attr]
+                return
+            if kind is wire.Heartbeat:
+                return
+            if kind is wire.Cancel:
+                core.cancel(message.records)  # type: ignore[union-attr]
+                return
+        elif kind is wire.Welcome:
             self._welcomed(message)  # type: ignore[arg-type]
-        elif kind is wire.Error:
+            return
+        if kind is wire.Error:
             self.log.error(
                 "scheduler {peer} refused us: {message}",
                 peer=self.peer,
@@ -59,8 +79,8 @@ class WorkerProtocol(FramedProtocol):
             )
             self.closing = True
             self.transport.loseConnection()
-        else:
-            raise PeerMisbehaved(f"a worker does not expect {kind.__name__} now")
+            return
+        raise PeerMisbehaved(f"a worker does not expect {kind.__name__} now")
 
     def _welcomed(self, welcome: wire.Welcome) -> None:
         # The scheduler's limits bind both directions of this connection.
@@ -74,6 +94,12 @@ class WorkerProtocol(FramedProtocol):
             factory.run_blocking,
             max_result=welcome.max_payload,
         )
+        if welcome.heartbeat_ms:
+            interval = welcome.heartbeat_ms / 1000
+            self._silence_limit = interval * max(1, welcome.tolerance)
+            self._heartbeat = LoopingCall(self._beat)
+            self._heartbeat.clock = self.clock
+            self._heartbeat.start(interval, now=False)
         self.log.info(
             "connected to scheduler {scheduler} at {peer} as {name} "
             "with {slots} slots for {types}",
@@ -85,11 +111,26 @@ class WorkerProtocol(FramedProtocol):
         )
         factory.connected(self)
 
+    def _beat(self) -> None:
+        silent = self.clock.seconds() - self._last_heard
+        if silent > self._silence_limit:
+            self.log.warn(
+                "scheduler {peer} silent for {silent:.1f} s: reconnecting",
+                peer=self.peer,
+                silent=silent,
+            )
+            self.closing = True
+            self.transport.abortConnection()
+            return
+        self.send(wire.Heartbeat())
+
     def _report(self, task_id: int, status: int, value: bytes) -> None:
         self.queue(wire.Results, (task_id, status, value), len(value))
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
         if self.core is not None:
             self.core.stop()
             self.log.info(
@@ -120,5 +161,5 @@ class WorkerFactory(Factory):
         self.run_blocking = run_blocking
         self.connected = on_connected
 
-    def buildProtocol(self, addr: object) -> WorkerProtocol:
+    def buildProtocol(self, addr: Any) -> WorkerProtocol:
         return WorkerProtocol(self)

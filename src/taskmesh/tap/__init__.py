@@ -44,6 +44,13 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError(f"{text} is not zero or a positive number")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 from twisted.application.service import IService
 from twisted.python import usage
 
 from taskmesh import wire
-from taskmesh.scheduler import DEFAULT_MAX_LOSSES, DEFAULT_PREFETCH, Scheduler
+from taskmesh.scheduler import Policy, Scheduler
 from taskmesh.service import SchedulerService
-from taskmesh.tap import non_negative_int, positive_int, release_default_pidfile
+from taskmesh.sqlite_store import SYNC_MODES, SqliteStore
+from taskmesh.store import ITaskStore, MemoryStore
+from taskmesh.tap import non_negative_float, positive_float, positive_int, release_default_pidfile
 
 DEFAULT_LISTEN = "tcp:9001"
+DEFAULT_STORE = "taskmesh.sqlite"
+_DEFAULTS = Policy()
 
 
 class Options(usage.Options):
@@ -18,18 +24,42 @@ class Options(usage.Options):
     longdesc = (
         "Run a taskmesh scheduler: it accepts tasks from clients, hands them to "
         "connected workers and returns each result to whoever asked. Clients "
-        "and workers connect to the same endpoint. With -n and no --pidfile, "
-        "no pid file is written, so several taskmesh processes can run from "
-        "one folder."
+        "and workers connect to the same endpoint. Tasks and results are kept "
+        "in an SQLite file (taskmesh.sqlite in the current folder by default), "
+        "so a restarted scheduler resumes every unfinished task. With -n and no "
+        "--pidfile, no pid file is written, so several taskmesh processes can "
+        "run from one folder."
     )
     optParameters = [
         ["listen", "l", DEFAULT_LISTEN,
          "Endpoint to listen on, e.g. tcp:9001 or tcp:9001:interface=127.0.0.1."],
+        ["store", "s", DEFAULT_STORE,
+         "Where tasks and results are kept: an SQLite file path, or 'memory' "
+         "(nothing survives a restart)."],
+        ["sync", None, "normal",
+         "SQLite durability: 'normal' survives the scheduler being killed, "
+         "'full' also a power loss (an fsync per commit), 'off' neither."],
         ["name", None, "taskmesh-scheduler", "Name announced to clients and workers."],
-        ["prefetch", None, DEFAULT_PREFETCH,
-         "Tasks a worker may hold beyond its slots.", non_negative_int],
-        ["max-losses", None, DEFAULT_MAX_LOSSES,
-         "Times a task may lose its worker before it fails.", positive_int],
+        ["prefetch", None, _DEFAULTS.prefetch,
+         "Tasks a worker may hold beyond its slots.", int],
+        ["max-losses", None, _DEFAULTS.max_losses,
+         "Times a task may lose its worker before it fails as poison.", positive_int],
+        ["max-attempts", None, _DEFAULTS.max_attempts,
+         "Default attempts a task may fail (timeout, or error with retries) "
+         "before it fails for good.", positive_int],
+        ["retry-delay", None, _DEFAULTS.retry_delay,
+         "Seconds before the first retry; doubles with each attempt.", non_negative_float],
+        ["retry-max-delay", None, _DEFAULTS.retry_max_delay,
+         "Longest pause between retries, in seconds.", non_negative_float],
+        ["heartbeat", None, _DEFAULTS.heartbeat_interval,
+         "Seconds between heartbeats with each worker.", positive_float],
+        ["heartbeat-tolerance", None, _DEFAULTS.heartbeat_tolerance,
+         "Heartbeat intervals of silence after which a worker is dropped and "
+         "its tasks run elsewhere.", positive_int],
+        ["result-ttl", None, _DEFAULTS.result_ttl,
+         "Seconds a finished task's result is kept for retrieval by id.", positive_float],
+        ["max-queued", None, _DEFAULTS.max_queued,
+         "Queued tasks beyond which submitters are paused until there is room.", positive_int],
         ["max-frame", None, wire.DEFAULT_MAX_FRAME,
          "Largest frame accepted or sent, in bytes.", positive_int],
         ["max-payload", None, wire.DEFAULT_MAX_PAYLOAD,
@@ -39,17 +69,44 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if self["max-payload"] + wire.MAX_RECORD_OVERHEAD + wire.FRAME_OVERHEAD > self["max-frame"]:
             raise usage.UsageError("--max-payload must leave room in --max-frame for a record")
+        if self["sync"] not in SYNC_MODES:
+            raise usage.UsageError(f"--sync must be one of {', '.join(SYNC_MODES)}")
+        try:
+            self["policy"] = Policy(
+                prefetch=self["prefetch"],
+                max_losses=self["max-losses"],
+                max_attempts=self["max-attempts"],
+                retry_delay=self["retry-delay"],
+                retry_max_delay=max(self["retry-max-delay"], self["retry-delay"]),
+                heartbeat_interval=self["heartbeat"],
+                heartbeat_tolerance=self["heartbeat-tolerance"],
+                result_ttl=self["result-ttl"],
+                max_queued=self["max-queued"],
+            )
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         release_default_pidfile(self)
+
+
+def open_store(path: str, sync: str) -> ITaskStore:
+    if path == "memory":
+        return MemoryStore()
+    try:
+        return SqliteStore(path, synchronous=sync)
+    except (sqlite3.Error, RuntimeError) as e:
+        raise SystemExit(f"taskmesh-scheduler: cannot open the store {path}: {e}") from None
 
 
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    core = Scheduler(reactor, prefetch=options["prefetch"], max_losses=options["max-losses"])
+    store = open_store(options["store"], options["sync"])
+    core = Scheduler(reactor, store, options["policy"])
     return SchedulerService(
         reactor,
         options["listen"],
         core,
+        store,
         max_frame=options["max-frame"],
         max_payload=options["max-payload"],
         name=options["name"],
