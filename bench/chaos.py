@@ -1,0 +1,255 @@
+"""
+Kill everything, lose nothing: the chaos run of taskmesh's delivery promise.
+
+One scheduler (SQLite store) and several workers run as real ``twistd``
+processes; a client submits N sha256 tasks, each with its own deduplication
+key, then waits for every result by id.  Meanwhile workers are SIGKILLed and
+restarted at random moments, and the scheduler is SIGKILLed and restarted on
+the same store.  The client reconnects, resubmits what was not acknowledged
+(the keys make that safe) and waits on by id.
+
+At the end it counts, from the client's results and from the store itself:
+
+- lost: tasks without a successful result;
+- duplicated: keys that became more than one task, or a task id the client
+  and the store disagree on;
+- wrong: results that are not the payload's digest;
+- duplicate executions: runs of a task beyond its first (from the workers'
+  journal); at-least-once allows these, and they are reported, not failed.
+
+It exits 1 if lost, duplicated or wrong is not 0.
+
+    python bench/chaos.py                                   # 500 tasks, 6 worker kills, 2 scheduler kills
+    python bench/chaos.py --tasks 10000 --worker-kills 50 --scheduler-kills 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+# -- the client: its own process, so that the orchestrator can block ---------
+
+
+def run_client(address: str, count: int, output: Path) -> None:
+    """Submit every task (keyed), then wait for every result, reconnecting as needed."""
+    from twisted.internet import task
+    from twisted.internet.defer import Deferred, DeferredList
+
+    from taskmesh import Client, SchedulerGone, TaskFailed
+
+    async def main(reactor: Any) -> None:
+        ids: dict[int, int] = {}
+        results: dict[int, str] = {}
+        failures: dict[int, str] = {}
+        connections = 0
+        while len(results) + len(failures) < count:
+            try:
+                client = await Client.connect(address, reactor, timeout=2)
+            except Exception:  # the scheduler is down: try again shortly
+                await task.deferLater(reactor, 0.2, lambda: None)
+                continue
+            connections += 1
+            try:
+                missing = [i for i in range(count) if i not in ids]
+                submitted = [
+                    client.enqueue(f"chaos-{i}", key=f"chaos-{i}") for i in missing
+                ]
+                for i, (ok, value) in zip(
+                    missing, await DeferredList(submitted, consumeErrors=True)
+                ):
+                    if ok:
+                        ids[i] = value
+                waiting = [i for i in ids if i not in results and i not in failures]
+                answers = [Deferred.fromCoroutine(client.result(ids[i])) for i in waiting]
+                for i, (ok, value) in zip(waiting, await DeferredList(answers, consumeErrors=True)):
+                    if ok:
+                        results[i] = value.decode()
+                    elif value.check(TaskFailed):
+                        failures[i] = str(value.value)
+                    elif not value.check(SchedulerGone):
+                        value.raiseException()
+            finally:
+                await client.close()
+        output.write_text(
+            json.dumps(
+                {
+                    "ids": {str(i): v for i, v in ids.items()},
+                    "results": {str(i): v for i, v in results.items()},
+                    "failures": {str(i): v for i, v in failures.items()},
+                    "reconnections": connections - 1,
+                }
+            )
+        )
+
+    task.react(lambda reactor: Deferred.fromCoroutine(main(reactor)))
+
+
+# -- the orchestrator ---------------------------------------------------------
+
+
+def orchestrate(arguments: argparse.Namespace) -> int:
+    from taskmesh.testing import Mesh, Process, wait_until
+
+    rng = random.Random(arguments.seed)
+    folder = Path(tempfile.mkdtemp(prefix="taskmesh-chaos-"))
+    journal = folder / "executions.journal"
+    results_path = folder / "client.json"
+    os.environ["TASKMESH_CHAOS_JOURNAL"] = str(journal)
+    os.environ["TASKMESH_CHAOS_TASK_SECONDS"] = str(arguments.task_seconds)
+    scheduler_options = (
+        # Kills are the infrastructure's fault, not the tasks': never fail a task as poison here.
+        "--max-losses", "1000000",
+        "--heartbeat", "1",
+    )
+    worker_options = ("--handler", "chaos_handler:JournaledSha256", "--reconnect-max-delay", "0.5")
+    started = time.monotonic()
+    with Mesh(folder, store=str(folder / "chaos.sqlite")) as mesh:
+        incarnations = {"scheduler": 0}
+        mesh.scheduler("scheduler-0", *scheduler_options)
+        workers: dict[str, Process] = {}
+        for n in range(arguments.workers):
+            name = f"w{n}"
+            incarnations[name] = 0
+            workers[name] = mesh.worker(f"{name}-0", arguments.concurrency, worker_options, HERE)
+        for name in workers:
+            mesh.wait_joined(f"{name}-0", arguments.concurrency)
+        client = mesh.start(
+            "client",
+            [sys.executable, str(Path(__file__).resolve()), "--client", mesh.address,
+             "--tasks", str(arguments.tasks), "--output", str(results_path)],
+        )
+        actions = ["worker"] * arguments.worker_kills + ["scheduler"] * arguments.scheduler_kills
+        rng.shuffle(actions)
+        performed = {"worker": 0, "scheduler": 0}
+        for action in actions:
+            time.sleep(rng.uniform(arguments.pace / 2, arguments.pace * 1.5))
+            if not client.running():
+                break
+            if action == "worker":
+                name = rng.choice(sorted(workers))
+                workers[name].kill()
+                time.sleep(rng.uniform(0, arguments.pace))
+                incarnations[name] += 1
+                workers[name] = mesh.worker(
+                    f"{name}-{incarnations[name]}", arguments.concurrency, worker_options, HERE
+                )
+            else:
+                assert mesh.scheduler_process is not None
+                mesh.scheduler_process.kill()
+                time.sleep(rng.uniform(0, arguments.pace))
+                incarnations["scheduler"] += 1
+                mesh.scheduler(f"scheduler-{incarnations['scheduler']}", *scheduler_options)
+            performed[action] += 1
+        client.wait(timeout=arguments.timeout)
+        wait_until(lambda: results_path.exists(), 5, "the client's results")
+        elapsed = time.monotonic() - started
+        if client.popen.returncode != 0:
+            print(client.describe(), file=sys.stderr)
+            return 1
+    return report(arguments, folder, results_path, journal, performed, elapsed)
+
+
+def report(
+    arguments: argparse.Namespace,
+    folder: Path,
+    results_path: Path,
+    journal: Path,
+    performed: dict[str, int],
+    elapsed: float,
+) -> int:
+    client = json.loads(results_path.read_text())
+    ids = {int(i): v for i, v in client["ids"].items()}
+    results = {int(i): v for i, v in client["results"].items()}
+    failures = {int(i): v for i, v in client["failures"].items()}
+    db = sqlite3.connect(str(folder / "chaos.sqlite"))
+    rows = db.execute(
+        "SELECT key, id, state, result FROM tasks WHERE key LIKE 'chaos-%'"
+    ).fetchall()
+    stored: dict[int, list[tuple[int, int, bytes | None]]] = {}
+    for key, task_id, state, result in rows:
+        stored.setdefault(int(key.split("-")[1]), []).append((task_id, state, result))
+
+    lost = wrong = duplicated = 0
+    for i in range(arguments.tasks):
+        expected = hashlib.sha256(f"chaos-{i}".encode()).hexdigest()
+        entries = stored.get(i, [])
+        if len(entries) > 1 or (entries and ids.get(i) != entries[0][0]):
+            duplicated += 1
+        if i not in results:
+            lost += 1
+        elif results[i] != expected:
+            wrong += 1
+        # the store itself must hold the one right result
+        if not entries or entries[0][1] != 2 or (entries[0][2] or b"").decode() != expected:
+            if i in results and results[i] == expected:
+                lost += 1  # reported to the client but not stored: lost all the same
+    executions = [line for line in journal.read_text().splitlines() if line] if journal.exists() else []
+    duplicate_executions = len(executions) - len(set(executions))
+    never_ran = arguments.tasks - len(set(executions))
+    table = {
+        "tasks": arguments.tasks,
+        "workers": arguments.workers,
+        "worker kills": performed["worker"],
+        "scheduler kills": performed["scheduler"],
+        "client reconnections": client["reconnections"],
+        "seconds": round(elapsed, 1),
+        "lost": lost,
+        "duplicated": duplicated,
+        "wrong": wrong,
+        "failed": len(failures),
+        "executions": len(executions),
+        "duplicate executions": duplicate_executions,
+        "never executed": never_ran,
+    }
+    width = max(map(len, table))
+    for name, value in table.items():
+        print(f"{name:<{width}}  {value}")
+    if failures:
+        print("failures:", dict(list(failures.items())[:5]), file=sys.stderr)
+    short = (
+        performed["worker"] < arguments.worker_kills
+        or performed["scheduler"] < arguments.scheduler_kills
+    )
+    if short:
+        print("warning: the tasks finished before every kill was made", file=sys.stderr)
+    return 1 if (lost or duplicated or wrong or failures) else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=500)
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--worker-kills", type=int, default=6)
+    parser.add_argument("--scheduler-kills", type=int, default=2)
+    parser.add_argument("--pace", type=float, default=0.6, help="mean seconds between kills")
+    parser.add_argument("--task-seconds", type=float, default=0.05, help="how long each task runs")
+    parser.add_argument("--timeout", type=float, default=600, help="bound on the whole run")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--client", metavar="ADDRESS", help=argparse.SUPPRESS)
+    parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
+    arguments = parser.parse_args()
+    if arguments.client:
+        run_client(arguments.client, arguments.tasks, arguments.output)
+        return
+    if arguments.seed is None:
+        arguments.seed = random.randrange(2**32)
+    print(f"seed {arguments.seed}")
+    sys.exit(orchestrate(arguments))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,293 @@
+"""
+Real taskmesh processes for tests and benchmarks: a scheduler and workers
+started with ``twistd -n`` from one folder on a free loopback port, as a
+user starts them, and always stopped by pid.
+
+Every wait has a deadline and fails with ``MeshError`` (an AssertionError, so
+test runners report it as a failure) showing the tail of every log.  Nothing
+waits for time to pass: only for a log line, an exit, or a condition.
+
+    with Mesh(folder) as mesh:
+        mesh.scheduler()
+        mesh.workers("w1", "w2")
+        digest = mesh.run_submit("Hello, World!").stdout.strip()
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Callable, Sequence, TypeVar
+
+BIN = Path(sys.executable).parent
+TWISTD = str(BIN / "twistd")
+TASKMESH = str(BIN / "taskmesh")
+
+#: Generous bounds for a loaded 2-core machine: reaching one is a failure, not a wait.
+TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+
+T = TypeVar("T")
+
+
+class MeshError(AssertionError):
+    """A process did not do what was waited for, in time."""
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], T], timeout: float, what: str) -> T:
+    """Poll ``condition`` until it returns something true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise MeshError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def child_env(extra_path: Path | None = None) -> dict[str, str]:
+    """This environment, minus anything that would put a checkout on sys.path."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    if extra_path is not None:
+        env["PYTHONPATH"] = str(extra_path)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def _tail(path: Path | None, lines: int = 40) -> str:
+    if path is None or not path.exists():
+        return "(none)"
+    text = path.read_text(errors="replace").splitlines()[-lines:]
+    return "\n".join(text) or "(empty)"
+
+
+class Process:
+    """One child process: its output in files, waits with deadlines, stop by pid."""
+
+    def __init__(
+        self, name: str, argv: list[str], cwd: Path, env: dict[str, str], log: Path | None = None
+    ) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log
+        self.stdout_path = cwd / f"{name}.stdout"
+        self.stderr_path = cwd / f"{name}.stderr"
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.popen = subprocess.Popen(
+                argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err
+            )
+        self.pid = self.popen.pid
+
+    def read(self, source: str = "log") -> str:
+        path = {"log": self.log_path, "stdout": self.stdout_path, "stderr": self.stderr_path}[source]
+        if path is None or not path.exists():
+            return ""
+        return path.read_text(errors="replace")
+
+    @property
+    def log(self) -> str:
+        return self.read("log")
+
+    @property
+    def stdout(self) -> str:
+        return self.read("stdout")
+
+    @property
+    def stderr(self) -> str:
+        return self.read("stderr")
+
+    def describe(self) -> str:
+        return (
+            f"--- {self.name} (pid {self.pid}, exit {self.popen.poll()}): {' '.join(self.argv)}\n"
+            f"[log]\n{_tail(self.log_path)}\n[stdout]\n{_tail(self.stdout_path)}\n"
+            f"[stderr]\n{_tail(self.stderr_path)}"
+        )
+
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def count(self, pattern: str, source: str = "log") -> int:
+        regex = re.compile(pattern)
+        return sum(1 for line in self.read(source).splitlines() if regex.search(line))
+
+    def wait_for(
+        self, pattern: str, count: int = 1, source: str = "log", timeout: float = TIMEOUT
+    ) -> list[str]:
+        """
+        Wait until ``pattern`` (a regex, one line) has matched ``count`` times
+        in the log (or stdout, stderr); return the matching lines.  Fails at
+        once if the process exits first.
+        """
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            exited = not self.running()  # read after this, so a last line is not missed
+            found = [line for line in self.read(source).splitlines() if regex.search(line)]
+            if len(found) >= count:
+                return found
+            if exited:
+                raise MeshError(f"{self.name} exited before {pattern!r} appeared\n{self.describe()}")
+            if time.monotonic() > deadline:
+                raise MeshError(
+                    f"timed out after {timeout:g} s waiting for {pattern!r} "
+                    f"({len(found)}/{count}) in {self.name}'s {source}\n{self.describe()}"
+                )
+            time.sleep(0.05)
+
+    def wait(self, timeout: float = TIMEOUT) -> int:
+        """Wait for the process to exit by itself; return its exit status."""
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise MeshError(f"{self.name} did not exit within {timeout:g} s\n{self.describe()}") from None
+
+    def signal(self, signum: int) -> None:
+        if self.popen.poll() is None:  # never signal a pid that may have been reused
+            os.kill(self.pid, signum)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL."""
+        self.signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL, and reap it."""
+        self.signal(signal.SIGKILL)
+        self.popen.wait(STOP_TIMEOUT)
+
+
+class Mesh:
+    """The processes of one run, all started from one folder, on one port."""
+
+    def __init__(self, folder: Path, store: str = "taskmesh.sqlite") -> None:
+        self.folder = folder
+        self.store = store
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.processes: list[Process] = []
+        self.scheduler_process: Process | None = None
+
+    def __enter__(self) -> "Mesh":
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop_all()
+
+    def start(
+        self, name: str, argv: list[str], log: bool = False, extra_path: Path | None = None
+    ) -> Process:
+        if any(process.name == name for process in self.processes):
+            raise ValueError(f"a process named {name} was already started")
+        log_path = self.folder / f"{name}.log" if log else None
+        process = Process(name, argv, self.folder, child_env(extra_path), log_path)
+        self.processes.append(process)
+        return process
+
+    def twistd(self, name: str, *argv: str, extra_path: Path | None = None) -> Process:
+        """``twistd -n --logfile=NAME.log ARGV...`` (no --pidfile, as a user would)."""
+        return self.start(
+            name, [TWISTD, "-n", f"--logfile={name}.log", *argv], log=True, extra_path=extra_path
+        )
+
+    def scheduler(self, name: str = "scheduler", *options: str) -> Process:
+        """Start a scheduler on this mesh's port and store, and wait until it listens."""
+        process = self.twistd(
+            name,
+            "taskmesh-scheduler",
+            "--listen", f"tcp:{self.port}:interface=127.0.0.1",
+            "--store", self.store,
+            *options,
+        )
+        process.wait_for(rf"scheduler listening on 127\.0\.0\.1:{self.port}\b")
+        self.scheduler_process = process
+        return process
+
+    def worker(
+        self,
+        name: str,
+        concurrency: int = 1,
+        options: Sequence[str] = (),
+        extra_path: Path | None = None,
+    ) -> Process:
+        """Start one worker (without waiting for it to join)."""
+        return self.twistd(
+            name,
+            "taskmesh-worker", "--connect", self.address, "--name", name,
+            "--concurrency", str(concurrency),
+            *options,
+            extra_path=extra_path,
+        )
+
+    def workers(
+        self,
+        *names: str,
+        concurrency: int = 1,
+        options: Sequence[str] = (),
+        extra_path: Path | None = None,
+    ) -> list[Process]:
+        """Start workers together, then wait until the scheduler logs each one joining."""
+        started = [self.worker(name, concurrency, options, extra_path) for name in names]
+        for name in names:
+            self.wait_joined(name, concurrency)
+        return started
+
+    def wait_joined(self, name: str, slots: int = 1, count: int = 1) -> None:
+        assert self.scheduler_process is not None, "start the scheduler first"
+        self.scheduler_process.wait_for(
+            rf"worker {re.escape(name)}@127\.0\.0\.1:\d+ joined with {slots} slots for ",
+            count=count,
+        )
+
+    def command(self, *argv: str, name: str | None = None) -> Process:
+        """Start ``taskmesh ARGV...`` (the console command) without waiting for it."""
+        return self.start(name or f"taskmesh-{len(self.processes)}", [TASKMESH, *argv])
+
+    def submit(self, *argv: str, name: str | None = None, address: str | None = None) -> Process:
+        """Start ``taskmesh submit --connect ADDRESS ARGV...`` without waiting for it."""
+        return self.command(
+            "submit", "--connect", address or self.address, *argv,
+            name=name or f"submit-{len(self.processes)}",
+        )
+
+    def run_submit(self, *argv: str, address: str | None = None, timeout: float = TIMEOUT) -> Process:
+        """Run ``taskmesh submit`` to its end (bounded) and return the finished process."""
+        process = self.submit(*argv, address=address)
+        process.wait(timeout)
+        return process
+
+    def stop_all(self) -> None:
+        """Stop every process, last started first; report the first that would not stop."""
+        errors = []
+        for process in reversed(self.processes):
+            try:
+                process.stop()
+            except Exception as e:  # keep stopping the others
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+    def describe(self) -> str:
+        return "\n".join(process.describe() for process in self.processes)
