@@ -299,3 +299,32 @@ def test_client_fails_every_pending_task_when_the_connection_drops() -> None:
     client.connectionLost(Failure(ConnectionDone()))
     assert len(box) == 2 and all(f.check(SchedulerGone) for f in box)
     assert client.lost.called
+
+
+def test_nagle_is_off_so_lone_replies_are_not_delayed() -> None:
+    class Transport(StringTransport):
+        no_delay = False
+
+        def setTcpNoDelay(self, enabled: bool) -> None:
+            self.no_delay = enabled
+
+    rig = Rig()
+    protocol = rig.factory.buildProtocol(None)
+    transport = Transport()
+    protocol.makeConnection(transport)
+    assert transport.no_delay
+
+
+def test_a_bug_while_sending_drops_the_connection_instead_of_hanging() -> None:
+    clock = Clock()
+    client = ClientProtocol(clock, "c")
+    transport = StringTransport()
+    client.makeConnection(transport)
+    client.dataReceived(frame(wire.Welcome("s", 4096, 1024)))
+    box: list[Failure] = []
+    client.submit("sha256", b"x").addErrback(box.append)
+    client.queue(wire.Submit, ("not", "a", "record"), 0)  # cannot be encoded
+    clock.advance(0)
+    assert transport.disconnecting
+    client.connectionLost(Failure(ConnectionDone()))
+    assert box and box[0].check(SchedulerGone)

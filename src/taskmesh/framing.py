@@ -57,6 +57,11 @@ class FramedProtocol(Int32StringReceiver):
 
     def connectionMade(self) -> None:
         self.peer = describe_address(self.transport.getPeer())
+        # Frames are already coalesced per reactor turn; Nagle's algorithm
+        # would only hold a lone reply until the peer's delayed ACK (~40 ms).
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
 
     def connectionLost(self, reason: Failure) -> None:
         self.closing = True
@@ -132,8 +137,15 @@ class FramedProtocol(Int32StringReceiver):
         segments, self._segments = self._segments, []
         if self.closing:
             return
-        for message_class, records, _ in segments:
-            self._send_records(message_class, records)
+        try:
+            for message_class, records, _ in segments:
+                self._send_records(message_class, records)
+        except Exception:
+            # A bug: what was queued cannot be sent.  Dropping the connection
+            # fails everything waiting on it at once, instead of never.
+            self.log.failure("bug while sending to {peer}", peer=self.peer)
+            self.closing = True
+            self.transport.abortConnection()
 
     def _send_records(self, message_class: type, records: list) -> None:
         data = wire.encode(message_class(records))
