@@ -328,3 +328,136 @@ def test_a_bug_while_sending_drops_the_connection_instead_of_hanging() -> None:
     assert transport.disconnecting
     client.connectionLost(Failure(ConnectionDone()))
     assert box and box[0].check(SchedulerGone)
+
+
+# -- answers, limits and refusals ---------------------------------------------
+
+
+def test_answers_to_one_submit_come_in_its_order() -> None:
+    rig = Rig(max_payload=1024)
+    client, transport = rig.client()
+    client.dataReceived(
+        frame(
+            wire.Submit(
+                [
+                    (1, "sha256", b"ok", wire.DEFAULT_OPTIONS),
+                    (2, "sha256", b"x" * 2000, wire.DEFAULT_OPTIONS),
+                    (3, "sha256", b"ok", wire.DEFAULT_OPTIONS),
+                ]
+            )
+        )
+    )
+    answers = rig.received(transport)
+    assert [type(m) for m in answers] == [wire.Accepted, wire.Rejected, wire.Accepted]
+
+
+def test_a_worker_may_only_report_success_or_failure() -> None:
+    rig = Rig()
+    worker, transport = rig.worker()
+    worker.dataReceived(frame(wire.Results([(1, wire.STATUS_PENDING, b"")])))
+    assert "may not report status" in assert_dropped_with(rig, transport, wire.ERROR_UNEXPECTED)
+
+
+def test_a_result_over_the_payload_limit_fails_the_task_instead() -> None:
+    rig = Rig(max_payload=1024)
+    worker, _ = rig.worker()
+    client, client_transport = rig.client()
+    client.dataReceived(frame(wire.Submit([(1, "sha256", b"x", wire.DEFAULT_OPTIONS)])))
+    rig.received(client_transport)
+    worker.dataReceived(frame(wire.Results([(1, wire.STATUS_OK, b"r" * 1025)])))
+    ((task_id, status, reason),) = rig.received(client_transport)[0].records
+    assert status == wire.STATUS_FAILED and b"exceeds the limit of 1024 bytes" in reason
+
+
+def test_an_error_as_first_frame_is_not_answered() -> None:
+    rig = Rig()
+    protocol, transport = rig.connect()
+    protocol.dataReceived(frame(wire.Error(wire.ERROR_INTERNAL, "bye")))
+    assert rig.received(transport) == []
+    assert transport.disconnecting
+
+
+def test_another_versions_hello_gets_a_version_error_whatever_follows() -> None:
+    body = bytearray(wire.encode(wire.Hello(role=wire.ROLE_CLIENT, name="c")))
+    body[5:7] = (2).to_bytes(2, "big")
+    body += b"fields of version 2"
+    rig = Rig()
+    protocol, transport = rig.connect()
+    protocol.dataReceived(len(body).to_bytes(4, "big") + bytes(body))
+    assert "version 2" in assert_dropped_with(rig, transport, wire.ERROR_VERSION)
+
+
+def connected_client() -> tuple[ClientProtocol, StringTransport, Clock]:
+    clock = Clock()
+    client = ClientProtocol(clock, "c")
+    transport = StringTransport()
+    client.makeConnection(transport)
+    client.dataReceived(frame(wire.Welcome("s", 4096, 1024, 2000, 3)))
+    transport.clear()
+    return client, transport, clock
+
+
+def test_a_waiting_query_is_not_answered_by_a_pending_record() -> None:
+    client, transport, clock = connected_client()
+    waiting: list[object] = []
+    peek: list[object] = []
+    client.query(5, wait=True).addBoth(waiting.append)
+    client.query(5, wait=False).addBoth(peek.append)
+    client.dataReceived(frame(wire.Results([(5, wire.STATUS_PENDING, b"running")])))
+    assert peek == [(wire.STATUS_PENDING, b"running")] and waiting == []
+    client.dataReceived(frame(wire.Results([(5, wire.STATUS_OK, b"done")])))
+    assert waiting == [(wire.STATUS_OK, b"done")]
+
+
+def test_requests_before_the_welcome_send_nothing() -> None:
+    client = ClientProtocol(Clock(), "c")
+    transport = StringTransport()
+    client.makeConnection(transport)
+    transport.clear()
+    failures: list[Failure] = []
+    client.cancel(1).addErrback(failures.append)
+    client.query(1, wait=False).addErrback(failures.append)
+    assert len(failures) == 2 and transport.value() == b""
+
+
+def test_a_welcome_of_another_version_is_refused_by_the_client() -> None:
+    client = ClientProtocol(Clock(), "c")
+    transport = StringTransport()
+    client.makeConnection(transport)
+    failures: list[Failure] = []
+    client.ready.addErrback(failures.append)
+    client.dataReceived(frame(wire.Welcome("s", 4096, 1024, version=9)))
+    assert transport.disconnecting
+    client.connectionLost(Failure(ConnectionDone()))
+    assert "version 9" in str(failures[0].value)
+
+
+def test_a_refused_worker_gives_up_instead_of_reconnecting() -> None:
+    clock = Clock()
+    refusals: list[str] = []
+    registry = HandlerRegistry([Sha256Handler()])
+    factory = WorkerFactory(clock, registry, 1, "w", lambda f, p: None, on_refused=refusals.append)  # type: ignore[arg-type,return-value]
+    worker = factory.buildProtocol(None)
+    transport = StringTransport()
+    worker.makeConnection(transport)
+    worker.dataReceived(frame(wire.Error(wire.ERROR_VERSION, "version 1 is not supported")))
+    assert refusals == ["version 1 is not supported"] and transport.disconnecting
+
+
+def test_a_worker_drops_a_silent_scheduler_and_heartbeats_a_live_one() -> None:
+    clock = Clock()
+    registry = HandlerRegistry([Sha256Handler()])
+    factory = WorkerFactory(clock, registry, 1, "w", lambda f, p: None)  # type: ignore[arg-type,return-value]
+    worker = factory.buildProtocol(None)
+    transport = StringTransport()
+    worker.makeConnection(transport)
+    worker.dataReceived(frame(wire.Welcome("s", 4096, 1024, heartbeat_ms=1000, tolerance=3)))
+    transport.clear()
+    for _ in range(3):
+        clock.advance(1)
+    assert frames(transport.value()) == [wire.Heartbeat()] * 3
+    worker.dataReceived(frame(wire.Heartbeat()))
+    clock.advance(3)
+    assert not transport.disconnecting
+    clock.advance(1)  # 4 s of silence > 3 intervals
+    assert transport.disconnecting

@@ -74,3 +74,14 @@ def test_prune_forgets_old_outcomes_only(tmp_path: Path) -> None:
 def test_bad_sync_mode_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         SqliteStore(str(tmp_path / "s.sqlite"), synchronous="sometimes")
+
+
+def test_ids_are_never_handed_out_twice_even_after_pruning(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.sqlite")
+    store = SqliteStore(path)
+    for task_id in (1, 2):
+        store.add(task(task_id))
+        store.finish(task_id, State.SUCCEEDED, b"r", 10.0)
+    store.commit()
+    assert store.prune(100.0) == 2
+    assert SqliteStore(path).next_id() == 3

@@ -127,3 +127,22 @@ def test_unknown_option_bits_are_refused() -> None:
     data[-1] = 0x80
     with pytest.raises(wire.ProtocolError, match="option bits"):
         wire.decode(bytes(data))
+
+
+def test_a_zero_timeout_is_refused() -> None:
+    data = bytearray(wire.encode(wire.Submit([(1, "t", b"", wire.TaskOptions(timeout=1.0))])))
+    data[-4:] = b"\x00\x00\x00\x00"
+    with pytest.raises(wire.ProtocolError, match="0 ms"):
+        wire.decode(bytes(data))
+
+
+@pytest.mark.parametrize("seconds", [0, 0.0001, 5e6])
+def test_timeouts_the_wire_cannot_carry(seconds: float) -> None:
+    with pytest.raises(ValueError):
+        wire.timeout_milliseconds(seconds)
+
+
+@pytest.mark.parametrize("name", ["", "x" * 256, 5])
+def test_unusable_task_types(name: object) -> None:
+    with pytest.raises(ValueError):
+        wire.check_task_type(name)

@@ -32,6 +32,7 @@ from taskmesh.client import (
 from taskmesh.handlers import DEFAULT_TASK_TYPE
 from taskmesh.scheduler import TaskFailed
 from taskmesh.tap import positive_float, positive_int
+from taskmesh.wire import check_task_type
 
 EXIT_OK = 0
 EXIT_TASK_FAILED = 1
@@ -99,6 +100,7 @@ class SubmitOptions(ConnectionOptions):
                 retry_on_error=bool(self["retry-on-error"]),
             )
             task_options(**self["options"])
+            check_task_type(self["type"])
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
 

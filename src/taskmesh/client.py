@@ -59,8 +59,10 @@ def task_options(
         0, None, 0, None, False, False,
     ):
         return wire.DEFAULT_OPTIONS
-    if timeout is not None and not timeout > 0:
-        raise ValueError("timeout must be a positive number of seconds")
+    if timeout is not None:
+        wire.timeout_milliseconds(timeout)
+    if key is not None:
+        wire.check_key(key)
     if not 0 <= max_attempts <= 0xFFFF:
         raise ValueError("max_attempts must be 1 to 65535 (0: the scheduler's default)")
     if not -(2**31) <= priority < 2**31:
@@ -130,7 +132,7 @@ class Client:
         first task's result.  Higher ``priority`` runs first.
         """
         options = task_options(priority, timeout, max_attempts, key, retry_on_error)
-        return self._protocol.submit(task_type, _as_bytes(payload), options)
+        return self._protocol.submit(wire.check_task_type(task_type), _as_bytes(payload), options)
 
     def enqueue(
         self,
@@ -149,7 +151,7 @@ class Client:
         ``result(task_id)``, from this connection or any other.
         """
         options = task_options(priority, timeout, max_attempts, key, retry_on_error, True)
-        return self._protocol.submit(task_type, _as_bytes(payload), options)
+        return self._protocol.submit(wire.check_task_type(task_type), _as_bytes(payload), options)
 
     async def result(self, task_id: int, wait: bool = True) -> bytes:
         """

@@ -80,7 +80,9 @@ class ClientProtocol(FramedProtocol):
         self._requests: dict[int, tuple[str, Deferred[Any], bool]] = {}
         # task id -> Deferreds of its result
         self._waiters: dict[int, list[Deferred[bytes]]] = {}
-        # task id -> Deferreds of the next (status, value) record, whatever it says
+        # task id -> Deferreds of its final (status, value) record
+        self._finals: dict[int, list[Deferred[tuple[int, bytes]]]] = {}
+        # task id -> Deferreds of the next (status, value) record, pending or final
         self._peeks: dict[int, list[Deferred[tuple[int, bytes]]]] = {}
         self._status: deque[Deferred[dict[str, Any]]] = deque()
         self._error: str | None = None
@@ -100,9 +102,7 @@ class ClientProtocol(FramedProtocol):
         made the task durable.
         """
         waiting: Deferred[Any] = Deferred()
-        failure = self._unusable(payload)
-        if failure is not None:
-            waiting.errback(failure)
+        if self._refuse(waiting, payload):
             return waiting
         request = self._next_request = (self._next_request + 1) & 0xFFFFFFFF
         self._requests[request] = (task_type, waiting, not options.no_result)
@@ -112,48 +112,52 @@ class ClientProtocol(FramedProtocol):
         return waiting
 
     def query(self, task_id: int, wait: bool) -> "Deferred[tuple[int, bytes]]":
-        """The next result record for this task: its outcome, or its state now."""
-        answer: Deferred[tuple[int, bytes]] = self._peek(task_id)
+        """
+        The task's outcome as a (status, value) record; without ``wait``, the
+        next record, which may say it is still pending.
+        """
+        answer: Deferred[tuple[int, bytes]] = Deferred()
+        if self._refuse(answer, b""):
+            return answer
+        (self._finals if wait else self._peeks).setdefault(task_id, []).append(answer)
         self.queue(wire.Query, (task_id, wait), 0)
         return answer
 
     def cancel(self, task_id: int) -> "Deferred[tuple[int, bytes]]":
         """Cancel; the answer is the task's outcome afterwards."""
-        answer = self._peek(task_id)
+        answer: Deferred[tuple[int, bytes]] = Deferred()
+        if self._refuse(answer, b""):
+            return answer
+        self._peeks.setdefault(task_id, []).append(answer)
         self.queue(wire.Cancel, task_id, 0)
         return answer
 
     def status(self) -> "Deferred[dict[str, Any]]":
         answer: Deferred[dict[str, Any]] = Deferred()
-        if self._unusable(b"") is not None:
-            answer.errback(SchedulerGone("not connected to a scheduler"))
+        if self._refuse(answer, b""):
             return answer
         self._status.append(answer)
         self.send(wire.StatusRequest())
         return answer
 
-    def _peek(self, task_id: int) -> "Deferred[tuple[int, bytes]]":
-        answer: Deferred[tuple[int, bytes]] = Deferred()
-        failure = self._unusable(b"")
-        if failure is not None:
-            answer.errback(failure)
-        else:
-            self._peeks.setdefault(task_id, []).append(answer)
-        return answer
-
-    def _unusable(self, payload: bytes) -> Exception | None:
+    def _refuse(self, answer: Deferred[Any], payload: bytes) -> bool:
+        """Fail ``answer`` at once, sending nothing, if the request cannot be made."""
         if self.welcome is None or self.closing:
-            return SchedulerGone("not connected to a scheduler")
+            answer.errback(SchedulerGone("not connected to a scheduler"))
+            return True
         if len(payload) > self.welcome.max_payload:
-            return TaskRejected(
-                f"payload of {len(payload)} bytes exceeds the scheduler's limit "
-                f"of {self.welcome.max_payload} bytes"
+            answer.errback(
+                TaskRejected(
+                    f"payload of {len(payload)} bytes exceeds the scheduler's limit "
+                    f"of {self.welcome.max_payload} bytes"
+                )
             )
-        return None
+            return True
+        return False
 
     @property
     def pending(self) -> int:
-        return len(self._requests) + len(self._waiters) + len(self._peeks)
+        return sum(map(len, (self._requests, self._waiters, self._finals, self._peeks)))
 
     # -- answers -------------------------------------------------------------
 
@@ -176,6 +180,11 @@ class ClientProtocol(FramedProtocol):
         elif kind is wire.StatusReport and self._status:
             self._status.popleft().callback(json.loads(message.json))  # type: ignore[union-attr]
         elif kind is wire.Welcome and self.welcome is None:
+            if message.version != wire.PROTOCOL_VERSION:  # type: ignore[union-attr]
+                raise PeerMisbehaved(
+                    f"the scheduler speaks protocol version {message.version}; "  # type: ignore[union-attr]
+                    f"this client speaks {wire.PROTOCOL_VERSION}"
+                )
             self.welcome = message  # type: ignore[assignment]
             self.MAX_LENGTH = self.send_limit = message.max_frame  # type: ignore[union-attr]
             self.ready.callback(message)
@@ -189,12 +198,16 @@ class ClientProtocol(FramedProtocol):
     def _results(self, records: list[wire.ResultRecord]) -> None:
         waiters = self._waiters
         peeks = self._peeks
+        finals = self._finals
         for task_id, status, value in records:
             if peeks:
                 for answer in peeks.pop(task_id, ()):
                     answer.callback((status, value))
             if status == wire.STATUS_PENDING:
                 continue
+            if finals:
+                for answer in finals.pop(task_id, ()):
+                    answer.callback((status, value))
             for waiting in waiters.pop(task_id, ()):
                 if status == wire.STATUS_OK:
                     waiting.callback(value)
@@ -209,15 +222,16 @@ class ClientProtocol(FramedProtocol):
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
-        why = self._error or reason.getErrorMessage()
+        why = self._error or self.closed_because or reason.getErrorMessage()
         if not self.ready.called:
             self.ready.errback(SchedulerGone(f"connection to the scheduler lost: {why}"))
         waiting: list[Deferred[Any]] = [entry[1] for entry in self._requests.values()]
-        for group in (*self._waiters.values(), *self._peeks.values()):
+        for group in (*self._waiters.values(), *self._finals.values(), *self._peeks.values()):
             waiting.extend(group)
         waiting.extend(self._status)
         self._requests.clear()
         self._waiters.clear()
+        self._finals.clear()
         self._peeks.clear()
         self._status.clear()
         for answer in waiting:

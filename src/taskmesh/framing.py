@@ -50,6 +50,8 @@ class FramedProtocol(Int32StringReceiver):
         self.send_limit = max_frame
         self.peer = "unknown peer"
         self.closing = False
+        #: Why we dropped the connection, if we did.
+        self.closed_because: str | None = None
         self._segments: list[_Segment] = []
         self._flush_call = None
 
@@ -168,5 +170,6 @@ class FramedProtocol(Int32StringReceiver):
             "dropping connection from {peer}: {reason}", peer=self.peer, reason=reason
         )
         self.send(wire.Error(code, reason))
+        self.closed_because = reason
         self.closing = True
         self.transport.loseConnection()

@@ -24,6 +24,8 @@ from twisted.plugin import getPlugins
 from zope.interface import Attribute, Interface, implementer
 from zope.interface.verify import verifyObject
 
+from taskmesh.wire import check_task_type
+
 log = Logger()
 
 HandlerResult = Union[bytes, str, "Deferred[bytes]", "Deferred[str]"]
@@ -132,8 +134,10 @@ class HandlerRegistry:
         except Exception as e:
             raise HandlerError(f"{handler!r} does not provide ITaskHandler: {e}") from None
         name = handler.name  # type: ignore[attr-defined]
-        if not isinstance(name, str) or not name or len(name.encode("utf-8")) > 255:
-            raise HandlerError(f"{handler!r} has an unusable name {name!r}")
+        try:
+            check_task_type(name)
+        except ValueError as e:
+            raise HandlerError(f"{handler!r}: {e}") from None
         self._handlers[name] = handler  # type: ignore[assignment]
 
     def get(self, name: str) -> ITaskHandler | None:

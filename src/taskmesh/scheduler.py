@@ -73,8 +73,9 @@ class Policy:
             "max_attempts": self.max_attempts >= 1,
             "retry_delay": self.retry_delay >= 0,
             "retry_max_delay": self.retry_max_delay >= self.retry_delay,
-            "heartbeat_interval": self.heartbeat_interval > 0,
-            "heartbeat_tolerance": self.heartbeat_tolerance >= 1,
+            # The welcome carries these as u32 milliseconds and a u16.
+            "heartbeat_interval": 0.001 <= self.heartbeat_interval <= 0xFFFFFFFF / 1000,
+            "heartbeat_tolerance": 1 <= self.heartbeat_tolerance <= 0xFFFF,
             "result_ttl": self.result_ttl > 0,
             "max_queued": self.max_queued >= 1,
         }

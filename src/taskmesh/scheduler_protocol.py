@@ -57,7 +57,7 @@ class SchedulerProtocol(FramedProtocol):
         if self.worker is not None:
             self.core.heard_from(self.worker)
             if kind is wire.Results:
-                self.core.complete(self.worker, message.records)  # type: ignore[union-attr]
+                self.core.complete(self.worker, self._checked_results(message.records))  # type: ignore[union-attr]
                 return
             if kind is wire.Heartbeat:
                 return
@@ -74,7 +74,7 @@ class SchedulerProtocol(FramedProtocol):
             if kind is wire.StatusRequest:
                 self.send(wire.StatusReport(json.dumps(self.core.stats())))
                 return
-        elif self.role is None:
+        elif self.role is None and kind is not wire.Error:
             if kind is not wire.Hello:
                 raise PeerMisbehaved(f"expected a hello first, got {kind.__name__}")
             self._hello(message)  # type: ignore[arg-type]
@@ -131,27 +131,34 @@ class SchedulerProtocol(FramedProtocol):
     def _submit(self, records: list[wire.SubmitRecord]) -> None:
         max_payload = self.factory.max_payload
         core = self.core
-        accepted: list[tuple[int, int, int, bool]] = []
+        # (request, task id, flags, no_result) accepted, or (request, reason) refused,
+        # answered together and in order once the store has made them durable.
+        answers: list[tuple] = []
         for request, task_type, payload, options in records:
             if len(payload) > max_payload:
-                reason = f"payload of {len(payload)} bytes exceeds the limit of {max_payload} bytes"
-                self.queue(wire.Rejected, (request, reason), len(reason))
+                answers.append(
+                    (request, f"payload of {len(payload)} bytes exceeds the limit of {max_payload} bytes")
+                )
                 continue
             if not task_type:
-                self.queue(wire.Rejected, (request, "the task type is empty"), 22)
+                answers.append((request, "the task type is empty"))
                 continue
-            flags = 0 if core.has_worker_for(task_type) else wire.ACCEPTED_NO_WORKER
             task_id, duplicate = core.submit(task_type, payload, options)
             if duplicate:
-                flags |= wire.ACCEPTED_DUPLICATE
-            accepted.append((request, task_id, flags, options.no_result))
-        if accepted:
-            # Acknowledge only what the store has made durable.
-            core.after_commit(self._acknowledge, accepted)
+                flags = wire.ACCEPTED_DUPLICATE
+            else:
+                flags = 0 if core.has_worker_for(task_type) else wire.ACCEPTED_NO_WORKER
+            answers.append((request, task_id, flags, options.no_result))
+        if answers:
+            core.after_commit(self._acknowledge, answers)
 
-    def _acknowledge(self, accepted: list[tuple[int, int, int, bool]]) -> None:
+    def _acknowledge(self, answers: list[tuple]) -> None:
         queue = self.queue
-        for request, task_id, flags, no_result in accepted:
+        for answer in answers:
+            if len(answer) == 2:
+                queue(wire.Rejected, answer, len(answer[1]))
+                continue
+            request, task_id, flags, no_result = answer
             queue(wire.Accepted, (request, task_id, flags), 0)
             if not no_result:
                 self._watch(task_id)
@@ -200,6 +207,28 @@ class SchedulerProtocol(FramedProtocol):
         return failure  # others may watch the same task
 
     # -- worker role: IWorkerChannel -----------------------------------------
+
+    def _checked_results(self, records: list[wire.ResultRecord]) -> list[wire.ResultRecord]:
+        """
+        A worker may only report success or failure, and a result must fit
+        the payload limit (or no client could be sent it): a result too large
+        becomes the task's failure, with a reason that says so.
+        """
+        max_payload = self.factory.max_payload
+        checked = records
+        for index, (task_id, status, value) in enumerate(records):
+            if status not in (wire.STATUS_OK, wire.STATUS_FAILED):
+                raise PeerMisbehaved(f"a worker may not report status {status}")
+            if len(value) > max_payload:
+                if checked is records:
+                    checked = list(records)
+                checked[index] = (
+                    task_id,
+                    wire.STATUS_FAILED,
+                    f"the worker's result of {len(value)} bytes exceeds the limit "
+                    f"of {max_payload} bytes".encode("utf-8"),
+                )
+        return checked
 
     def assign(self, task_id: int, task_type: str, payload: bytes) -> None:
         self.queue(wire.Assign, (task_id, task_type, payload), len(payload) + len(task_type))

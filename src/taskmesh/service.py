@@ -106,7 +106,9 @@ class WorkerService(MultiService):
         super().__init__()
         self.reactor = reactor
         self.pool = ThreadPool(minthreads=0, maxthreads=slots, name="taskmesh-blocking")
-        self.factory = WorkerFactory(reactor, handlers, slots, name, self.run_blocking)
+        self.factory = WorkerFactory(
+            reactor, handlers, slots, name, self.run_blocking, on_refused=self._refused
+        )
         self.connection = ClientService(
             connect,
             self.factory,
@@ -114,6 +116,12 @@ class WorkerService(MultiService):
             clock=reactor,
         )
         self.connection.setServiceParent(self)
+
+    def _refused(self, reason: str) -> None:
+        """A scheduler that refuses this worker will refuse it again: stop, do not retry."""
+        self.connection.stopService()
+        if self.reactor.running:
+            self.reactor.stop()
 
     def run_blocking(self, function: Any, payload: bytes) -> Deferred[Any]:
         return deferToThreadPool(self.reactor, self.pool, function, payload)

@@ -40,6 +40,9 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_unfinished ON tasks (id) WHERE finished_at IS NULL;
 CREATE INDEX IF NOT EXISTS tasks_finished_at ON tasks (finished_at) WHERE finished_at IS NOT NULL;
+-- The next task id, kept apart from the tasks: pruning old rows must never
+-- let an id be handed out twice.
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 _INSERT = (
@@ -72,7 +75,9 @@ class SqliteStore:
         self._finishes: list[tuple] = []
         self._attempts: list[tuple] = []
         (highest,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM tasks").fetchone()
-        self._next_id = highest + 1
+        row = self._db.execute("SELECT value FROM counters WHERE name = 'next_id'").fetchone()
+        self._next_id = max(highest + 1, row[0] if row else 1)
+        self._stored_next_id = self._next_id
 
     def next_id(self) -> int:
         return self._next_id
@@ -115,7 +120,13 @@ class SqliteStore:
                 db.executemany(_ATTEMPTS, self._attempts)
             if self._finishes:
                 db.executemany(_FINISH, self._finishes)
+            if self._next_id != self._stored_next_id:
+                db.execute(
+                    "INSERT OR REPLACE INTO counters (name, value) VALUES ('next_id', ?)",
+                    (self._next_id,),
+                )
             db.execute("COMMIT")
+            self._stored_next_id = self._next_id
         except BaseException:
             db.execute("ROLLBACK")
             raise

@@ -15,6 +15,7 @@ restart); ``taskmesh.sqlite_store.SqliteStore`` is the embedded default.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Iterator
@@ -101,12 +102,22 @@ class ITaskStore(Interface):
         """Commit and release the storage."""
 
 
+def time_based_first_id() -> int:
+    """
+    A first task id for a store that forgets everything on restart: the
+    microseconds since the epoch, so a restarted scheduler does not hand out
+    the ids of the tasks it forgot (unless it ran more than a million tasks a
+    second, for longer than it was down).
+    """
+    return time.time_ns() // 1000
+
+
 @implementer(ITaskStore)
 class MemoryStore:
     """Everything in this process: fast, and gone when the process is."""
 
-    def __init__(self) -> None:
-        self._next_id = 1
+    def __init__(self, first_id: int = 1) -> None:
+        self._next_id = first_id
         self._outcomes: dict[int, Outcome] = {}
         self._keys: dict[str, int] = {}
         self._key_of: dict[int, str] = {}

@@ -25,12 +25,15 @@ PROTOCOL_VERSION = 1
 MAGIC = b"TMSH"
 
 #: Frames larger than this are refused (the receiver answers with an error
-#: and drops the connection).  The sender learns the receiver's limit from
-#: the handshake and must split or refuse before sending.
+#: and drops the connection).  The scheduler announces its limit in the
+#: welcome, and it binds both directions of the connection: senders split
+#: batches below it and refuse payloads that cannot fit.
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 #: A single task payload or result larger than this is refused with a clear
 #: error; it must also fit in a frame with room to spare.
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
+#: The largest frame limit a welcome can announce (u32).
+MAX_FRAME_LIMIT = 0xFFFFFFFF
 
 # Roles a peer announces in its hello.
 ROLE_CLIENT = 1
@@ -252,6 +255,20 @@ Message = Union[
 ]
 
 
+def check_task_type(name: object) -> str:
+    """A task type name the wire can carry: 1 to 255 bytes of UTF-8; else ValueError."""
+    if not isinstance(name, str) or not 1 <= len(name.encode("utf-8")) <= 0xFF:
+        raise ValueError(f"a task type must be 1 to 255 bytes of UTF-8, not {name!r}")
+    return name
+
+
+def check_key(key: str) -> str:
+    """A deduplication key the wire can carry: at most 255 bytes of UTF-8; else ValueError."""
+    if len(key.encode("utf-8")) > 0xFF:
+        raise ValueError("a key must be at most 255 bytes of UTF-8")
+    return key
+
+
 def _short(text: str, what: str, limit: int) -> bytes:
     data = text.encode("utf-8")
     if len(data) > limit:
@@ -298,6 +315,17 @@ def encode_error(message: Error) -> bytes:
 
 _NO_OPTIONS = b"\x00"
 
+#: The longest task timeout the wire can carry (u32 milliseconds).
+MAX_TIMEOUT_SECONDS = 0xFFFFFFFF / 1000
+
+
+def timeout_milliseconds(seconds: float) -> int:
+    """A task timeout as the wire carries it; ValueError outside 1 ms to ~49.7 days."""
+    milliseconds = round(seconds * 1000)
+    if not 1 <= milliseconds <= 0xFFFFFFFF:
+        raise ValueError(f"a task timeout must be 0.001 to {MAX_TIMEOUT_SECONDS:g} seconds")
+    return milliseconds
+
 
 def _encode_options(options: TaskOptions) -> bytes:
     if options is DEFAULT_OPTIONS:
@@ -309,7 +337,7 @@ def _encode_options(options: TaskOptions) -> bytes:
         fields.append(_I32.pack(options.priority))
     if options.timeout is not None:
         flags |= OPTION_TIMEOUT
-        fields.append(_U32.pack(max(1, round(options.timeout * 1000))))
+        fields.append(_U32.pack(timeout_milliseconds(options.timeout)))
     if options.max_attempts:
         flags |= OPTION_MAX_ATTEMPTS
         fields.append(_U16.pack(options.max_attempts))
@@ -463,6 +491,10 @@ def _decode_hello(data: bytes) -> Hello:
     _, magic, version, role, slots, name_length = reader.unpack(_HELLO_HEAD)
     if magic != MAGIC:
         raise ProtocolError("hello without the taskmesh magic: not a taskmesh peer")
+    if version != PROTOCOL_VERSION:
+        # Another version may lay out the rest differently: its version is
+        # all the receiver needs, to refuse it with the right error.
+        return Hello(role=role, name="", version=version)
     name = reader.text(name_length, "name")
     (count,) = reader.unpack(_U16)
     task_types = []
@@ -519,7 +551,12 @@ def _decode_options(reader: _Reader) -> TaskOptions:
     if flags & ~0x3F:
         raise ProtocolError(f"unknown task option bits 0x{flags:02x}")
     priority = reader.unpack(_I32)[0] if flags & OPTION_PRIORITY else 0
-    timeout = reader.unpack(_U32)[0] / 1000 if flags & OPTION_TIMEOUT else None
+    timeout = None
+    if flags & OPTION_TIMEOUT:
+        (milliseconds,) = reader.unpack(_U32)
+        if milliseconds == 0:
+            raise ProtocolError("a task timeout of 0 ms")
+        timeout = milliseconds / 1000
     max_attempts = reader.unpack(_U16)[0] if flags & OPTION_MAX_ATTEMPTS else 0
     key = reader.text(reader.unpack(_U8)[0], "key") if flags & OPTION_KEY else None
     return TaskOptions(

@@ -26,10 +26,16 @@ Report = Callable[[int, int, bytes], None]
 RunBlocking = Callable[[Callable[[bytes], object], bytes], Deferred]
 
 
+#: A failure reason longer than this is cut: it is for a person to read, and
+#: must never make a frame too large.
+MAX_REASON = 4096
+
+
 def describe_error(error: BaseException) -> str:
     """The reason a submitter reads: the exception's type and message."""
     text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    reason = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 1] + "…"
 
 
 class Worker:

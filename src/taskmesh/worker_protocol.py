@@ -69,11 +69,22 @@ class WorkerProtocol(FramedProtocol):
                 core.cancel(message.records)  # type: ignore[union-attr]
                 return
         elif kind is wire.Welcome:
+            if message.version != wire.PROTOCOL_VERSION:  # type: ignore[union-attr]
+                self._refused(
+                    f"it speaks protocol version {message.version}, "  # type: ignore[union-attr]
+                    f"this worker {wire.PROTOCOL_VERSION}"
+                )
+                return
             self._welcomed(message)  # type: ignore[arg-type]
             return
         if kind is wire.Error:
+            if self.core is None:
+                # Refused at the handshake (version, slots, types): trying
+                # again would only be refused again.
+                self._refused(message.message)  # type: ignore[union-attr]
+                return
             self.log.error(
-                "scheduler {peer} refused us: {message}",
+                "scheduler {peer} dropped us: {message}",
                 peer=self.peer,
                 message=message.message,  # type: ignore[union-attr]
             )
@@ -110,6 +121,14 @@ class WorkerProtocol(FramedProtocol):
             types=",".join(factory.handlers.names()),
         )
         factory.connected(self)
+
+    def _refused(self, reason: str) -> None:
+        self.log.critical(
+            "scheduler {peer} refused this worker: {reason}; giving up", peer=self.peer, reason=reason
+        )
+        self.closing = True
+        self.transport.loseConnection()
+        self.factory.refused(reason)
 
     def _beat(self) -> None:
         silent = self.clock.seconds() - self._last_heard
@@ -153,6 +172,7 @@ class WorkerFactory(Factory):
         name: str,
         run_blocking: RunBlocking,
         on_connected: Callable[[WorkerProtocol], None] = lambda protocol: None,
+        on_refused: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.clock = clock
         self.handlers = handlers
@@ -160,6 +180,8 @@ class WorkerFactory(Factory):
         self.name = name
         self.run_blocking = run_blocking
         self.connected = on_connected
+        #: Called when the scheduler refuses this worker at the handshake.
+        self.refused = on_refused
 
     def buildProtocol(self, addr: Any) -> WorkerProtocol:
         return WorkerProtocol(self)

@@ -11,7 +11,7 @@ from taskmesh import wire
 from taskmesh.scheduler import Policy, Scheduler
 from taskmesh.service import SchedulerService
 from taskmesh.sqlite_store import SYNC_MODES, SqliteStore
-from taskmesh.store import ITaskStore, MemoryStore
+from taskmesh.store import ITaskStore, MemoryStore, time_based_first_id
 from taskmesh.tap import non_negative_float, positive_float, positive_int, release_default_pidfile
 
 DEFAULT_LISTEN = "tcp:9001"
@@ -67,6 +67,8 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        if self["max-frame"] > wire.MAX_FRAME_LIMIT:
+            raise usage.UsageError(f"--max-frame must be at most {wire.MAX_FRAME_LIMIT}")
         if self["max-payload"] + wire.MAX_RECORD_OVERHEAD + wire.FRAME_OVERHEAD > self["max-frame"]:
             raise usage.UsageError("--max-payload must leave room in --max-frame for a record")
         if self["sync"] not in SYNC_MODES:
@@ -90,7 +92,7 @@ class Options(usage.Options):
 
 def open_store(path: str, sync: str) -> ITaskStore:
     if path == "memory":
-        return MemoryStore()
+        return MemoryStore(first_id=time_based_first_id())
     try:
         return SqliteStore(path, synchronous=sync)
     except (sqlite3.Error, RuntimeError) as e:

@@ -10,6 +10,7 @@ from twisted.python import usage
 
 from taskmesh.address import DEFAULT_ADDRESS, client_endpoint, parse_address
 from taskmesh.handlers import HandlerError, default_registry, load_import_path
+from taskmesh.scheduler_protocol import MAX_WORKER_SLOTS
 from taskmesh.service import DEFAULT_RECONNECT_MAX_DELAY, WorkerService
 from taskmesh.tap import positive_float, positive_int, release_default_pidfile
 
@@ -51,6 +52,8 @@ class Options(usage.Options):
             self["handler-objects"] = [load_import_path(path) for path in self["handlers"]]
         except HandlerError as e:
             raise usage.UsageError(f"--handler: {e}") from None
+        if self["concurrency"] > MAX_WORKER_SLOTS:
+            raise usage.UsageError(f"--concurrency must be at most {MAX_WORKER_SLOTS}")
         if self["name"] is None:
             self["name"] = f"{socket.gethostname()}-{os.getpid()}"
         release_default_pidfile(self)
