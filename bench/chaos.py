@@ -124,8 +124,8 @@ def orchestrate(arguments: argparse.Namespace) -> int:
             name = f"w{n}"
             incarnations[name] = 0
             workers[name] = mesh.worker(f"{name}-0", arguments.concurrency, worker_options, HERE)
-        for name in workers:
-            mesh.wait_joined(f"{name}-0", arguments.concurrency)
+        for name, process in workers.items():
+            mesh.wait_joined(f"{name}-0", arguments.concurrency, worker=process)
         client = mesh.start(
             "client",
             [sys.executable, str(Path(__file__).resolve()), "--client", mesh.address,

@@ -250,16 +250,30 @@ class Mesh:
     ) -> list[Process]:
         """Start workers together, then wait until the scheduler logs each one joining."""
         started = [self.worker(name, concurrency, options, extra_path) for name in names]
-        for name in names:
-            self.wait_joined(name, concurrency)
+        for name, process in zip(names, started):
+            self.wait_joined(name, concurrency, worker=process)
         return started
 
-    def wait_joined(self, name: str, slots: int = 1, count: int = 1) -> None:
-        assert self.scheduler_process is not None, "start the scheduler first"
-        self.scheduler_process.wait_for(
-            rf"worker {re.escape(name)}@127\.0\.0\.1:\d+ joined with {slots} slots for ",
-            count=count,
-        )
+    def wait_joined(
+        self, name: str, slots: int = 1, count: int = 1, worker: Process | None = None
+    ) -> None:
+        """
+        Wait until the scheduler logs this worker joining ``count`` times;
+        fail at once if ``worker`` (its process) exits first.
+        """
+        scheduler = self.scheduler_process
+        assert scheduler is not None, "start the scheduler first"
+        pattern = rf"worker {re.escape(name)}@127\.0\.0\.1:\d+ joined with {slots} slots for "
+
+        def joined() -> bool:
+            if worker is not None and not worker.running():
+                raise MeshError(f"worker {name} exited before joining\n{worker.describe()}")
+            return scheduler.count(pattern) >= count
+
+        try:
+            wait_until(joined, TIMEOUT, f"worker {name} to join")
+        except MeshError as e:
+            raise MeshError(f"{e}\n{self.describe()}") from None
 
     def command(self, *argv: str, name: str | None = None) -> Process:
         """Start ``taskmesh ARGV...`` (the console command) without waiting for it."""
