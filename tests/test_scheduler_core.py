@@ -26,12 +26,16 @@ class FakeChannel:
 
     def __init__(self) -> None:
         self.assigned: list[tuple[int, str, bytes]] = []
+        self.chunks: list[tuple[int, str, list[bytes]]] = []
         self.cancelled: list[int] = []
         self.heartbeats = 0
         self.dropped: str | None = None
 
     def assign(self, task_id: int, task_type: str, payload: bytes) -> None:
         self.assigned.append((task_id, task_type, payload))
+
+    def assign_chunk(self, chunk_id: int, task_type: str, payloads: list[bytes]) -> None:
+        self.chunks.append((chunk_id, task_type, payloads))
 
     def cancel(self, task_id: int) -> None:
         self.cancelled.append(task_id)

@@ -50,7 +50,8 @@ class Harness:
     def __init__(self, slots: int = 1, max_result: int = 1000) -> None:
         self.clock = Clock()
         self.reports: list[tuple[int, int, bytes]] = []
-        self.blocking_calls: list[tuple[Any, bytes, Deferred[Any]]] = []
+        self.blocking_calls: list[tuple[Any, Any, Deferred[Any]]] = []
+        self.chunk_reports: list[tuple[int, list[tuple[int, bytes]]]] = []
         self.returns = Returns()
         registry = HandlerRegistry(
             [Sha256Handler(), SleepHandler(self.clock), Explodes(), Blocking(), self.returns]
@@ -61,11 +62,12 @@ class Harness:
             lambda *report: self.reports.append(report),
             self.run_blocking,
             max_result=max_result,
+            report_chunk=lambda *report: self.chunk_reports.append(report),
         )
 
-    def run_blocking(self, function: Any, payload: bytes) -> Deferred[Any]:
+    def run_blocking(self, cpu_bound: bool, function: Any, argument: Any) -> Deferred[Any]:
         waiting: Deferred[Any] = Deferred()
-        self.blocking_calls.append((function, payload, waiting))
+        self.blocking_calls.append((function, argument, waiting))
         return waiting
 
 
@@ -159,3 +161,58 @@ def test_a_cancelled_blocking_task_reports_nothing() -> None:
     function, payload, waiting = h.blocking_calls[0]
     waiting.callback(function(payload))  # the thread finishes later; nobody hears of it
     assert h.reports == []
+
+
+# -- chunks ---------------------------------------------------------------------
+
+
+def test_a_chunk_of_quick_items_answers_at_once_item_by_item() -> None:
+    h = Harness()
+    h.worker.assign_chunks([(9, "sha256", [b"Hello, World!", b"x"]), (10, "explodes", [b"a", b"b"])])
+    assert h.chunk_reports[0] == (9, [(STATUS_OK, HELLO_DIGEST), (STATUS_OK, Sha256Handler().run(b"x"))])
+    assert h.chunk_reports[1] == (
+        10,
+        [(STATUS_FAILED, b"ValueError: payload a"), (STATUS_FAILED, b"ValueError: payload b")],
+    )
+
+
+def test_a_chunk_of_slow_items_runs_them_one_after_another_in_one_slot() -> None:
+    h = Harness(slots=1)
+    h.worker.assign_chunks([(1, "sleep", [b"1", b"nope", b"2"])])
+    h.worker.assign([(2, "sha256", b"Hello, World!")])
+    assert (h.worker.running, h.worker.waiting) == (1, 1)
+    h.clock.advance(1)
+    assert h.chunk_reports == []
+    h.clock.advance(2)
+    assert h.chunk_reports == [
+        (1, [(STATUS_OK, b"slept 1"), (STATUS_FAILED, b"ValueError: sleep wants a number of seconds, not 'nope'"), (STATUS_OK, b"slept 2")])
+    ]
+    assert h.reports == [(2, STATUS_OK, HELLO_DIGEST)]  # the slot was free again
+
+
+def test_a_blocking_chunk_is_one_call_in_the_pool() -> None:
+    h = Harness(slots=1)
+    h.worker.assign_chunks([(1, "blocking", [b"a", b"b"])])
+    (function, argument, waiting), = h.blocking_calls
+    waiting.callback(function(argument))
+    assert h.chunk_reports == [(1, [(STATUS_OK, b"ran a"), (STATUS_OK, b"ran b")])]
+
+
+def test_a_cancelled_chunk_stops_and_reports_nothing() -> None:
+    h = Harness(slots=1)
+    h.worker.assign_chunks([(1, "sleep", [b"1", b"1"])])
+    h.worker.cancel([1])
+    h.clock.advance(5)
+    assert h.chunk_reports == [] and h.worker.running == 0
+
+
+def test_pbkdf2_rounds_and_default() -> None:
+    import hashlib
+
+    from taskmesh.handlers import Pbkdf2Handler
+
+    handler = Pbkdf2Handler()
+    assert handler.run(b"10:pw") == hashlib.pbkdf2_hmac("sha256", b"pw", b"taskmesh", 10).hex().encode()
+    assert handler.run(b"a:b") == hashlib.pbkdf2_hmac("sha256", b"a:b", b"taskmesh", 100_000).hex().encode()
+    with pytest.raises(ValueError, match="rounds"):
+        handler.run(b"0:pw")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Sequence
+from typing import Any, BinaryIO, Iterator, Sequence
 
 from twisted.internet import task
 from twisted.internet.defer import Deferred, TimeoutError
@@ -30,6 +30,8 @@ from taskmesh.client import (
     task_options,
 )
 from taskmesh.handlers import DEFAULT_TASK_TYPE
+from taskmesh.mapping import DEFAULT_WINDOW, run_map
+from taskmesh.progress import ProgressBar
 from taskmesh.scheduler import TaskFailed
 from taskmesh.tap import positive_float, positive_int
 from taskmesh.wire import check_task_type
@@ -135,11 +137,46 @@ class StatusOptions(ConnectionOptions):
     optFlags = [["json", None, "Print JSON, for scripts."]]
 
 
+class MapOptions(ConnectionOptions):
+    synopsis = "[options] [FILE | -]"
+    longdesc = (
+        "Run every line of FILE (or standard input) as one task's payload, and "
+        "write the results one per line, in input order, as soon as each prefix "
+        "is complete. A failed line's result line is left empty; the failures are "
+        "listed on stderr at the end (line number and reason) and the exit status "
+        "is 1. A progress bar is drawn on stderr when it is a terminal. If the "
+        "scheduler restarts, the map reconnects and goes on."
+    )
+    optParameters = [
+        ["type", "t", DEFAULT_TASK_TYPE, "Task type."],
+        ["chunk-size", None, 0,
+         "Items per chunk (one assignment to a worker); 0: sized by the "
+         "scheduler to the job's speed.", int],
+        ["priority", "p", 0, "Higher runs first.", int],
+        ["output", "o", None, "Write the results to this file instead of stdout."],
+        ["window", None, DEFAULT_WINDOW,
+         "Items in flight at the most (bounds the memory of every process).", positive_int],
+    ]
+
+    def parseArgs(self, source: str = "-") -> None:
+        self["source"] = source
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        if self["chunk-size"] < 0:
+            raise usage.UsageError("--chunk-size must be 0 (automatic) or more")
+        try:
+            check_task_type(self["type"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+
+
 class Options(usage.Options):
     synopsis = "taskmesh COMMAND [options]"
     longdesc = "Talk to a taskmesh scheduler. Run 'taskmesh COMMAND --help' for a command's options."
     subCommands = [
         ["submit", None, SubmitOptions, "Run one task and print its result."],
+        ["map", None, MapOptions, "Run every line of a file as a task; print results in order."],
         ["result", None, ResultOptions, "Print a task's result (or state) by id."],
         ["cancel", None, CancelOptions, "Cancel a task by id."],
         ["status", None, StatusOptions, "Show workers and task counts."],
@@ -152,7 +189,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("name a command: submit, result, cancel or status")
+            raise usage.UsageError("name a command: submit, map, result, cancel or status")
 
 
 class CommandFailed(Exception):
@@ -302,6 +339,11 @@ def describe_status(report: dict[str, Any]) -> str:
                 f"  {worker['name']:<40} {worker['slots']:>5} {worker['running']:>7}  "
                 + ",".join(worker["types"])
             )
+    for job in report.get("jobs", []):
+        lines.append(
+            f"job {job['id']}: {job['items_outstanding']:,} {job['type']} items in flight, "
+            f"priority {job['priority']}, chunks of {job['chunk_size']}"
+        )
     if report.get("paused_submitters"):
         lines.append("submitters are paused: the queue is at its bound")
     return "\n".join(lines)
@@ -318,7 +360,94 @@ async def status(options: StatusOptions, reactor: Any) -> None:
     out(json.dumps(report, indent=2) if options["json"] else describe_status(report))
 
 
-COMMANDS = {"submit": submit, "result": result, "cancel": cancel, "status": status}
+def count_lines(path: str) -> int:
+    """Lines in a file (a last line without a newline counts), read in blocks."""
+    lines = 0
+    last = b"\n"
+    with open(path, "rb") as stream:
+        while block := stream.read(1 << 20):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    return lines + (last != b"\n")
+
+
+def read_lines(stream: BinaryIO) -> Iterator[bytes]:
+    for line in stream:
+        if line.endswith(b"\n"):
+            line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+        yield line
+
+
+#: Failures listed one by one at the end of a map; the rest are counted.
+FAILURES_SHOWN = 20
+
+
+async def map_lines(options: MapOptions, reactor: Any) -> None:
+    source = options["source"]
+    try:
+        if source == "-":
+            stream: BinaryIO = sys.stdin.buffer
+            size_hint = 0
+        else:
+            size_hint = count_lines(source)
+            stream = open(source, "rb")
+        output: BinaryIO = open(options["output"], "wb") if options["output"] else sys.stdout.buffer
+    except OSError as e:
+        raise CommandFailed(f"{e.filename}: {e.strerror}", EXIT_USAGE) from None
+    first = [True]
+
+    async def connect_protocol() -> Any:
+        if first[0]:
+            first[0] = False
+            client = await connect(options, reactor)
+        else:
+            warn("lost the scheduler during the map; reconnecting and sending the unanswered lines again")
+            client = await reconnect(options, reactor)
+        return client.protocol
+
+    def write(index: int, ok: bool, value: bytes) -> None:
+        output.write(value + b"\n" if ok else b"\n")
+
+    bar = ProgressBar(size_hint)
+    try:
+        summary = await run_map(
+            connect_protocol,
+            read_lines(stream),
+            write,
+            options["type"],
+            priority=options["priority"],
+            chunk_size=options["chunk-size"],
+            window=options["window"],
+            size_hint=size_hint,
+            progress=bar.update,
+            on_no_worker=lambda task_type: warn(
+                f"no connected worker runs task type {task_type!r} yet; the map waits for one"
+            ),
+            reconnect=True,
+        )
+    finally:
+        output.flush()
+        if stream is not sys.stdin.buffer:
+            stream.close()
+        if output is not sys.stdout.buffer:
+            output.close()
+    bar.finish(summary.done, summary.failed)
+    if summary.failed:
+        lines = [f"{summary.failed:,} of {summary.done:,} tasks failed:"]
+        for index, reason in summary.failures[:FAILURES_SHOWN]:
+            lines.append(f"  line {index + 1}: {reason}")
+        if summary.failed > FAILURES_SHOWN:
+            lines.append(f"  ... and {summary.failed - FAILURES_SHOWN:,} more")
+        raise CommandFailed("\n".join(lines), EXIT_TASK_FAILED)
+
+
+COMMANDS = {
+    "submit": submit,
+    "map": map_lines,
+    "result": result,
+    "cancel": cancel,
+    "status": status,
+}
 
 
 def run(reactor: Any, options: Options) -> "Deferred[None]":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, Callable, Union
+from typing import Any, Callable, Iterable, Union
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import connectProtocol
@@ -28,10 +28,12 @@ from taskmesh.client_protocol import (
     outcome_error,
 )
 from taskmesh.handlers import DEFAULT_TASK_TYPE
+from taskmesh.mapping import DEFAULT_WINDOW, MapSummary, Progress, Writer, run_map
 from taskmesh.scheduler import TaskCancelled, TaskFailed
 
 __all__ = [
     "Client",
+    "MapSummary",
     "SchedulerGone",
     "TaskCancelled",
     "TaskFailed",
@@ -176,9 +178,77 @@ class Client:
             wire.STATUS_PENDING: value.decode("utf-8", "replace"),
         }[status]
 
+    async def map_stream(
+        self,
+        items: Iterable[Payload],
+        write: Writer,
+        task_type: str = DEFAULT_TASK_TYPE,
+        *,
+        priority: int = 0,
+        chunk_size: int = 0,
+        window: int = DEFAULT_WINDOW,
+        size_hint: int = 0,
+        progress: Progress = lambda done, failed: None,
+    ) -> MapSummary:
+        """
+        Run every item as a task; ``write(index, ok, value)`` is called for
+        each answer in input order, as soon as every earlier item has one.
+        The scheduler cuts the items into chunks (``chunk_size`` 0: sized to
+        the job's speed); at most ``window`` items are in flight, so memory
+        stays bounded however many items there are.  A dropped connection
+        ends the map with SchedulerGone (the ``taskmesh map`` command
+        reconnects and goes on instead).
+        """
+        protocol = self._protocol
+
+        async def same_connection() -> ClientProtocol:
+            return protocol
+
+        return await run_map(
+            same_connection,
+            (_as_bytes(item) for item in items),
+            write,
+            task_type,
+            priority=priority,
+            chunk_size=chunk_size,
+            window=window,
+            size_hint=size_hint,
+            progress=progress,
+        )
+
+    async def map(
+        self,
+        items: Iterable[Payload],
+        task_type: str = DEFAULT_TASK_TYPE,
+        *,
+        priority: int = 0,
+        chunk_size: int = 0,
+    ) -> list[bytes | TaskFailed]:
+        """
+        Run every item as a task and return the results in input order: the
+        result's bytes, or a TaskFailed saying why that item failed.  Holds
+        every result in memory; for large inputs use ``map_stream``.
+        """
+        results: list[bytes | TaskFailed] = []
+        await self.map_stream(
+            items,
+            lambda index, ok, value: results.append(
+                value if ok else TaskFailed(value.decode("utf-8", "replace"))
+            ),
+            task_type,
+            priority=priority,
+            chunk_size=chunk_size,
+        )
+        return results
+
     def status(self) -> "Deferred[dict[str, Any]]":
         """The scheduler's workers and task counts, as a dict (see ``taskmesh status --json``)."""
         return self._protocol.status()
+
+    @property
+    def protocol(self) -> ClientProtocol:
+        """This connection's protocol, for tools built on it (the map driver)."""
+        return self._protocol
 
     @property
     def max_payload(self) -> int:

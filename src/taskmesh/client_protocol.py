@@ -56,6 +56,10 @@ def outcome_error(task_id: int, status: int, value: bytes) -> Exception:
     return TaskUnknown(f"task {task_id}: {text}")
 
 
+#: Called with [(index, status, value), ...] as a job's items finish.
+JobListener = Callable[[list[tuple[int, int, bytes]]], None]
+
+
 class ClientProtocol(FramedProtocol):
     """Submits tasks, queries and cancels them, over one connection."""
 
@@ -85,6 +89,10 @@ class ClientProtocol(FramedProtocol):
         # task id -> Deferreds of the next (status, value) record, pending or final
         self._peeks: dict[int, list[Deferred[tuple[int, bytes]]]] = {}
         self._status: deque[Deferred[dict[str, Any]]] = deque()
+        # request number -> (Deferred of (job id, flags), results callback), until accepted
+        self._job_requests: dict[int, tuple[Deferred[tuple[int, int]], JobListener]] = {}
+        # job id -> results callback
+        self._jobs: dict[int, JobListener] = {}
         self._error: str | None = None
 
     def connectionMade(self) -> None:
@@ -140,6 +148,31 @@ class ClientProtocol(FramedProtocol):
         self.send(wire.StatusRequest())
         return answer
 
+    def open_job(
+        self,
+        task_type: str,
+        on_results: JobListener,
+        priority: int = 0,
+        chunk_size: int = 0,
+        size_hint: int = 0,
+    ) -> "Deferred[tuple[int, int]]":
+        """Open a job (a map); fires with (job id, accepted flags)."""
+        answer: Deferred[tuple[int, int]] = Deferred()
+        if self._refuse(answer, b""):
+            return answer
+        request = self._next_request = (self._next_request + 1) & 0xFFFFFFFF
+        self._job_requests[request] = (answer, on_results)
+        self.send(wire.JobSubmit(request, task_type, priority, chunk_size, size_hint))
+        return answer
+
+    def send_items(self, job_id: int, first_index: int, payloads: list[bytes]) -> None:
+        """Items of an open job, with consecutive indexes from first_index."""
+        self.send(wire.JobItems(job_id, first_index, payloads))
+
+    def end_job(self, job_id: int, total: int) -> None:
+        """No more items: ``total`` were sent for this job."""
+        self.send(wire.JobEnd(job_id, total))
+
     def _refuse(self, answer: Deferred[Any], payload: bytes) -> bool:
         """Fail ``answer`` at once, sending nothing, if the request cannot be made."""
         if self.welcome is None or self.closing:
@@ -163,7 +196,9 @@ class ClientProtocol(FramedProtocol):
 
     def message_received(self, message: wire.Message) -> None:
         kind = type(message)
-        if kind is wire.Results:
+        if kind is wire.JobResults:
+            self._job_results(message.records)  # type: ignore[union-attr]
+        elif kind is wire.Results:
             self._results(message.records)  # type: ignore[union-attr]
         elif kind is wire.Accepted:
             for request, task_id, flags in message.records:  # type: ignore[union-attr]
@@ -177,6 +212,13 @@ class ClientProtocol(FramedProtocol):
         elif kind is wire.Rejected:
             for request, reason in message.records:  # type: ignore[union-attr]
                 self._pop_request(request)[1].errback(TaskRejected(reason))
+        elif kind is wire.JobAccepted:
+            found = self._job_requests.pop(message.request, None)  # type: ignore[union-attr]
+            if found is None:
+                raise PeerMisbehaved(f"answer to job request {message.request}, which is not pending")  # type: ignore[union-attr]
+            answer, listener = found
+            self._jobs[message.job_id] = listener  # type: ignore[union-attr]
+            answer.callback((message.job_id, message.flags))  # type: ignore[union-attr]
         elif kind is wire.StatusReport and self._status:
             self._status.popleft().callback(json.loads(message.json))  # type: ignore[union-attr]
         elif kind is wire.Welcome and self.welcome is None:
@@ -214,6 +256,20 @@ class ClientProtocol(FramedProtocol):
                 else:
                     waiting.errback(outcome_error(task_id, status, value))
 
+    def _job_results(self, records: list[wire.JobResultRecord]) -> None:
+        """Hand each job its records, one call per job per frame."""
+        jobs = self._jobs
+        start = 0
+        for end in range(1, len(records) + 1):
+            if end == len(records) or records[end][0] != records[start][0]:
+                listener = jobs.get(records[start][0])
+                if listener is not None:
+                    listener([(index, status, value) for _, index, status, value in records[start:end]])
+                start = end
+
+    def forget_job(self, job_id: int) -> None:
+        self._jobs.pop(job_id, None)
+
     def _pop_request(self, request: int) -> tuple[str, Deferred[Any], bool]:
         found = self._requests.pop(request, None)
         if found is None:
@@ -229,6 +285,9 @@ class ClientProtocol(FramedProtocol):
         for group in (*self._waiters.values(), *self._finals.values(), *self._peeks.values()):
             waiting.extend(group)
         waiting.extend(self._status)
+        waiting.extend(answer for answer, _ in self._job_requests.values())
+        self._job_requests.clear()
+        self._jobs.clear()
         self._requests.clear()
         self._waiters.clear()
         self._finals.clear()

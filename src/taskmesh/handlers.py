@@ -42,7 +42,10 @@ class ITaskHandler(Interface):
         "False when run() returns at once (or returns a Deferred without "
         "blocking): it then runs inline in the reactor.  True when run() may "
         "block: it then runs in the worker's thread pool, so the reactor keeps "
-        "serving heartbeats and other tasks."
+        "serving heartbeats and other tasks.  A blocking handler may also set "
+        "``cpu_bound = True``: a worker started with ``--pool process`` then "
+        "runs it in a pool of processes, one per slot (the handler must be "
+        "picklable, e.g. an instance of a module-level class)."
     )
 
     def run(payload: bytes) -> HandlerResult:
@@ -62,6 +65,37 @@ class Sha256Handler:
 
     def run(self, payload: bytes) -> bytes:
         return hashlib.sha256(payload).hexdigest().encode("ascii")
+
+
+#: PBKDF2 rounds when the payload names none, and the most it may name.
+DEFAULT_PBKDF2_ROUNDS = 100_000
+MAX_PBKDF2_ROUNDS = 10_000_000
+PBKDF2_SALT = b"taskmesh"
+
+
+@implementer(ITaskHandler)
+class Pbkdf2Handler:
+    """
+    CPU-bound work with a real payload shape: ``ROUNDS:TEXT`` (or just
+    ``TEXT``, for 100,000 rounds) in, the hex PBKDF2-HMAC-SHA256 of TEXT out,
+    with the fixed salt ``taskmesh``.  A demonstration of work that needs
+    every core (``--pool process``), not a password store: real password
+    hashing wants a random salt per password.
+    """
+
+    name = "pbkdf2"
+    blocking = True
+    cpu_bound = True
+
+    def run(self, payload: bytes) -> bytes:
+        rounds = DEFAULT_PBKDF2_ROUNDS
+        head, colon, rest = payload.partition(b":")
+        if colon and head.isdigit():
+            rounds = int(head)
+            payload = rest
+            if not 1 <= rounds <= MAX_PBKDF2_ROUNDS:
+                raise ValueError(f"pbkdf2 wants 1 to {MAX_PBKDF2_ROUNDS} rounds, not {rounds}")
+        return hashlib.pbkdf2_hmac("sha256", payload, PBKDF2_SALT, rounds).hex().encode("ascii")
 
 
 #: A sleep longer than this is refused: it would only hold a slot hostage.
@@ -155,7 +189,7 @@ def default_registry(
     (handlers loaded from import paths): a later one replaces an earlier one
     of the same name, so a user can override a built-in deliberately.
     """
-    registry = HandlerRegistry([Sha256Handler(), SleepHandler(clock)])
+    registry = HandlerRegistry([Sha256Handler(), SleepHandler(clock), Pbkdf2Handler()])
     if use_plugins:
         for plugin in getPlugins(ITaskHandler):
             registry.add(plugin)

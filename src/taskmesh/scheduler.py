@@ -17,6 +17,7 @@ wrote anything (group commit).
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -27,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface
 
+from taskmesh.chunking import MAX_CHUNK, ChunkSizer
 from taskmesh.store import ITaskStore, MemoryStore, Outcome, State
 from taskmesh.taskqueue import TaskQueue
 from taskmesh.wire import DEFAULT_OPTIONS, STATUS_OK, TaskOptions
@@ -65,6 +67,8 @@ class Policy:
     result_ttl: float = 24 * 3600.0
     #: Queued tasks beyond which submitting clients are paused (slowed, not dropped).
     max_queued: int = 1_000_000
+    #: Payload bytes in one chunk of a job, at the most (it must fit a frame).
+    max_chunk_bytes: int = 1024 * 1024
 
     def __post_init__(self) -> None:
         checks = {
@@ -78,6 +82,7 @@ class Policy:
             "heartbeat_tolerance": 1 <= self.heartbeat_tolerance <= 0xFFFF,
             "result_ttl": self.result_ttl > 0,
             "max_queued": self.max_queued >= 1,
+            "max_chunk_bytes": self.max_chunk_bytes >= 1,
         }
         wrong = [name for name, ok in checks.items() if not ok]
         if wrong:
@@ -89,6 +94,9 @@ class IWorkerChannel(Interface):
 
     def assign(task_id: int, task_type: str, payload: bytes) -> None:
         """Send this task to the worker (the channel may batch the frames)."""
+
+    def assign_chunk(chunk_id: int, task_type: str, payloads: list[bytes]) -> None:
+        """Send these items to the worker as one chunk, to run one after another."""
 
     def cancel(task_id: int) -> None:
         """Tell the worker to stop this task; its lease is already gone."""
@@ -130,7 +138,7 @@ class Task:
 
     __slots__ = (
         "id", "type", "payload", "options", "submitted_at", "deferred",
-        "state", "attempts", "losses", "worker", "timer",
+        "state", "attempts", "losses", "worker", "timer", "seq", "job", "indexes", "leased_at",
     )
 
     def __init__(
@@ -151,6 +159,13 @@ class Task:
         self.worker: WorkerState | None = None
         #: The pending timeout (while running) or retry (while waiting to retry).
         self.timer: IDelayedCall | None = None
+        #: Place in line among equal priorities.
+        self.seq = task_id
+        #: For a chunk of a job: the job, and the items' indexes (the payload
+        #: is then the list of the items' payloads).
+        self.job: Job | None = None
+        self.indexes: list[int] | None = None
+        self.leased_at = 0.0
 
     @property
     def priority(self) -> int:
@@ -158,6 +173,43 @@ class Task:
 
     def __repr__(self) -> str:
         return f"<Task {self.id} {self.type} {self.state.name}>"
+
+
+class Job:
+    """
+    A map: many items of one type, cut into chunks as they arrive and as
+    workers have room, answered item by item through ``report``.  Jobs live
+    in memory only: the submitter holds the items it has not had answers
+    for, and sends them again if the scheduler restarts.
+    """
+
+    __slots__ = (
+        "id", "type", "priority", "sizer", "report", "buffer", "chunks",
+        "outstanding", "received", "ended",
+    )
+
+    def __init__(
+        self,
+        job_id: int,
+        task_type: str,
+        priority: int,
+        sizer: ChunkSizer,
+        report: Callable[["Job", list[tuple[int, int, bytes]]], None],
+    ) -> None:
+        self.id = job_id
+        self.type = task_type
+        self.priority = priority
+        self.sizer = sizer
+        #: Called with the job and [(index, status, value), ...] as items finish.
+        self.report = report
+        #: Items received and not yet cut into a chunk: (index, payload).
+        self.buffer: deque[tuple[int, bytes]] = deque()
+        #: Live chunks (queued or leased) by id.
+        self.chunks: dict[int, Task] = {}
+        #: Items received and not yet answered.
+        self.outstanding = 0
+        self.received = 0
+        self.ended = False
 
 
 def _consume(failure: Failure) -> None:
@@ -182,6 +234,7 @@ class Scheduler:
         self._tasks: dict[int, Task] = {}
         self._keys: dict[str, int] = {}
         self._workers: list[WorkerState] = []
+        self._jobs: dict[int, Job] = {}
         self._next_id = self._store.next_id()
         self._waiting_retry = 0
         # group commit
@@ -334,6 +387,133 @@ class Scheduler:
         """Whether any connected worker runs this type (else the task waits)."""
         return any(task_type in worker.task_types for worker in self._workers)
 
+    # -- jobs (maps) ---------------------------------------------------------
+
+    def open_job(
+        self,
+        task_type: str,
+        report: Callable[["Job", list[tuple[int, int, bytes]]], None],
+        priority: int = 0,
+        chunk_size: int = 0,
+        size_hint: int = 0,
+    ) -> Job:
+        """
+        Open a job; ``report(job, [(index, status, value), ...])`` is called
+        as its items finish, in any order.  ``chunk_size`` 0: adapt to the job's
+        speed (see ``taskmesh.chunking``).
+        """
+        slots = sum(worker.slots for worker in self._workers if task_type in worker.task_types)
+        sizer = ChunkSizer(min(chunk_size, MAX_CHUNK), size_hint, slots)
+        job = Job(self._next_id, task_type, priority, sizer, report)
+        self._next_id += 1
+        self._jobs[job.id] = job
+        return job
+
+    def add_job_items(self, job: Job, first_index: int, payloads: list[bytes]) -> None:
+        """More items of a job, indexed first_index, first_index + 1, ..."""
+        job.buffer.extend(zip(range(first_index, first_index + len(payloads)), payloads))
+        job.received += len(payloads)
+        job.outstanding += len(payloads)
+        self._cut(job)
+
+    def end_job(self, job: Job) -> None:
+        """No more items will come: what is buffered goes out, however few."""
+        job.ended = True
+        self._cut(job)
+        self._maybe_done(job)
+
+    def close_job(self, job: Job) -> None:
+        """The submitter is gone: drop the job's queued chunks, stop its running ones."""
+        self._jobs.pop(job.id, None)
+        job.buffer.clear()
+        for chunk in list(job.chunks.values()):
+            worker = chunk.worker
+            if worker is not None:
+                del worker.leases[chunk.id]
+                chunk.worker = None
+                worker.channel.cancel(chunk.id)
+                self._fill(worker)
+            else:
+                self._queue.remove(chunk)
+        job.chunks.clear()
+
+    def _cut(self, job: Job, idle_only: bool = False) -> None:
+        """
+        Cut buffered items into chunks: full ones always; a short one when a
+        worker that runs the type has room and nothing else waits for it, or
+        when the job has ended (unless ``idle_only``).
+        """
+        buffer = job.buffer
+        max_bytes = self.policy.max_chunk_bytes
+        while buffer:
+            size = job.sizer.size
+            if len(buffer) < size and not (job.ended and not idle_only):
+                if self._queue.has_waiting(job.type) or not self._room_for(job.type):
+                    return
+            indexes: list[int] = []
+            payloads: list[bytes] = []
+            total = 0
+            while buffer and len(payloads) < size:
+                index, payload = buffer[0]
+                if payloads and total + len(payload) > max_bytes:
+                    break
+                buffer.popleft()
+                indexes.append(index)
+                payloads.append(payload)
+                total += len(payload)
+            self._enqueue(self._chunk(job, indexes, payloads))
+
+    def _chunk(self, job: Job, indexes: list[int], payloads: list[bytes], seq: int = 0) -> Task:
+        chunk = Task(self._next_id, job.type, payloads, DEFAULT_OPTIONS, 0.0)  # type: ignore[arg-type]
+        self._next_id += 1
+        chunk.job = job
+        chunk.indexes = indexes
+        chunk.seq = seq or chunk.id
+        job.chunks[chunk.id] = chunk
+        return chunk
+
+    def _room_for(self, task_type: str) -> bool:
+        return any(
+            len(worker.leases) < worker.capacity and task_type in worker.task_types
+            for worker in self._workers
+        )
+
+    def complete_chunks(
+        self, worker: WorkerState, records: list[tuple[int, list[tuple[int, bytes]]]]
+    ) -> None:
+        """A worker answers chunks: one (status, value) per item, in the chunk's order."""
+        now = self._clock.seconds()
+        leases = worker.leases
+        for chunk_id, outcomes in records:
+            chunk = leases.get(chunk_id)
+            if chunk is None or chunk.job is None:
+                self.log.info(
+                    "dropped a late answer for chunk {chunk_id} from {name}, which no longer holds it",
+                    chunk_id=chunk_id,
+                    name=worker.name,
+                )
+                continue
+            indexes = chunk.indexes
+            assert indexes is not None
+            if len(outcomes) != len(indexes):
+                raise ValueError(
+                    f"chunk {chunk_id} had {len(indexes)} items, the answer {len(outcomes)}"
+                )
+            del leases[chunk_id]
+            chunk.worker = None
+            job = chunk.job
+            del job.chunks[chunk_id]
+            job.sizer.observe(len(indexes), now - chunk.leased_at)
+            job.outstanding -= len(indexes)
+            if job.id in self._jobs:
+                job.report(job, [(index, status, value) for index, (status, value) in zip(indexes, outcomes)])
+                self._maybe_done(job)
+        self._fill(worker)
+
+    def _maybe_done(self, job: Job) -> None:
+        if job.ended and not job.outstanding:
+            self._jobs.pop(job.id, None)
+
     # -- what workers do -----------------------------------------------------
 
     def add_worker(
@@ -378,6 +558,9 @@ class Scheduler:
         for task in held:
             self._release(task)
             task.losses += 1
+            if task.job is not None:
+                self._split(task, worker.name, reason)
+                continue
             if task.losses >= self.policy.max_losses:
                 self._finish(
                     task,
@@ -402,6 +585,9 @@ class Scheduler:
         leases = worker.leases
         for task_id, status, value in records:
             task = leases.pop(task_id, None)
+            if task is not None and task.job is not None:
+                leases[task_id] = task  # a chunk is answered with ChunkResults
+                task = None
             if task is None:
                 self.log.info(
                     "dropped a late result for task {task_id} from {name}, which no longer holds it",
@@ -452,6 +638,16 @@ class Scheduler:
                 }
                 for worker in self._workers
             ],
+            "jobs": [
+                {
+                    "id": job.id,
+                    "type": job.type,
+                    "priority": job.priority,
+                    "items_outstanding": job.outstanding,
+                    "chunk_size": job.sizer.size,
+                }
+                for job in self._jobs.values()
+            ],
             "paused_submitters": self._paused,
         }
 
@@ -475,6 +671,10 @@ class Scheduler:
         task.worker = worker
         task.state = State.RUNNING
         worker.leases[task.id] = task
+        if task.job is not None:
+            task.leased_at = self._clock.seconds()
+            worker.channel.assign_chunk(task.id, task.type, task.payload)  # type: ignore[arg-type]
+            return
         timeout = task.options.timeout
         if timeout is not None:
             task.timer = self._clock.callLater(timeout, self._timed_out, task)
@@ -492,8 +692,18 @@ class Scheduler:
             task.timer = None
 
     def _fill(self, worker: WorkerState) -> None:
-        """Give a worker queued work until it is full or nothing fits."""
+        """
+        Give a worker queued work until it is full or nothing fits; with room
+        left, cut chunks from the jobs it can run (highest priority first).
+        """
         queue = self._queue
+        if self._jobs and len(worker.leases) < worker.capacity:
+            waiting = sorted(
+                (job for job in self._jobs.values() if job.buffer and job.type in worker.task_types),
+                key=lambda job: -job.priority,
+            )
+            for job in waiting:
+                self._cut(job, idle_only=True)
         if not queue:
             return
         while len(worker.leases) < worker.capacity:
@@ -510,6 +720,31 @@ class Scheduler:
         # Emptiest first, so requeued work spreads out instead of piling up.
         for worker in sorted(self._workers, key=lambda w: len(w.leases)):
             self._fill(worker)
+
+    def _split(self, chunk: Task, worker_name: str, reason: str) -> None:
+        """
+        A chunk lost with its worker goes back as single items, in the
+        chunk's place in line: they spread over the workers that remain, and
+        an item that kills workers is failed alone, after max_losses.
+        """
+        job = chunk.job
+        assert job is not None and chunk.indexes is not None
+        del job.chunks[chunk.id]
+        if job.id not in self._jobs:
+            return
+        if chunk.losses >= self.policy.max_losses:
+            reason_text = (
+                f"poison: lost its worker {chunk.losses} times "
+                f"(last: {worker_name}, {reason}); not trying again"
+            ).encode("utf-8")
+            job.outstanding -= len(chunk.indexes)
+            job.report(job, [(index, 1, reason_text) for index in chunk.indexes])
+            self._maybe_done(job)
+            return
+        for index, payload in zip(chunk.indexes, chunk.payload):  # type: ignore[call-overload]
+            piece = self._chunk(job, [index], [payload], seq=chunk.seq)
+            piece.losses = chunk.losses
+            self._queue.push(piece)
 
     def _timed_out(self, task: Task) -> None:
         task.timer = None

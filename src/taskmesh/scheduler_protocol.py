@@ -23,7 +23,14 @@ from zope.interface import implementer
 
 from taskmesh import wire
 from taskmesh.framing import FramedProtocol, PeerMisbehaved
-from taskmesh.scheduler import IWorkerChannel, Scheduler, TaskCancelled, TaskFailed, WorkerState
+from taskmesh.scheduler import (
+    IWorkerChannel,
+    Job,
+    Scheduler,
+    TaskCancelled,
+    TaskFailed,
+    WorkerState,
+)
 from taskmesh.store import State
 
 #: Most slots one worker may claim: a sanity bound, not a tuning knob.
@@ -49,6 +56,8 @@ class SchedulerProtocol(FramedProtocol):
         self.role: int | None = None
         self.name = ""
         self.worker: WorkerState | None = None
+        #: This client's open jobs, by id.
+        self.jobs: dict[int, Job] = {}
 
     # -- dispatch ------------------------------------------------------------
 
@@ -58,6 +67,12 @@ class SchedulerProtocol(FramedProtocol):
             self.core.heard_from(self.worker)
             if kind is wire.Results:
                 self.core.complete(self.worker, self._checked_results(message.records))  # type: ignore[union-attr]
+                return
+            if kind is wire.ChunkResults:
+                try:
+                    self.core.complete_chunks(self.worker, message.records)  # type: ignore[union-attr]
+                except ValueError as e:
+                    raise PeerMisbehaved(str(e)) from None
                 return
             if kind is wire.Heartbeat:
                 return
@@ -73,6 +88,21 @@ class SchedulerProtocol(FramedProtocol):
                 return
             if kind is wire.StatusRequest:
                 self.send(wire.StatusReport(json.dumps(self.core.stats())))
+                return
+            if kind is wire.JobItems:
+                self._job_items(message)  # type: ignore[arg-type]
+                return
+            if kind is wire.JobSubmit:
+                self._open_job(message)  # type: ignore[arg-type]
+                return
+            if kind is wire.JobEnd:
+                job = self._job(message.job_id)  # type: ignore[union-attr]
+                if job.received != message.total:  # type: ignore[union-attr]
+                    raise PeerMisbehaved(
+                        f"job {job.id} ends at {message.total} items but {job.received} came"  # type: ignore[union-attr]
+                    )
+                self.core.end_job(job)
+                self._forget_if_done(job)
                 return
         elif self.role is None and kind is not wire.Error:
             if kind is not wire.Hello:
@@ -188,6 +218,55 @@ class SchedulerProtocol(FramedProtocol):
             self.core.cancel(task_id, f"cancelled by {self.name}")
         self.core.after_commit(self._answer, [(task_id, False) for task_id in task_ids])
 
+    # -- client role: jobs ---------------------------------------------------
+
+    def _open_job(self, request: wire.JobSubmit) -> None:
+        if not request.task_type:
+            raise PeerMisbehaved("a job needs a task type")
+        job = self.core.open_job(
+            request.task_type, self._report, request.priority, request.chunk_size, request.size_hint
+        )
+        self.jobs[job.id] = job
+        flags = 0 if self.core.has_worker_for(request.task_type) else wire.ACCEPTED_NO_WORKER
+        self.send(wire.JobAccepted(request.request, job.id, flags))
+
+    def _report(self, job: Job, records: list[tuple[int, int, bytes]]) -> None:
+        queue = self.queue
+        job_id = job.id
+        for index, status, value in records:
+            queue(wire.JobResults, (job_id, index, status, value), len(value))
+        self._forget_if_done(job)
+
+    def _forget_if_done(self, job: Job) -> None:
+        if job.ended and not job.outstanding:
+            self.jobs.pop(job.id, None)
+
+    def _job(self, job_id: int) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None or job.ended:
+            raise PeerMisbehaved(f"job {job_id} is not open on this connection")
+        return job
+
+    def _job_items(self, items: wire.JobItems) -> None:
+        job = self._job(items.job_id)
+        max_payload = self.factory.max_payload
+        payloads = items.payloads
+        if any(len(payload) > max_payload for payload in payloads):
+            # Answer the oversized items at once; run the others.
+            runnable = []
+            for offset, payload in enumerate(payloads):
+                index = items.first_index + offset
+                if len(payload) > max_payload:
+                    job.received += 1
+                    reason = f"payload of {len(payload)} bytes exceeds the limit of {max_payload} bytes"
+                    self.queue(wire.JobResults, (job.id, index, wire.STATUS_FAILED, reason.encode()), len(reason))
+                else:
+                    runnable.append((index, payload))
+            for index, payload in runnable:
+                self.core.add_job_items(job, index, [payload])
+            return
+        self.core.add_job_items(job, items.first_index, payloads)
+
     def _send_result(self, task_id: int, status: int, value: bytes) -> None:
         self.queue(wire.Results, (task_id, status, value), len(value))
 
@@ -233,6 +312,10 @@ class SchedulerProtocol(FramedProtocol):
     def assign(self, task_id: int, task_type: str, payload: bytes) -> None:
         self.queue(wire.Assign, (task_id, task_type, payload), len(payload) + len(task_type))
 
+    def assign_chunk(self, chunk_id: int, task_type: str, payloads: list[bytes]) -> None:
+        size = sum(map(len, payloads)) + 4 * len(payloads) + len(task_type)
+        self.queue(wire.AssignChunks, (chunk_id, task_type, payloads), size)
+
     def cancel(self, task_id: int) -> None:
         self.queue(wire.Cancel, task_id, 0)
 
@@ -251,6 +334,9 @@ class SchedulerProtocol(FramedProtocol):
             self.core.remove_worker(worker, reason.getErrorMessage())
         elif self.role == wire.ROLE_CLIENT:
             self.factory.client_left(self)
+            for job in self.jobs.values():
+                self.core.close_job(job)
+            self.jobs.clear()
 
 
 class SchedulerFactory(Factory):

@@ -10,6 +10,7 @@ handlers run in.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -32,6 +33,9 @@ from taskmesh.worker_protocol import WorkerFactory
 
 #: Longest pause between two attempts to reach a scheduler that is down.
 DEFAULT_RECONNECT_MAX_DELAY = 5.0
+#: Where a worker runs CPU-bound handlers: threads (one core between them,
+#: as Python runs), or processes (every core).
+POOLS = ("thread", "process")
 
 
 class SchedulerService(Service):
@@ -92,7 +96,12 @@ class SchedulerService(Service):
 
 
 class WorkerService(MultiService):
-    """One worker: a reconnecting connection to a scheduler and a thread pool."""
+    """
+    One worker: a reconnecting connection to a scheduler, a thread pool for
+    blocking handlers and, with ``pool="process"``, a process pool for the
+    handlers that declare themselves CPU-bound, so one worker process can
+    keep every core busy.
+    """
 
     def __init__(
         self,
@@ -102,10 +111,16 @@ class WorkerService(MultiService):
         slots: int,
         name: str,
         reconnect_max_delay: float = DEFAULT_RECONNECT_MAX_DELAY,
+        pool: str = "thread",
     ) -> None:
         super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}")
         self.reactor = reactor
-        self.pool = ThreadPool(minthreads=0, maxthreads=slots, name="taskmesh-blocking")
+        self.threads = ThreadPool(minthreads=0, maxthreads=slots, name="taskmesh-blocking")
+        self.processes: ProcessPoolExecutor | None = None
+        self.pool = pool
+        self.slots = slots
         self.factory = WorkerFactory(
             reactor, handlers, slots, name, self.run_blocking, on_refused=self._refused
         )
@@ -123,18 +138,40 @@ class WorkerService(MultiService):
         if self.reactor.running:
             self.reactor.stop()
 
-    def run_blocking(self, function: Any, payload: bytes) -> Deferred[Any]:
-        return deferToThreadPool(self.reactor, self.pool, function, payload)
+    def run_blocking(self, cpu_bound: bool, function: Any, argument: Any) -> Deferred[Any]:
+        """Run ``function(argument)`` off the reactor thread."""
+        if cpu_bound and self.processes is not None:
+            return self._from_future(self.processes.submit(function, argument))
+        return deferToThreadPool(self.reactor, self.threads, function, argument)
+
+    def _from_future(self, future: Future[Any]) -> Deferred[Any]:
+        result: Deferred[Any] = Deferred()
+
+        def done(finished: Future[Any]) -> None:  # in a pool thread
+            try:
+                value = finished.result()
+            except BaseException as e:
+                self.reactor.callFromThread(result.errback, Failure(e))
+            else:
+                self.reactor.callFromThread(result.callback, value)
+
+        future.add_done_callback(done)
+        return result
 
     def startService(self) -> None:
-        self.pool.start()
+        self.threads.start()
+        if self.pool == "process":
+            self.processes = ProcessPoolExecutor(max_workers=self.slots)
         super().startService()
 
     def stopService(self) -> Deferred[None]:
         stopping = maybeDeferred(super().stopService)
-        stopping.addBoth(self._stop_pool)
+        stopping.addBoth(self._stop_pools)
         return stopping
 
-    def _stop_pool(self, passthrough: Any) -> Any:
-        self.pool.stop()
+    def _stop_pools(self, passthrough: Any) -> Any:
+        self.threads.stop()
+        if self.processes is not None:
+            self.processes.shutdown(wait=False, cancel_futures=True)
+            self.processes = None
         return passthrough

@@ -6,7 +6,9 @@ announced it can run, and a type that no connected worker runs waits without
 holding up the others.  Within the types a worker runs, the highest priority
 goes first, and among equals the oldest (the lowest sequence number): FIFO
 within a priority.  A task that comes back (its worker was lost, or it waits
-out a retry delay) therefore regains its place without special handling.
+out a retry delay) therefore regains its place without special handling, and
+so do the pieces of a chunk split after its worker was lost (they keep the
+chunk's sequence number; the id breaks the tie).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class Queued(Protocol):
 
     type: str
     id: int
+    seq: int
     priority: int
 
 
@@ -27,7 +30,7 @@ class TaskQueue:
     """Waiting tasks: by priority, then FIFO, within each type."""
 
     def __init__(self) -> None:
-        self._by_type: dict[str, list[tuple[int, int, Queued]]] = {}
+        self._by_type: dict[str, list[tuple[int, int, int, Queued]]] = {}
         self._size = 0
 
     def __len__(self) -> int:
@@ -37,7 +40,7 @@ class TaskQueue:
         line = self._by_type.get(task.type)
         if line is None:
             line = self._by_type[task.type] = []
-        heapq.heappush(line, (-task.priority, task.id, task))
+        heapq.heappush(line, (-task.priority, task.seq, task.id, task))
         self._size += 1
 
     def has_waiting(self, task_type: str) -> bool:
@@ -45,7 +48,7 @@ class TaskQueue:
 
     def pop_for(self, task_types: Iterable[str]) -> Queued | None:
         """The first waiting task of any of these types, or None."""
-        best: list[tuple[int, int, Queued]] | None = None
+        best: list[tuple[int, int, int, Queued]] | None = None
         for task_type in task_types:
             line = self._by_type.get(task_type)
             if line and (best is None or line[0] < best[0]):
@@ -53,7 +56,7 @@ class TaskQueue:
         if best is None:
             return None
         self._size -= 1
-        return heapq.heappop(best)[2]
+        return heapq.heappop(best)[3]
 
     def remove(self, task: Queued) -> bool:
         """Take a task out of line (it was cancelled); O(n), and rare."""
@@ -61,7 +64,7 @@ class TaskQueue:
         if not line:
             return False
         for index, entry in enumerate(line):
-            if entry[2] is task:
+            if entry[3] is task:
                 line[index] = line[-1]
                 line.pop()
                 heapq.heapify(line)

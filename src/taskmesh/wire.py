@@ -82,7 +82,14 @@ KIND_REJECTED = 0x12
 KIND_RESULTS = 0x13
 KIND_QUERY = 0x14
 KIND_CANCEL = 0x15
+KIND_JOB_SUBMIT = 0x16
+KIND_JOB_ACCEPTED = 0x17
+KIND_JOB_ITEMS = 0x18
+KIND_JOB_END = 0x19
+KIND_JOB_RESULTS = 0x1A
 KIND_ASSIGN = 0x20
+KIND_ASSIGN_CHUNKS = 0x21
+KIND_CHUNK_RESULTS = 0x22
 
 # Record and header layouts (all big-endian, no padding).
 _KIND = struct.Struct(">B")
@@ -249,9 +256,80 @@ class Cancel:
     records: list[int]
 
 
+@dataclass(frozen=True, slots=True)
+class JobSubmit:
+    """
+    Client to scheduler: open a job (a map): many payloads of one task type,
+    run in chunks, answered by index.  ``chunk_size`` 0 lets the scheduler
+    choose; ``size_hint`` 0 means the number of items is not known.
+    """
+
+    request: int
+    task_type: str
+    priority: int = 0
+    chunk_size: int = 0
+    size_hint: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class JobAccepted:
+    """Scheduler to client: the job is open under this id (flags as in Accepted)."""
+
+    request: int
+    job_id: int
+    flags: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class JobItems:
+    """Client to scheduler: payloads of a job, indexes first_index, first_index + 1, ..."""
+
+    job_id: int
+    first_index: int
+    payloads: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class JobEnd:
+    """Client to scheduler: the job has ``total`` items; no more will come."""
+
+    job_id: int
+    total: int
+
+
+#: (job id, item index, status, value)
+JobResultRecord = tuple[int, int, int, bytes]
+#: (chunk id, task type, payloads)
+ChunkRecord = tuple[int, str, list[bytes]]
+#: (chunk id, [(status, value) per payload, in order])
+ChunkResultRecord = tuple[int, list[tuple[int, bytes]]]
+
+
+@dataclass(frozen=True, slots=True)
+class JobResults:
+    """Scheduler to client: outcomes of job items, in any order."""
+
+    records: list[JobResultRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class AssignChunks:
+    """Scheduler to worker: run each chunk's payloads, one after another, in one slot."""
+
+    records: list[ChunkRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkResults:
+    """Worker to scheduler: the outcome of every payload of these chunks."""
+
+    records: list[ChunkResultRecord]
+
+
 Message = Union[
     Hello, Welcome, Error, Heartbeat, StatusRequest, StatusReport,
     Submit, Accepted, Rejected, Results, Query, Cancel, Assign,
+    JobSubmit, JobAccepted, JobItems, JobEnd, JobResults, AssignChunks, ChunkResults,
 ]
 
 
@@ -426,7 +504,81 @@ def encode_cancel(message: Cancel) -> bytes:
     )
 
 
+_JOB_SUBMIT_HEAD = struct.Struct(">BIiIQB")  # kind, request, priority, chunk size, size hint, type length
+_JOB_ACCEPTED = struct.Struct(">BIQB")  # kind, request, job id, flags
+_JOB_ITEMS_HEAD = struct.Struct(">BQQI")  # kind, job id, first index, count
+_JOB_END = struct.Struct(">BQQ")  # kind, job id, total
+_JOB_RESULT_REC = struct.Struct(">QQBI")  # job id, index, status, value length
+_CHUNK_HEAD = struct.Struct(">QBI")  # chunk id, type length (type follows), then u32 count
+_U64 = struct.Struct(">Q")
+_STATUS_LEN = struct.Struct(">BI")
+
+
+def encode_job_submit(message: JobSubmit) -> bytes:
+    task_type = _short(message.task_type, "task type", 0xFF)
+    return (
+        _JOB_SUBMIT_HEAD.pack(
+            KIND_JOB_SUBMIT,
+            message.request,
+            message.priority,
+            message.chunk_size,
+            message.size_hint,
+            len(task_type),
+        )
+        + task_type
+    )
+
+
+def encode_job_items(message: JobItems) -> bytes:
+    pack = _U32.pack
+    parts = [_JOB_ITEMS_HEAD.pack(KIND_JOB_ITEMS, message.job_id, message.first_index, len(message.payloads))]
+    for payload in message.payloads:
+        parts.append(pack(len(payload)))
+        parts.append(payload)
+    return b"".join(parts)
+
+
+def encode_job_results(message: JobResults) -> bytes:
+    pack = _JOB_RESULT_REC.pack
+    parts = [_COUNT.pack(KIND_JOB_RESULTS, len(message.records))]
+    for job_id, index, status, value in message.records:
+        parts.append(pack(job_id, index, status, len(value)))
+        parts.append(value)
+    return b"".join(parts)
+
+
+def encode_assign_chunks(message: AssignChunks) -> bytes:
+    parts = [_COUNT.pack(KIND_ASSIGN_CHUNKS, len(message.records))]
+    pack_len = _U32.pack
+    for chunk_id, task_type, payloads in message.records:
+        encoded_type = task_type.encode("utf-8")
+        parts.append(_U64.pack(chunk_id) + _U8.pack(len(encoded_type)) + encoded_type)
+        parts.append(pack_len(len(payloads)))
+        for payload in payloads:
+            parts.append(pack_len(len(payload)))
+            parts.append(payload)
+    return b"".join(parts)
+
+
+def encode_chunk_results(message: ChunkResults) -> bytes:
+    parts = [_COUNT.pack(KIND_CHUNK_RESULTS, len(message.records))]
+    pack = _STATUS_LEN.pack
+    for chunk_id, outcomes in message.records:
+        parts.append(_U64.pack(chunk_id) + _U32.pack(len(outcomes)))
+        for status, value in outcomes:
+            parts.append(pack(status, len(value)))
+            parts.append(value)
+    return b"".join(parts)
+
+
 _ENCODERS = {
+    JobSubmit: encode_job_submit,
+    JobAccepted: lambda m: _JOB_ACCEPTED.pack(KIND_JOB_ACCEPTED, m.request, m.job_id, m.flags),
+    JobItems: encode_job_items,
+    JobEnd: lambda m: _JOB_END.pack(KIND_JOB_END, m.job_id, m.total),
+    JobResults: encode_job_results,
+    AssignChunks: encode_assign_chunks,
+    ChunkResults: encode_chunk_results,
     Hello: encode_hello,
     Welcome: encode_welcome,
     Error: encode_error,
@@ -706,7 +858,109 @@ def _decode_status_report(data: bytes) -> StatusReport:
     return report
 
 
+def _decode_job_submit(data: bytes) -> JobSubmit:
+    reader = _Reader(data, 0)
+    _, request, priority, chunk_size, size_hint, type_length = reader.unpack(_JOB_SUBMIT_HEAD)
+    task_type = _type_name(reader.take(type_length))
+    reader.finish()
+    return JobSubmit(request, task_type, priority, chunk_size, size_hint)
+
+
+def _decode_job_accepted(data: bytes) -> JobAccepted:
+    reader = _Reader(data, 0)
+    _, request, job_id, flags = reader.unpack(_JOB_ACCEPTED)
+    reader.finish()
+    return JobAccepted(request, job_id, flags)
+
+
+def _payloads(reader: _Reader, count: int) -> list[bytes]:
+    data = reader.data
+    size = len(data)
+    offset = reader.offset
+    unpack = _U32.unpack_from
+    payloads = []
+    append = payloads.append
+    for _ in range(count):
+        if offset + 4 > size:
+            raise ProtocolError("frame ends in the middle of a payload length")
+        (length,) = unpack(data, offset)
+        start = offset + 4
+        offset = start + length
+        if offset > size:
+            raise ProtocolError("a payload runs past the end of the frame")
+        append(data[start:offset])
+    reader.offset = offset
+    return payloads
+
+
+def _decode_job_items(data: bytes) -> JobItems:
+    reader = _Reader(data, 0)
+    _, job_id, first_index, count = reader.unpack(_JOB_ITEMS_HEAD)
+    payloads = _payloads(reader, count)
+    reader.finish()
+    return JobItems(job_id, first_index, payloads)
+
+
+def _decode_job_end(data: bytes) -> JobEnd:
+    reader = _Reader(data, 0)
+    _, job_id, total = reader.unpack(_JOB_END)
+    reader.finish()
+    return JobEnd(job_id, total)
+
+
+def _decode_job_results(data: bytes) -> JobResults:
+    reader = _Reader(data, 0)
+    _, count = reader.unpack(_COUNT)
+    records = []
+    for _ in range(count):
+        job_id, index, status, length = reader.unpack(_JOB_RESULT_REC)
+        if status not in _STATUSES:
+            raise ProtocolError(f"unknown result status {status}")
+        records.append((job_id, index, status, reader.take(length)))
+    reader.finish()
+    return JobResults(records)
+
+
+def _decode_assign_chunks(data: bytes) -> AssignChunks:
+    reader = _Reader(data, 0)
+    _, count = reader.unpack(_COUNT)
+    records = []
+    for _ in range(count):
+        (chunk_id,) = reader.unpack(_U64)
+        (type_length,) = reader.unpack(_U8)
+        task_type = _type_name(reader.take(type_length))
+        (items,) = reader.unpack(_U32)
+        records.append((chunk_id, task_type, _payloads(reader, items)))
+    reader.finish()
+    return AssignChunks(records)
+
+
+def _decode_chunk_results(data: bytes) -> ChunkResults:
+    reader = _Reader(data, 0)
+    _, count = reader.unpack(_COUNT)
+    records = []
+    for _ in range(count):
+        (chunk_id,) = reader.unpack(_U64)
+        (items,) = reader.unpack(_U32)
+        outcomes = []
+        for _ in range(items):
+            status, length = reader.unpack(_STATUS_LEN)
+            if status not in (STATUS_OK, STATUS_FAILED):
+                raise ProtocolError(f"a chunk outcome may only succeed or fail, not status {status}")
+            outcomes.append((status, reader.take(length)))
+        records.append((chunk_id, outcomes))
+    reader.finish()
+    return ChunkResults(records)
+
+
 _DECODERS = {
+    KIND_JOB_SUBMIT: _decode_job_submit,
+    KIND_JOB_ACCEPTED: _decode_job_accepted,
+    KIND_JOB_ITEMS: _decode_job_items,
+    KIND_JOB_END: _decode_job_end,
+    KIND_JOB_RESULTS: _decode_job_results,
+    KIND_ASSIGN_CHUNKS: _decode_assign_chunks,
+    KIND_CHUNK_RESULTS: _decode_chunk_results,
     KIND_HELLO: _decode_hello,
     KIND_WELCOME: _decode_welcome,
     KIND_ERROR: _decode_error,

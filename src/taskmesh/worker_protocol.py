@@ -63,6 +63,9 @@ class WorkerProtocol(FramedProtocol):
             if kind is wire.Assign:
                 core.assign(message.records)  # type: ignore[union-attr]
                 return
+            if kind is wire.AssignChunks:
+                core.assign_chunks(message.records)  # type: ignore[union-attr]
+                return
             if kind is wire.Heartbeat:
                 return
             if kind is wire.Cancel:
@@ -104,6 +107,7 @@ class WorkerProtocol(FramedProtocol):
             self._report,
             factory.run_blocking,
             max_result=welcome.max_payload,
+            report_chunk=self._report_chunk,
         )
         if welcome.heartbeat_ms:
             interval = welcome.heartbeat_ms / 1000
@@ -145,6 +149,10 @@ class WorkerProtocol(FramedProtocol):
 
     def _report(self, task_id: int, status: int, value: bytes) -> None:
         self.queue(wire.Results, (task_id, status, value), len(value))
+
+    def _report_chunk(self, chunk_id: int, outcomes: list[tuple[int, bytes]]) -> None:
+        size = sum(len(value) + 5 for _, value in outcomes)
+        self.queue(wire.ChunkResults, (chunk_id, outcomes), size)
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)

@@ -11,7 +11,7 @@ from twisted.python import usage
 from taskmesh.address import DEFAULT_ADDRESS, client_endpoint, parse_address
 from taskmesh.handlers import HandlerError, default_registry, load_import_path
 from taskmesh.scheduler_protocol import MAX_WORKER_SLOTS
-from taskmesh.service import DEFAULT_RECONNECT_MAX_DELAY, WorkerService
+from taskmesh.service import DEFAULT_RECONNECT_MAX_DELAY, POOLS, WorkerService
 from taskmesh.tap import positive_float, positive_int, release_default_pidfile
 
 
@@ -30,6 +30,9 @@ class Options(usage.Options):
         ["name", None, None, "Name shown in the scheduler's logs (default: host-pid)."],
         ["reconnect-max-delay", None, DEFAULT_RECONNECT_MAX_DELAY,
          "Longest wait between reconnection attempts, in seconds.", positive_float],
+        ["pool", None, "thread",
+         "Where CPU-bound handlers (such as pbkdf2) run: 'thread', or 'process' "
+         "for a pool of --concurrency processes that keeps every core busy."],
     ]
     optFlags = [
         ["no-plugins", None, "Do not load task types from Twisted plugins."],
@@ -52,6 +55,8 @@ class Options(usage.Options):
             self["handler-objects"] = [load_import_path(path) for path in self["handlers"]]
         except HandlerError as e:
             raise usage.UsageError(f"--handler: {e}") from None
+        if self["pool"] not in POOLS:
+            raise usage.UsageError(f"--pool must be one of {', '.join(POOLS)}")
         if self["concurrency"] > MAX_WORKER_SLOTS:
             raise usage.UsageError(f"--concurrency must be at most {MAX_WORKER_SLOTS}")
         if self["name"] is None:
@@ -72,4 +77,5 @@ def makeService(options: Options) -> IService:
         slots=options["concurrency"],
         name=options["name"],
         reconnect_max_delay=options["reconnect-max-delay"],
+        pool=options["pool"],
     )

@@ -1,0 +1,205 @@
+"""
+Running a map from the client's side: stream items in, results out in order.
+
+The scheduler answers a job's items in whatever order chunks finish; this
+driver hands them to ``write`` in input order, each as soon as every earlier
+item has its answer.  It keeps at most ``window`` items in flight (sent and
+not yet answered), reading the input only as fast as the workers take it,
+so a map of a million lines needs memory for ``window`` items, not a million.
+
+If the connection to the scheduler drops, ``connect`` is asked for another
+one and the items still in flight are sent again in a new job: every item
+is answered (at-least-once), and each is written once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Iterator
+
+from twisted.internet.defer import Deferred
+
+from taskmesh import wire
+from taskmesh.client_protocol import ClientProtocol, SchedulerGone
+
+#: Items in flight at the most, by default.
+DEFAULT_WINDOW = 20_000
+#: Items (and bytes) per JobItems frame, at the most.
+ITEMS_PER_FRAME = 2_000
+BYTES_PER_FRAME = 512 * 1024
+#: Failures whose line and reason a summary keeps (all are counted).
+FAILURES_KEPT = 100
+
+#: write(index, ok, value): value is the result, or the reason it failed.
+Writer = Callable[[int, bool, bytes], None]
+#: progress(done, failed): called as answers come.
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class MapSummary:
+    """What a map did."""
+
+    done: int = 0
+    failed: int = 0
+    #: (index, reason) of the first FAILURES_KEPT failures.
+    failures: list[tuple[int, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    #: Times the connection was made again, and in-flight items sent again.
+    reconnections: int = 0
+
+    @property
+    def succeeded(self) -> int:
+        return self.done - self.failed
+
+
+class _OrderedOutput:
+    """Answers in any order in, ``write`` calls in input order out."""
+
+    def __init__(self, write: Writer, summary: MapSummary) -> None:
+        self._write = write
+        self._summary = summary
+        self._early: dict[int, tuple[int, bytes]] = {}
+        self.next_index = 0
+
+    def add(self, index: int, status: int, value: bytes) -> None:
+        self._early[index] = (status, value)
+
+    def flush(self) -> None:
+        early = self._early
+        index = self.next_index
+        summary = self._summary
+        write = self._write
+        while index in early:
+            status, value = early.pop(index)
+            ok = status == wire.STATUS_OK
+            if not ok:
+                summary.failed += 1
+                if len(summary.failures) < FAILURES_KEPT:
+                    summary.failures.append((index, value.decode("utf-8", "replace")))
+            summary.done += 1
+            write(index, ok, value)
+            index += 1
+        self.next_index = index
+
+
+async def run_map(
+    connect: Callable[[], Awaitable[ClientProtocol]],
+    items: Iterator[bytes],
+    write: Writer,
+    task_type: str,
+    priority: int = 0,
+    chunk_size: int = 0,
+    window: int = DEFAULT_WINDOW,
+    size_hint: int = 0,
+    progress: Progress = lambda done, failed: None,
+    on_no_worker: Callable[[str], None] = lambda task_type: None,
+    reconnect: bool = False,
+) -> MapSummary:
+    """
+    Run every item of ``items`` as a task of ``task_type``; call ``write``
+    for each answer, in input order.  With ``reconnect``, a dropped
+    connection is replaced through ``connect`` and the items in flight are
+    sent again; without, SchedulerGone ends the map.
+    """
+    wire.check_task_type(task_type)
+    if window < 1:
+        raise ValueError("window must be at least 1")
+    started = time.monotonic()
+    summary = MapSummary()
+    output = _OrderedOutput(write, summary)
+    in_flight: dict[int, bytes] = {}
+    next_index = 0
+    exhausted = False
+    wake: list[Deferred[None]] = []
+
+    def wake_up(failure: Exception | None = None) -> None:
+        if wake:
+            waiting = wake.pop()
+            if failure is None:
+                waiting.callback(None)
+            else:
+                waiting.errback(failure)
+
+    def on_results(records: list[tuple[int, int, bytes]]) -> None:
+        for index, status, value in records:
+            if in_flight.pop(index, None) is not None:  # else: answered before a resend
+                output.add(index, status, value)
+        output.flush()
+        progress(summary.done, summary.failed)
+        if len(in_flight) <= window // 2 or (exhausted and not in_flight):
+            wake_up()
+
+    first = True
+    while True:
+        protocol = await connect()
+        if not first:
+            summary.reconnections += 1
+        first = False
+        protocol.lost.addCallback(
+            lambda _: wake_up(SchedulerGone("connection to the scheduler lost during the map"))
+        )
+        try:
+            job_id, flags = await protocol.open_job(
+                task_type, on_results, priority, chunk_size, size_hint
+            )
+            if flags & wire.ACCEPTED_NO_WORKER:
+                on_no_worker(task_type)
+            sent = _resend(protocol, job_id, in_flight)
+            ended = False
+            while True:
+                batch: list[bytes] = []
+                batch_first = next_index
+                batch_bytes = 0
+                while not exhausted and len(in_flight) < window:
+                    try:
+                        payload = next(items)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    in_flight[next_index] = payload
+                    next_index += 1
+                    batch.append(payload)
+                    batch_bytes += len(payload)
+                    if len(batch) >= ITEMS_PER_FRAME or batch_bytes >= BYTES_PER_FRAME:
+                        protocol.send_items(job_id, batch_first, batch)
+                        sent += len(batch)
+                        batch, batch_first, batch_bytes = [], next_index, 0
+                if batch:
+                    protocol.send_items(job_id, batch_first, batch)
+                    sent += len(batch)
+                if exhausted and not ended:
+                    protocol.end_job(job_id, sent)
+                    ended = True
+                if exhausted and not in_flight:
+                    break
+                waiting: Deferred[None] = Deferred()
+                wake.append(waiting)
+                await waiting
+            protocol.forget_job(job_id)
+            summary.seconds = time.monotonic() - started
+            return summary
+        except SchedulerGone:
+            wake.clear()
+            if not reconnect:
+                raise
+
+
+def _resend(protocol: ClientProtocol, job_id: int, in_flight: dict[int, bytes]) -> int:
+    """Send the items still in flight again, in runs of consecutive indexes."""
+    sent = 0
+    run: list[bytes] = []
+    run_first = -1
+    for index in sorted(in_flight):
+        if run and (index != run_first + len(run) or len(run) >= ITEMS_PER_FRAME):
+            protocol.send_items(job_id, run_first, run)
+            sent += len(run)
+            run = []
+        if not run:
+            run_first = index
+        run.append(in_flight[index])
+    if run:
+        protocol.send_items(job_id, run_first, run)
+        sent += len(run)
+    return sent
