@@ -426,16 +426,19 @@ class Scheduler:
         """The submitter is gone: drop the job's queued chunks, stop its running ones."""
         self._jobs.pop(job.id, None)
         job.buffer.clear()
-        for chunk in list(job.chunks.values()):
+        chunks = list(job.chunks.values())
+        job.chunks.clear()
+        self._queue.remove_all([chunk for chunk in chunks if chunk.worker is None])
+        freed = []
+        for chunk in chunks:
             worker = chunk.worker
             if worker is not None:
                 del worker.leases[chunk.id]
                 chunk.worker = None
                 worker.channel.cancel(chunk.id)
-                self._fill(worker)
-            else:
-                self._queue.remove(chunk)
-        job.chunks.clear()
+                freed.append(worker)
+        for worker in freed:
+            self._fill(worker)
 
     def _cut(self, job: Job, idle_only: bool = False) -> None:
         """
