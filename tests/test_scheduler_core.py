@@ -423,3 +423,76 @@ def test_invalid_policies_are_refused() -> None:
             Policy(**bad)
     with pytest.raises(ValueError):
         Rig().join(slots=0)
+
+
+# -- groups: quick single tasks travel together ------------------------------
+
+
+def learn_speed(rig: Rig, seconds: float, task_type: str = "sha256") -> None:
+    """Run one task of the type taking ``seconds``, so the core learns its speed."""
+    channel, worker = rig.join(types=(task_type,), name=f"teacher-{seconds}")
+    task = rig.submit(task_type)
+    rig.clock.advance(seconds)
+    rig.core.complete(worker, [(task.id, STATUS_OK, b"r")])
+    rig.core.remove_worker(worker)
+
+
+def test_queued_quick_tasks_travel_as_one_chunk_and_finish_one_by_one() -> None:
+    rig = Rig(prefetch=0)
+    learn_speed(rig, 0.001)  # 1 ms a task: groups of 50 hold 50 ms of work
+    tasks = [rig.submit(payload=b"%d" % i) for i in range(120)]
+    channel, worker = rig.join(slots=1)
+    ((group_id, _, payloads),) = channel.chunks
+    assert payloads == [t.payload for t in tasks[:50]] and channel.assigned == []
+    outcomes = [(STATUS_OK, b"ok")] * 49 + [(STATUS_FAILED, b"E")]
+    rig.core.complete_chunks(worker, [(group_id, outcomes)])
+    rig.turn()
+    assert rig.result(tasks[0]) == b"ok"
+    assert rig.failed_with(tasks[49]) == "E"
+    assert len(channel.chunks) == 2  # refilled with the next group
+
+
+def test_slow_tasks_are_never_grouped() -> None:
+    rig = Rig(prefetch=0)
+    learn_speed(rig, 2.0)
+    tasks = [rig.submit() for _ in range(5)]
+    channel, _ = rig.join(slots=2)
+    assert channel.chunks == [] and channel.ids() == [tasks[0].id, tasks[1].id]
+
+
+def test_a_lost_group_requeues_each_task_on_its_own() -> None:
+    rig = Rig(prefetch=0)
+    learn_speed(rig, 0.001)
+    tasks = [rig.submit() for _ in range(10)]
+    lost, lost_worker = rig.join(slots=1, name="lost")
+    assert len(lost.chunks[0][2]) == 10
+    rig.core.remove_worker(lost_worker, "killed")
+    assert all(t.losses == 1 and t.state is State.QUEUED for t in tasks)
+    survivor, worker = rig.join(slots=1, name="survivor")
+    (group_id, _, payloads), = survivor.chunks
+    rig.core.complete_chunks(worker, [(group_id, [(STATUS_OK, b"x")] * len(payloads))])
+    rig.turn()
+    assert all(rig.result(t) == b"x" for t in tasks)
+
+
+def test_a_task_cancelled_inside_a_group_keeps_its_cancellation() -> None:
+    rig = Rig(prefetch=0)
+    learn_speed(rig, 0.001)
+    tasks = [rig.submit() for _ in range(3)]
+    channel, worker = rig.join(slots=1)
+    (group_id, _, _), = channel.chunks
+    assert rig.core.cancel(tasks[1].id)
+    rig.core.complete_chunks(worker, [(group_id, [(STATUS_OK, b"x")] * 3)])
+    rig.turn()
+    assert rig.result(tasks[0]) == b"x" and rig.result(tasks[2]) == b"x"
+    rig.failed_with(tasks[1], TaskCancelled)
+
+
+def test_tasks_with_a_timeout_are_not_grouped() -> None:
+    rig = Rig(prefetch=0)
+    learn_speed(rig, 0.001)
+    timed = rig.submit(timeout=5.0)
+    plain = [rig.submit() for _ in range(3)]
+    channel, worker = rig.join(slots=2)
+    assert channel.ids() == [timed.id]
+    assert channel.chunks[0][2] == [t.payload for t in plain]

@@ -9,6 +9,10 @@ measured speed: each finished chunk says how long an item took, and the next
 chunks hold about ``TARGET_SECONDS`` of work, within 1 to ``MAX_CHUNK`` items.
 The first chunks start small (they are also the measurement), unless the job
 announced its size: then no chunk starts larger than an even share of it.
+
+The scheduler sizes groups of single tasks the same way, per task type,
+starting from one: queued tasks of a type measured to be quick travel
+together as one chunk, while slow ones keep going one by one.
 """
 
 from __future__ import annotations
@@ -27,15 +31,17 @@ class ChunkSizer:
 
     __slots__ = ("fixed", "size", "_per_item")
 
-    def __init__(self, fixed: int = 0, size_hint: int = 0, slots: int = 1) -> None:
+    def __init__(
+        self, fixed: int = 0, size_hint: int = 0, slots: int = 1, first: int = FIRST_CHUNK
+    ) -> None:
         self.fixed = fixed
         self._per_item: float | None = None
         if fixed:
             self.size = fixed
         elif size_hint:
-            self.size = max(1, min(FIRST_CHUNK, size_hint // max(1, 4 * slots)))
+            self.size = max(1, min(first, size_hint // max(1, 4 * slots)))
         else:
-            self.size = FIRST_CHUNK
+            self.size = first
 
     def observe(self, items: int, seconds: float) -> None:
         """A chunk of ``items`` took ``seconds`` from assignment to answer."""

@@ -139,6 +139,7 @@ class Task:
     __slots__ = (
         "id", "type", "payload", "options", "submitted_at", "deferred",
         "state", "attempts", "losses", "worker", "timer", "seq", "job", "indexes", "leased_at",
+        "members",
     )
 
     def __init__(
@@ -165,6 +166,8 @@ class Task:
         #: is then the list of the items' payloads).
         self.job: Job | None = None
         self.indexes: list[int] | None = None
+        #: For a group of quick single tasks leased as one chunk: the tasks.
+        self.members: list[Task] | None = None
         self.leased_at = 0.0
 
     @property
@@ -235,6 +238,8 @@ class Scheduler:
         self._keys: dict[str, int] = {}
         self._workers: list[WorkerState] = []
         self._jobs: dict[int, Job] = {}
+        #: Per task type: how many queued single tasks travel as one chunk.
+        self._group_sizes: dict[str, ChunkSizer] = {}
         self._next_id = self._store.next_id()
         self._waiting_retry = 0
         # group commit
@@ -489,6 +494,9 @@ class Scheduler:
         leases = worker.leases
         for chunk_id, outcomes in records:
             chunk = leases.get(chunk_id)
+            if chunk is not None and chunk.members is not None:
+                self._complete_group(worker, chunk, outcomes, now)
+                continue
             if chunk is None or chunk.job is None:
                 self.log.info(
                     "dropped a late answer for chunk {chunk_id} from {name}, which no longer holds it",
@@ -512,6 +520,26 @@ class Scheduler:
                 job.report(job, [(index, status, value) for index, (status, value) in zip(indexes, outcomes)])
                 self._maybe_done(job)
         self._fill(worker)
+
+    def _complete_group(
+        self, worker: WorkerState, group: Task, outcomes: list[tuple[int, bytes]], now: float
+    ) -> None:
+        members = group.members
+        assert members is not None
+        if len(outcomes) != len(members):
+            raise ValueError(f"chunk {group.id} had {len(members)} tasks, the answer {len(outcomes)}")
+        del worker.leases[group.id]
+        self._group_size(group.type).observe(len(members), now - group.leased_at)
+        for member, (status, value) in zip(members, outcomes):
+            if member.worker is not worker or member.state is not State.RUNNING:
+                continue  # cancelled while the group ran
+            member.worker = None
+            if status == STATUS_OK:
+                self._finish(member, State.SUCCEEDED, value)
+            elif member.options.retry_on_error:
+                self._attempt_failed(member, value.decode("utf-8", "replace"))
+            else:
+                self._finish(member, State.FAILED, value)
 
     def _maybe_done(self, job: Job) -> None:
         if job.ended and not job.outstanding:
@@ -551,7 +579,14 @@ class Scheduler:
         if worker not in self._workers:
             return
         self._workers.remove(worker)
-        held = sorted(worker.leases.values(), key=lambda task: task.id)
+        held: list[Task] = []
+        for task in worker.leases.values():
+            if task.members is None:
+                held.append(task)
+            else:  # a group: each of its tasks was lost with the worker
+                held.extend(m for m in task.members if m.worker is worker and m.state is State.RUNNING)
+        worker.leases.clear()
+        held.sort(key=lambda task: task.seq)
         self.log.info(
             "worker {name} left ({reason}); {count} tasks to requeue",
             name=worker.name,
@@ -585,10 +620,11 @@ class Scheduler:
         dropped, so each task's outcome is recorded once.  The worker is
         refilled once, after the whole batch.
         """
+        now = self._clock.seconds()
         leases = worker.leases
         for task_id, status, value in records:
             task = leases.pop(task_id, None)
-            if task is not None and task.job is not None:
+            if task is not None and (task.job is not None or task.members is not None):
                 leases[task_id] = task  # a chunk is answered with ChunkResults
                 task = None
             if task is None:
@@ -603,6 +639,9 @@ class Scheduler:
                 task.timer.cancel()
                 task.timer = None
             if status == STATUS_OK:
+                # A single task's time includes a round trip: an upper bound,
+                # enough to tell quick types (worth grouping) from slow ones.
+                self._group_size(task.type).observe(1, now - task.leased_at)
                 self._finish(task, State.SUCCEEDED, value)
             elif task.options.retry_on_error:
                 self._attempt_failed(task, value.decode("utf-8", "replace"))
@@ -614,7 +653,7 @@ class Scheduler:
 
     def stats(self) -> dict[str, Any]:
         now = self._clock.seconds()
-        running = sum(len(worker.leases) for worker in self._workers)
+        running = sum(self._held(worker) for worker in self._workers)
         served = set().union(*(w.task_types for w in self._workers)) if self._workers else set()
         waiting = self._queue.waiting_by_type()
         return {
@@ -635,7 +674,7 @@ class Scheduler:
                     "name": worker.name,
                     "slots": worker.slots,
                     "running": min(len(worker.leases), worker.slots),
-                    "held": len(worker.leases),
+                    "held": self._held(worker),
                     "types": sorted(worker.task_types),
                     "last_seen_seconds_ago": round(now - worker.last_seen, 3),
                 }
@@ -653,6 +692,11 @@ class Scheduler:
             ],
             "paused_submitters": self._paused,
         }
+
+    @staticmethod
+    def _held(worker: WorkerState) -> int:
+        """Tasks a worker holds, counting each task of a group."""
+        return sum(len(t.members) if t.members is not None else 1 for t in worker.leases.values())
 
     # -- decisions -----------------------------------------------------------
 
@@ -673,9 +717,9 @@ class Scheduler:
     def _lease(self, task: Task, worker: WorkerState) -> None:
         task.worker = worker
         task.state = State.RUNNING
+        task.leased_at = self._clock.seconds()
         worker.leases[task.id] = task
         if task.job is not None:
-            task.leased_at = self._clock.seconds()
             worker.channel.assign_chunk(task.id, task.type, task.payload)  # type: ignore[arg-type]
             return
         timeout = task.options.timeout
@@ -687,7 +731,9 @@ class Scheduler:
         """Take a task's lease back from its worker (lost, timed out, cancelled)."""
         worker = task.worker
         if worker is not None:
-            del worker.leases[task.id]
+            # A task in a group holds no lease of its own: the group does,
+            # and skips it when the group's answer comes.
+            worker.leases.pop(task.id, None)
             task.worker = None
         task.state = State.QUEUED
         if task.timer is not None:
@@ -713,11 +759,50 @@ class Scheduler:
             task = queue.pop_for(worker.task_types)
             if task is None:
                 break
+            if task.job is None and task.options.timeout is None:  # type: ignore[attr-defined]
+                sizer = self._group_sizes.get(task.type)
+                if sizer is not None and sizer.size > 1 and queue.has_waiting(task.type):
+                    self._lease_group(task, sizer.size, worker)  # type: ignore[arg-type]
+                    continue
             self._lease(task, worker)  # type: ignore[arg-type]
         if self._paused and len(queue) < self.policy.max_queued * 0.9:
             self._paused = False
             self.log.info("queue has room again: resuming submitters")
             self.on_queue_full(False)
+
+    def _lease_group(self, first: Task, size: int, worker: WorkerState) -> None:
+        """
+        Lease ``first`` and the next queued tasks of its type (as many as the
+        type's group size, while they have no timeout) as one chunk: one
+        assignment, one slot, one answer.  Each task keeps its own Deferred,
+        store record and outcome.
+        """
+        queue = self._queue
+        members = [first]
+        while len(members) < size:
+            following = queue.peek(first.type)
+            if following is None or following.options.timeout is not None:  # type: ignore[attr-defined]
+                break
+            members.append(queue.pop_for((first.type,)))  # type: ignore[arg-type]
+        if len(members) == 1:
+            self._lease(first, worker)
+            return
+        group = Task(self._next_id, first.type, [m.payload for m in members], DEFAULT_OPTIONS, 0.0)  # type: ignore[arg-type]
+        self._next_id += 1
+        group.members = members
+        group.worker = worker
+        group.leased_at = self._clock.seconds()
+        for member in members:
+            member.worker = worker
+            member.state = State.RUNNING
+        worker.leases[group.id] = group
+        worker.channel.assign_chunk(group.id, group.type, group.payload)  # type: ignore[arg-type]
+
+    def _group_size(self, task_type: str) -> ChunkSizer:
+        sizer = self._group_sizes.get(task_type)
+        if sizer is None:
+            sizer = self._group_sizes[task_type] = ChunkSizer(first=1)
+        return sizer
 
     def _fill_all(self) -> None:
         # Emptiest first, so requeued work spreads out instead of piling up.

@@ -46,6 +46,11 @@ class TaskQueue:
     def has_waiting(self, task_type: str) -> bool:
         return bool(self._by_type.get(task_type))
 
+    def peek(self, task_type: str) -> Queued | None:
+        """The task of this type that would go next, without taking it."""
+        line = self._by_type.get(task_type)
+        return line[0][3] if line else None
+
     def pop_for(self, task_types: Iterable[str]) -> Queued | None:
         """The first waiting task of any of these types, or None."""
         best: list[tuple[int, int, int, Queued]] | None = None
