@@ -137,7 +137,7 @@ class Task:
     """One task the scheduler is responsible for until its Deferred fires."""
 
     __slots__ = (
-        "id", "type", "payload", "options", "submitted_at", "deferred",
+        "id", "type", "payload", "options", "submitted_at", "_deferred",
         "state", "attempts", "losses", "worker", "timer", "seq", "job", "indexes", "leased_at",
         "members",
     )
@@ -150,7 +150,7 @@ class Task:
         self.payload = payload
         self.options = options
         self.submitted_at = submitted_at
-        self.deferred: Deferred[bytes] = Deferred()
+        self._deferred: Deferred[bytes] | None = None
         self.state = State.QUEUED
         #: Attempts that failed (timed out, or raised with retries on error).
         self.attempts = 0
@@ -169,6 +169,18 @@ class Task:
         #: For a group of quick single tasks leased as one chunk: the tasks.
         self.members: list[Task] | None = None
         self.leased_at = 0.0
+
+    @property
+    def deferred(self) -> "Deferred[bytes]":
+        """
+        The task's one Deferred, made when someone first waits for the task:
+        a million queued tasks that nobody is waiting on (submitted with
+        ``enqueue``) cost no Deferreds.  It fires exactly once, when the
+        outcome is durable.
+        """
+        if self._deferred is None:
+            self._deferred = Deferred()
+        return self._deferred
 
     @property
     def priority(self) -> int:
@@ -326,9 +338,11 @@ class Scheduler:
         if key is not None:
             self._keys[key] = task.id
         self._store.add(task)
+        # Assign first, commit after: the worker can run the task while the
+        # store commits it (only the acknowledgement waits for the commit).
+        self._enqueue(task)
         if self._commit_call is None:
             self._commit_call = self._clock.callLater(0, self._commit)
-        self._enqueue(task)
         if not self._paused and len(self._queue) >= self.policy.max_queued:
             self._paused = True
             self.log.warn(
@@ -905,12 +919,15 @@ class Scheduler:
         tasks = self._tasks
         for task, value in finished:
             del tasks[task.id]
+            deferred = task._deferred
+            if deferred is None:  # nobody waits: the store has the outcome
+                continue
             if task.state is State.SUCCEEDED:
-                task.deferred.callback(value)
+                deferred.callback(value)
             else:
                 error = TaskCancelled if task.state is State.CANCELLED else TaskFailed
-                task.deferred.errback(error(value.decode("utf-8", "replace")))
-                task.deferred.addErrback(_consume)
+                deferred.errback(error(value.decode("utf-8", "replace")))
+                deferred.addErrback(_consume)
         waiting, self._after_commit = self._after_commit, []
         for function, args in waiting:
             function(*args)
