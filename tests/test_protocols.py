@@ -461,3 +461,18 @@ def test_a_worker_drops_a_silent_scheduler_and_heartbeats_a_live_one() -> None:
     assert not transport.disconnecting
     clock.advance(1)  # 4 s of silence > 3 intervals
     assert transport.disconnecting
+
+
+def test_submitters_are_paused_while_the_queue_is_full_and_resumed_after() -> None:
+    clock = Clock()
+    core = Scheduler(clock, policy=Policy(prefetch=0, max_queued=3))
+    factory = SchedulerFactory(core, clock, "s", 4096, 1024)
+    rig = Rig()
+    rig.clock, rig.core, rig.factory = clock, core, factory
+    client, transport = rig.client()
+    client.dataReceived(frame(wire.Submit([(i, "sha256", b"x", wire.DEFAULT_OPTIONS) for i in range(3)])))
+    assert transport.producerState == "paused"
+    late, late_transport = rig.client()
+    assert late_transport.producerState == "paused"  # joined while full
+    worker, _ = rig.worker(slots=2)
+    assert transport.producerState == "producing" and late_transport.producerState == "producing"

@@ -98,3 +98,28 @@ def test_a_type_no_worker_runs_waits_for_a_worker_that_runs_it(mesh: Mesh) -> No
     mesh.workers("traced", **TRACED)
     assert run.wait() == 0, run.describe()
     assert run.stdout == "slept 0.1\nslept 0.2\n"
+
+
+@pytest.mark.integration
+def test_cpu_bound_work_runs_in_a_pool_of_processes(mesh: Mesh) -> None:
+    lines = [b"2000:secret-%d" % i for i in range(40)]
+    (mesh.folder / "in.txt").write_bytes(b"\n".join(lines) + b"\n")
+    mesh.scheduler()
+    (worker,) = mesh.workers("pool", concurrency=2, options=("--pool", "process"))
+    run = mesh.command("map", "--connect", mesh.address, "--type", "pbkdf2", "--chunk-size", "4", "in.txt")
+    assert run.wait() == 0, run.describe()
+    expected = [
+        hashlib.pbkdf2_hmac("sha256", line.split(b":", 1)[1], b"taskmesh", 2000).hex() for line in lines
+    ]
+    assert run.stdout.split() == expected
+    # The work ran in the pool: processes whose parent is the worker.
+    pool = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == worker.pid]
+    assert pool, "the worker started no pool processes"
+
+
+def _parent(proc: Path) -> int:
+    try:
+        status = (proc / "status").read_text()
+    except OSError:
+        return -1
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
