@@ -34,12 +34,12 @@ class JobRig(Rig):
     def answer(self, worker: Any, channel: FakeChannel, status: int = STATUS_OK) -> int:
         """The worker answers every chunk it holds; returns how many items."""
         records = [
-            (chunk_id, [(status, b"r:" + payload) for payload in payloads])
+            (chunk_id, 0, [(status, b"r:" + payload) for payload in payloads])
             for chunk_id, _, payloads in channel.chunks
             if chunk_id in worker.leases
         ]
         self.core.complete_chunks(worker, records)
-        return sum(len(outcomes) for _, outcomes in records)
+        return sum(len(outcomes) for _, _, outcomes in records)
 
 
 def test_items_travel_in_chunks_of_the_fixed_size_and_are_answered_by_index() -> None:
@@ -75,7 +75,7 @@ def test_one_items_failure_is_its_own_and_nothing_runs_twice() -> None:
     rig.items(job, 3)
     rig.core.end_job(job)
     ((chunk_id, _, _),) = channel.chunks
-    rig.core.complete_chunks(worker, [(chunk_id, [(STATUS_OK, b"a"), (STATUS_FAILED, b"E"), (STATUS_OK, b"c")])])
+    rig.core.complete_chunks(worker, [(chunk_id, 0, [(STATUS_OK, b"a"), (STATUS_FAILED, b"E"), (STATUS_OK, b"c")])])
     assert rig.answers == {0: (STATUS_OK, b"a"), 1: (STATUS_FAILED, b"E"), 2: (STATUS_OK, b"c")}
     assert len(channel.chunks) == 1
 
@@ -139,7 +139,7 @@ def test_a_submitter_that_leaves_takes_its_job_with_it() -> None:
     (chunk_id, _, _), = channel.chunks
     assert channel.cancelled == [chunk_id]
     assert rig.core.stats()["tasks"]["queued"] == 0
-    rig.core.complete_chunks(worker, [(chunk_id, [(STATUS_OK, b"late")])])  # dropped
+    rig.core.complete_chunks(worker, [(chunk_id, 0, [(STATUS_OK, b"late")])])  # dropped
     assert rig.answers == {}
 
 
@@ -175,3 +175,78 @@ def test_a_fixed_chunk_size_is_kept_and_a_size_hint_starts_small() -> None:
     assert fixed.size == 7
     assert ChunkSizer(size_hint=20, slots=2).size == 2  # an even share: 20 / (4 x 2)
     assert ChunkSizer(size_hint=10**6, slots=2).size == FIRST_CHUNK
+
+
+def test_a_group_of_tasks_never_swallows_a_jobs_chunk_of_the_same_type() -> None:
+    from test_scheduler_core import learn_speed
+
+    rig = JobRig(prefetch=1)
+    learn_speed(rig, 0.001)
+    plain = [rig.submit() for _ in range(3)]
+    job = rig.open(chunk_size=2)
+    rig.items(job, 2)
+    channel, worker = rig.join(slots=1)
+    group, chunk = channel.chunks
+    assert group[2] == [t.payload for t in plain] and chunk[2] == [b"item-0", b"item-1"]
+
+
+def test_groups_and_chunks_stay_under_the_byte_budget() -> None:
+    from test_scheduler_core import learn_speed
+
+    rig = JobRig(prefetch=0, max_chunk_bytes=100)
+    learn_speed(rig, 0.001)
+    for _ in range(10):
+        rig.submit(payload=b"p" * 40)
+    channel, worker = rig.join(slots=1)
+    assert len(channel.chunks[0][2]) == 2  # 2 x (40 + 5) <= 100 < 3 x 45
+
+
+def test_a_jobs_chunks_queue_at_the_jobs_priority() -> None:
+    rig = JobRig(prefetch=0)
+    low = rig.submit(priority=0)
+    job = rig.open(chunk_size=1, priority=5)
+    rig.items(job, 1)
+    channel, worker = rig.join(slots=1)
+    assert channel.chunks and channel.assigned == []  # the job's chunk went first
+    rig.answer(worker, channel)
+    assert channel.ids() == [low.id]
+
+
+def test_a_chunk_answered_in_parts_frees_its_slot_after_the_last() -> None:
+    rig = JobRig(prefetch=0)
+    channel, worker = rig.join(slots=1)
+    job = rig.open(chunk_size=4)
+    rig.items(job, 8)
+    (chunk_id, _, _), = channel.chunks
+    rig.core.complete_chunks(worker, [(chunk_id, 0, [(STATUS_OK, b"a"), (STATUS_OK, b"b")])])
+    assert sorted(rig.answers) == [0, 1] and len(channel.chunks) == 1
+    rig.core.complete_chunks(worker, [(chunk_id, 2, [(STATUS_OK, b"c"), (STATUS_OK, b"d")])])
+    assert sorted(rig.answers) == [0, 1, 2, 3] and len(channel.chunks) == 2
+
+
+def test_a_part_out_of_order_is_refused() -> None:
+    import pytest
+
+    rig = JobRig(prefetch=0)
+    channel, worker = rig.join(slots=1)
+    job = rig.open(chunk_size=4)
+    rig.items(job, 4)
+    (chunk_id, _, _), = channel.chunks
+    with pytest.raises(ValueError, match="does not fit"):
+        rig.core.complete_chunks(worker, [(chunk_id, 2, [(STATUS_OK, b"c")])])
+
+
+def test_a_half_answered_chunk_lost_with_its_worker_reruns_only_the_rest() -> None:
+    rig = JobRig(prefetch=0)
+    lost, lost_worker = rig.join(slots=1, name="lost")
+    job = rig.open(chunk_size=4)
+    rig.items(job, 4)
+    rig.core.end_job(job)
+    (chunk_id, _, _), = lost.chunks
+    rig.core.complete_chunks(lost_worker, [(chunk_id, 0, [(STATUS_OK, b"a"), (STATUS_OK, b"b")])])
+    rig.core.remove_worker(lost_worker, "killed")
+    survivor, worker = rig.join(slots=1, name="survivor")
+    while rig.answer(worker, survivor):
+        pass
+    assert [p for _, _, p in survivor.chunks] == [[b"item-2"], [b"item-3"]]
+    assert sorted(rig.answers) == [0, 1, 2, 3]

@@ -20,8 +20,10 @@ from taskmesh.mapping import MapSummary, run_map
 class FakeConnection:
     """Records what the driver sends; the test plays the scheduler."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_frame: int = 1 << 20, max_payload: int = 1000) -> None:
+        self.welcome = wire.Welcome("s", max_frame, max_payload)
         self.lost: Deferred[None] = Deferred()
+        self.frames: list[int] = []
         self.sent: dict[int, bytes] = {}
         self.ended: int | None = None
         self.listener: Any = None
@@ -31,6 +33,7 @@ class FakeConnection:
         return succeed((1, 0))
 
     def send_items(self, job_id: int, first_index: int, payloads: list[bytes]) -> None:
+        self.frames.append(len(wire.encode(wire.JobItems(job_id, first_index, payloads))))
         for offset, payload in enumerate(payloads):
             self.sent[first_index + offset] = payload
 
@@ -48,7 +51,7 @@ def lines(count: int) -> Iterator[bytes]:
     return (b"%d" % i for i in range(count))
 
 
-def start(connections: list[FakeConnection], count: int, window: int = 100, reconnect: bool = False):  # type: ignore[no-untyped-def]
+def start(connections: list[FakeConnection], count: int, window: int = 100, reconnect: bool = False, items=None):  # type: ignore[no-untyped-def]
     written: list[tuple[int, bool, bytes]] = []
     pending = list(connections)
 
@@ -56,7 +59,14 @@ def start(connections: list[FakeConnection], count: int, window: int = 100, reco
         return pending.pop(0)
 
     done: Deferred[MapSummary] = Deferred.fromCoroutine(
-        run_map(connect, lines(count), lambda *w: written.append(w), "sha256", window=window, reconnect=reconnect)
+        run_map(
+            connect,
+            lines(count) if items is None else iter(items),
+            lambda *w: written.append(w),
+            "sha256",
+            window=window,
+            reconnect=reconnect,
+        )
     )
     return written, done
 
@@ -123,3 +133,18 @@ def test_an_unusable_task_type_or_window_is_refused(task_type: str, window: int)
         run_map(None, iter(()), print, task_type, window=window)  # type: ignore[arg-type]
     ).addErrback(failures.append)
     assert failures[0].check(ValueError)
+
+
+def test_frames_stay_well_inside_the_schedulers_limit() -> None:
+    connection = FakeConnection(max_frame=4000, max_payload=900)
+    written, done = start([connection], 0, window=1000, items=[b"x" * 500] * 40)
+    assert max(connection.frames) <= 2000 and len(connection.sent) == 40
+
+
+def test_an_item_over_the_payload_limit_is_failed_without_being_sent() -> None:
+    connection = FakeConnection(max_payload=10)
+    written, done = start([connection], 0, items=[b"short", b"x" * 11, b"fine"])
+    assert sorted(connection.sent) == [0, 2]
+    connection.answer(0, 2)
+    assert [w[:2] for w in written] == [(0, True), (1, False), (2, True)]
+    assert b"exceeds" in written[1][2]

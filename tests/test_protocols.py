@@ -476,3 +476,39 @@ def test_submitters_are_paused_while_the_queue_is_full_and_resumed_after() -> No
     assert late_transport.producerState == "paused"  # joined while full
     worker, _ = rig.worker(slots=2)
     assert transport.producerState == "producing" and late_transport.producerState == "producing"
+
+
+def test_a_large_chunk_answer_leaves_in_parts_that_fit_the_frame_limit() -> None:
+    clock = Clock()
+    registry = HandlerRegistry([Sha256Handler()])
+    factory = WorkerFactory(clock, registry, 1, "w", lambda *a: None)  # type: ignore[arg-type,return-value]
+    worker = factory.buildProtocol(None)
+    transport = StringTransport()
+    worker.makeConnection(transport)
+    worker.dataReceived(frame(wire.Welcome("s", 1000, 400)))
+    transport.clear()
+    worker._report_chunk(7, [(wire.STATUS_OK, b"r" * 100)] * 12)
+    clock.advance(0)
+    data = transport.value()
+    parts = []
+    while data:
+        (length,) = struct.unpack(">I", data[:4])
+        assert length <= 1000
+        parts.extend(wire.decode(data[4 : 4 + length]).records)
+        data = data[4 + length :]
+    assert [offset for _, offset, _ in parts] == [0, 4, 8]
+    assert sum(len(outcomes) for _, _, outcomes in parts) == 12
+
+
+def test_a_chunk_answer_over_the_payload_limit_fails_that_item() -> None:
+    rig = Rig(max_payload=1024)
+    worker, worker_transport = rig.worker()
+    client, _ = rig.client()
+    core = rig.core
+    answers: list = []
+    job = core.open_job("sha256", lambda job, records: answers.extend(records), chunk_size=2)
+    core.add_job_items(job, 0, [b"a", b"b"])
+    (chunk,) = rig.received(worker_transport)[0].records
+    worker.dataReceived(frame(wire.ChunkResults([(chunk[0], 0, [(0, b"ok"), (0, b"x" * 2000)])])))
+    assert answers[0] == (0, wire.STATUS_OK, b"ok")
+    assert answers[1][1] == wire.STATUS_FAILED and b"exceeds the limit" in answers[1][2]

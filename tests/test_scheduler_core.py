@@ -445,7 +445,7 @@ def test_queued_quick_tasks_travel_as_one_chunk_and_finish_one_by_one() -> None:
     ((group_id, _, payloads),) = channel.chunks
     assert payloads == [t.payload for t in tasks[:50]] and channel.assigned == []
     outcomes = [(STATUS_OK, b"ok")] * 49 + [(STATUS_FAILED, b"E")]
-    rig.core.complete_chunks(worker, [(group_id, outcomes)])
+    rig.core.complete_chunks(worker, [(group_id, 0, outcomes)])
     rig.turn()
     assert rig.result(tasks[0]) == b"ok"
     assert rig.failed_with(tasks[49]) == "E"
@@ -470,7 +470,7 @@ def test_a_lost_group_requeues_each_task_on_its_own() -> None:
     assert all(t.losses == 1 and t.state is State.QUEUED for t in tasks)
     survivor, worker = rig.join(slots=1, name="survivor")
     (group_id, _, payloads), = survivor.chunks
-    rig.core.complete_chunks(worker, [(group_id, [(STATUS_OK, b"x")] * len(payloads))])
+    rig.core.complete_chunks(worker, [(group_id, 0, [(STATUS_OK, b"x")] * len(payloads))])
     rig.turn()
     assert all(rig.result(t) == b"x" for t in tasks)
 
@@ -482,7 +482,7 @@ def test_a_task_cancelled_inside_a_group_keeps_its_cancellation() -> None:
     channel, worker = rig.join(slots=1)
     (group_id, _, _), = channel.chunks
     assert rig.core.cancel(tasks[1].id)
-    rig.core.complete_chunks(worker, [(group_id, [(STATUS_OK, b"x")] * 3)])
+    rig.core.complete_chunks(worker, [(group_id, 0, [(STATUS_OK, b"x")] * 3)])
     rig.turn()
     assert rig.result(tasks[0]) == b"x" and rig.result(tasks[2]) == b"x"
     rig.failed_with(tasks[1], TaskCancelled)

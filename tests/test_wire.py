@@ -46,7 +46,7 @@ MESSAGES = [
     wire.JobEnd(job_id=7, total=1003),
     wire.JobResults([(7, 1000, wire.STATUS_OK, b"d"), (7, 1001, wire.STATUS_FAILED, b"why")]),
     wire.AssignChunks([(5, "sha256", [b"a", b"b"]), (6, "sleep", [])]),
-    wire.ChunkResults([(5, [(wire.STATUS_OK, b"x"), (wire.STATUS_FAILED, b"E")]), (6, [])]),
+    wire.ChunkResults([(5, 0, [(wire.STATUS_OK, b"x"), (wire.STATUS_FAILED, b"E")]), (6, 2, [])]),
 ]
 
 

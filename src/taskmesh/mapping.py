@@ -146,7 +146,12 @@ async def run_map(
             )
             if flags & wire.ACCEPTED_NO_WORKER:
                 on_no_worker(task_type)
-            sent = _resend(protocol, job_id, in_flight)
+            # Frames well inside the scheduler's limit; an item that could
+            # never be accepted is answered here, without sending it.
+            welcome = protocol.welcome
+            frame_bytes = BYTES_PER_FRAME if welcome is None else min(BYTES_PER_FRAME, welcome.max_frame // 2)
+            max_payload = None if welcome is None else welcome.max_payload
+            sent = _resend(protocol, job_id, in_flight, frame_bytes)
             ended = False
             while True:
                 batch: list[bytes] = []
@@ -158,17 +163,32 @@ async def run_map(
                     except StopIteration:
                         exhausted = True
                         break
+                    if max_payload is not None and len(payload) > max_payload:
+                        if batch:
+                            protocol.send_items(job_id, batch_first, batch)
+                            sent += len(batch)
+                            batch, batch_bytes = [], 0
+                        reason = f"payload of {len(payload)} bytes exceeds the scheduler's limit of {max_payload} bytes"
+                        output.add(next_index, wire.STATUS_FAILED, reason.encode("utf-8"))
+                        next_index += 1
+                        batch_first = next_index
+                        continue
+                    if batch and batch_bytes + len(payload) + 4 > frame_bytes:
+                        protocol.send_items(job_id, batch_first, batch)
+                        sent += len(batch)
+                        batch, batch_first, batch_bytes = [], next_index, 0
                     in_flight[next_index] = payload
                     next_index += 1
                     batch.append(payload)
-                    batch_bytes += len(payload)
-                    if len(batch) >= ITEMS_PER_FRAME or batch_bytes >= BYTES_PER_FRAME:
+                    batch_bytes += len(payload) + 4
+                    if len(batch) >= ITEMS_PER_FRAME:
                         protocol.send_items(job_id, batch_first, batch)
                         sent += len(batch)
                         batch, batch_first, batch_bytes = [], next_index, 0
                 if batch:
                     protocol.send_items(job_id, batch_first, batch)
                     sent += len(batch)
+                output.flush()  # answers made here, for oversized items
                 if exhausted and not ended:
                     protocol.end_job(job_id, sent)
                     ended = True
@@ -186,19 +206,28 @@ async def run_map(
                 raise
 
 
-def _resend(protocol: ClientProtocol, job_id: int, in_flight: dict[int, bytes]) -> int:
+def _resend(
+    protocol: ClientProtocol, job_id: int, in_flight: dict[int, bytes], frame_bytes: int
+) -> int:
     """Send the items still in flight again, in runs of consecutive indexes."""
     sent = 0
     run: list[bytes] = []
     run_first = -1
+    run_bytes = 0
     for index in sorted(in_flight):
-        if run and (index != run_first + len(run) or len(run) >= ITEMS_PER_FRAME):
+        payload = in_flight[index]
+        if run and (
+            index != run_first + len(run)
+            or len(run) >= ITEMS_PER_FRAME
+            or run_bytes + len(payload) + 4 > frame_bytes
+        ):
             protocol.send_items(job_id, run_first, run)
             sent += len(run)
-            run = []
+            run, run_bytes = [], 0
         if not run:
             run_first = index
-        run.append(in_flight[index])
+        run.append(payload)
+        run_bytes += len(payload) + 4
     if run:
         protocol.send_items(job_id, run_first, run)
         sent += len(run)

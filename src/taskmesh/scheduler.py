@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface
 
 from taskmesh.chunking import MAX_CHUNK, ChunkSizer
+from taskmesh.wire import CHUNK_ITEM_OVERHEAD
 from taskmesh.store import ITaskStore, MemoryStore, Outcome, State
 from taskmesh.taskqueue import TaskQueue
 from taskmesh.wire import DEFAULT_OPTIONS, STATUS_OK, TaskOptions
@@ -139,7 +140,7 @@ class Task:
     __slots__ = (
         "id", "type", "payload", "options", "submitted_at", "_deferred",
         "state", "attempts", "losses", "worker", "timer", "seq", "job", "indexes", "leased_at",
-        "members",
+        "members", "answered",
     )
 
     def __init__(
@@ -168,6 +169,8 @@ class Task:
         self.indexes: list[int] | None = None
         #: For a group of quick single tasks leased as one chunk: the tasks.
         self.members: list[Task] | None = None
+        #: For a chunk: how many of its items have been answered.
+        self.answered = 0
         self.leased_at = 0.0
 
     @property
@@ -199,7 +202,7 @@ class Job:
     """
 
     __slots__ = (
-        "id", "type", "priority", "sizer", "report", "buffer", "chunks",
+        "id", "type", "priority", "options", "sizer", "report", "buffer", "chunks",
         "outstanding", "received", "ended",
     )
 
@@ -214,6 +217,8 @@ class Job:
         self.id = job_id
         self.type = task_type
         self.priority = priority
+        #: Its chunks' options: they queue at the job's priority.
+        self.options = TaskOptions(priority=priority) if priority else DEFAULT_OPTIONS
         self.sizer = sizer
         #: Called with the job and [(index, status, value), ...] as items finish.
         self.report = report
@@ -477,16 +482,16 @@ class Scheduler:
             total = 0
             while buffer and len(payloads) < size:
                 index, payload = buffer[0]
-                if payloads and total + len(payload) > max_bytes:
+                if payloads and total + len(payload) + CHUNK_ITEM_OVERHEAD > max_bytes:
                     break
                 buffer.popleft()
                 indexes.append(index)
                 payloads.append(payload)
-                total += len(payload)
+                total += len(payload) + CHUNK_ITEM_OVERHEAD
             self._enqueue(self._chunk(job, indexes, payloads))
 
     def _chunk(self, job: Job, indexes: list[int], payloads: list[bytes], seq: int = 0) -> Task:
-        chunk = Task(self._next_id, job.type, payloads, DEFAULT_OPTIONS, 0.0)  # type: ignore[arg-type]
+        chunk = Task(self._next_id, job.type, payloads, job.options, 0.0)  # type: ignore[arg-type]
         self._next_id += 1
         chunk.job = job
         chunk.indexes = indexes
@@ -501,49 +506,58 @@ class Scheduler:
         )
 
     def complete_chunks(
-        self, worker: WorkerState, records: list[tuple[int, list[tuple[int, bytes]]]]
+        self, worker: WorkerState, records: list[tuple[int, int, list[tuple[int, bytes]]]]
     ) -> None:
-        """A worker answers chunks: one (status, value) per item, in the chunk's order."""
+        """
+        A worker answers chunks: (chunk id, offset, outcomes), one (status,
+        value) per item from the offset on, in the chunk's order.  A chunk
+        may be answered in several parts, in order; its slot is free once
+        every item has its answer.  Raises ValueError for a part that does
+        not fit the chunk (the protocol drops such a worker).
+        """
         now = self._clock.seconds()
         leases = worker.leases
-        for chunk_id, outcomes in records:
+        for chunk_id, offset, outcomes in records:
             chunk = leases.get(chunk_id)
-            if chunk is not None and chunk.members is not None:
-                self._complete_group(worker, chunk, outcomes, now)
-                continue
-            if chunk is None or chunk.job is None:
+            if chunk is None or (chunk.job is None and chunk.members is None):
                 self.log.info(
                     "dropped a late answer for chunk {chunk_id} from {name}, which no longer holds it",
                     chunk_id=chunk_id,
                     name=worker.name,
                 )
                 continue
-            indexes = chunk.indexes
-            assert indexes is not None
-            if len(outcomes) != len(indexes):
+            items = len(chunk.payload)
+            if offset != chunk.answered or offset + len(outcomes) > items:
                 raise ValueError(
-                    f"chunk {chunk_id} had {len(indexes)} items, the answer {len(outcomes)}"
+                    f"chunk {chunk_id} of {items} items has {chunk.answered} answered; "
+                    f"an answer for {len(outcomes)} from {offset} does not fit"
                 )
-            del leases[chunk_id]
-            chunk.worker = None
+            chunk.answered += len(outcomes)
+            done = chunk.answered == items
+            if done:
+                del leases[chunk_id]
+                chunk.worker = None
+            if chunk.members is not None:
+                self._complete_members(worker, chunk.members[offset : offset + len(outcomes)], outcomes)
+                if done:
+                    self._group_size(chunk.type).observe(items, now - chunk.leased_at)
+                continue
             job = chunk.job
-            del job.chunks[chunk_id]
-            job.sizer.observe(len(indexes), now - chunk.leased_at)
-            job.outstanding -= len(indexes)
+            assert job is not None and chunk.indexes is not None
+            job.outstanding -= len(outcomes)
+            if done:
+                del job.chunks[chunk_id]
+                job.sizer.observe(items, now - chunk.leased_at)
             if job.id in self._jobs:
+                indexes = chunk.indexes[offset : offset + len(outcomes)]
                 job.report(job, [(index, status, value) for index, (status, value) in zip(indexes, outcomes)])
                 self._maybe_done(job)
         self._fill(worker)
 
-    def _complete_group(
-        self, worker: WorkerState, group: Task, outcomes: list[tuple[int, bytes]], now: float
+    def _complete_members(
+        self, worker: WorkerState, members: list[Task], outcomes: list[tuple[int, bytes]]
     ) -> None:
-        members = group.members
-        assert members is not None
-        if len(outcomes) != len(members):
-            raise ValueError(f"chunk {group.id} had {len(members)} tasks, the answer {len(outcomes)}")
-        del worker.leases[group.id]
-        self._group_size(group.type).observe(len(members), now - group.leased_at)
+        """Outcomes for tasks of a group: each is finished (or retried) on its own."""
         for member, (status, value) in zip(members, outcomes):
             if member.worker is not worker or member.state is not State.RUNNING:
                 continue  # cancelled while the group ran
@@ -793,10 +807,17 @@ class Scheduler:
         """
         queue = self._queue
         members = [first]
+        budget = self.policy.max_chunk_bytes - len(first.payload) - CHUNK_ITEM_OVERHEAD
         while len(members) < size:
-            following = queue.peek(first.type)
-            if following is None or following.options.timeout is not None:  # type: ignore[attr-defined]
+            following: Any = queue.peek(first.type)
+            if (
+                following is None
+                or following.job is not None  # a job's chunk: not a plain task
+                or following.options.timeout is not None
+                or len(following.payload) + CHUNK_ITEM_OVERHEAD > budget
+            ):
                 break
+            budget -= len(following.payload) + CHUNK_ITEM_OVERHEAD
             members.append(queue.pop_for((first.type,)))  # type: ignore[arg-type]
         if len(members) == 1:
             self._lease(first, worker)
@@ -839,11 +860,13 @@ class Scheduler:
                 f"poison: lost its worker {chunk.losses} times "
                 f"(last: {worker_name}, {reason}); not trying again"
             ).encode("utf-8")
-            job.outstanding -= len(chunk.indexes)
-            job.report(job, [(index, 1, reason_text) for index in chunk.indexes])
+            unanswered = chunk.indexes[chunk.answered :]
+            job.outstanding -= len(unanswered)
+            job.report(job, [(index, 1, reason_text) for index in unanswered])
             self._maybe_done(job)
             return
-        for index, payload in zip(chunk.indexes, chunk.payload):  # type: ignore[call-overload]
+        answered = chunk.answered
+        for index, payload in zip(chunk.indexes[answered:], chunk.payload[answered:]):  # type: ignore[index]
             piece = self._chunk(job, [index], [payload], seq=chunk.seq)
             piece.losses = chunk.losses
             self._queue.push(piece)

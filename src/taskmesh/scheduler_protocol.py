@@ -70,7 +70,7 @@ class SchedulerProtocol(FramedProtocol):
                 return
             if kind is wire.ChunkResults:
                 try:
-                    self.core.complete_chunks(self.worker, message.records)  # type: ignore[union-attr]
+                    self.core.complete_chunks(self.worker, self._checked_chunks(message.records))  # type: ignore[union-attr]
                 except ValueError as e:
                     raise PeerMisbehaved(str(e)) from None
                 return
@@ -287,6 +287,21 @@ class SchedulerProtocol(FramedProtocol):
 
     # -- worker role: IWorkerChannel -----------------------------------------
 
+    def _checked_chunks(self, records: list[wire.ChunkResultRecord]) -> list[wire.ChunkResultRecord]:
+        """As ``_checked_results``, for the outcomes of chunks: too large fails."""
+        max_payload = self.factory.max_payload
+        checked = []
+        for chunk_id, offset, outcomes in records:
+            if any(len(value) > max_payload for _, value in outcomes):
+                outcomes = [
+                    (status, value)
+                    if len(value) <= max_payload
+                    else (wire.STATUS_FAILED, _too_large(len(value), max_payload))
+                    for status, value in outcomes
+                ]
+            checked.append((chunk_id, offset, outcomes))
+        return checked
+
     def _checked_results(self, records: list[wire.ResultRecord]) -> list[wire.ResultRecord]:
         """
         A worker may only report success or failure, and a result must fit
@@ -301,12 +316,7 @@ class SchedulerProtocol(FramedProtocol):
             if len(value) > max_payload:
                 if checked is records:
                     checked = list(records)
-                checked[index] = (
-                    task_id,
-                    wire.STATUS_FAILED,
-                    f"the worker's result of {len(value)} bytes exceeds the limit "
-                    f"of {max_payload} bytes".encode("utf-8"),
-                )
+                checked[index] = (task_id, wire.STATUS_FAILED, _too_large(len(value), max_payload))
         return checked
 
     def assign(self, task_id: int, task_type: str, payload: bytes) -> None:
@@ -337,6 +347,10 @@ class SchedulerProtocol(FramedProtocol):
             for job in self.jobs.values():
                 self.core.close_job(job)
             self.jobs.clear()
+
+
+def _too_large(size: int, limit: int) -> bytes:
+    return f"the worker's answer of {size} bytes exceeds the limit of {limit} bytes".encode("utf-8")
 
 
 class SchedulerFactory(Factory):

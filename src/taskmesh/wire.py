@@ -113,8 +113,12 @@ _I32 = struct.Struct(">i")
 #: (payload and type name), what a sender adds up to split long batches below
 #: the peer's frame limit.
 RECORD_OVERHEAD = 13
-#: The most one record can need beyond its payload (a 255-byte type name).
-MAX_RECORD_OVERHEAD = RECORD_OVERHEAD + 255
+#: The most one record can need beyond its payload: a chunk of one item with
+#: a 255-byte type name (chunk id 8, type 1 + 255, count 4, length 4).
+MAX_RECORD_OVERHEAD = 8 + 1 + 255 + 4 + 4
+#: Bytes each item adds to a chunk beyond its payload (its length prefix),
+#: counted with a margin for the answer's status byte.
+CHUNK_ITEM_OVERHEAD = 5
 FRAME_OVERHEAD = _COUNT.size
 
 
@@ -301,8 +305,10 @@ class JobEnd:
 JobResultRecord = tuple[int, int, int, bytes]
 #: (chunk id, task type, payloads)
 ChunkRecord = tuple[int, str, list[bytes]]
-#: (chunk id, [(status, value) per payload, in order])
-ChunkResultRecord = tuple[int, list[tuple[int, bytes]]]
+#: (chunk id, offset, [(status, value) per payload from the offset on, in order]):
+#: a chunk may be answered in several parts, in order, so that no answer
+#: has to fit in one frame whatever the chunk's results weigh.
+ChunkResultRecord = tuple[int, int, list[tuple[int, bytes]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,7 +327,7 @@ class AssignChunks:
 
 @dataclass(frozen=True, slots=True)
 class ChunkResults:
-    """Worker to scheduler: the outcome of every payload of these chunks."""
+    """Worker to scheduler: outcomes of chunks' payloads, each chunk in one or more parts."""
 
     records: list[ChunkResultRecord]
 
@@ -511,6 +517,7 @@ _JOB_END = struct.Struct(">BQQ")  # kind, job id, total
 _JOB_RESULT_REC = struct.Struct(">QQBI")  # job id, index, status, value length
 _CHUNK_HEAD = struct.Struct(">QBI")  # chunk id, type length (type follows), then u32 count
 _U64 = struct.Struct(">Q")
+_CHUNK_PART = struct.Struct(">QII")  # chunk id, offset, count
 _STATUS_LEN = struct.Struct(">BI")
 
 
@@ -563,8 +570,8 @@ def encode_assign_chunks(message: AssignChunks) -> bytes:
 def encode_chunk_results(message: ChunkResults) -> bytes:
     parts = [_COUNT.pack(KIND_CHUNK_RESULTS, len(message.records))]
     pack = _STATUS_LEN.pack
-    for chunk_id, outcomes in message.records:
-        parts.append(_U64.pack(chunk_id) + _U32.pack(len(outcomes)))
+    for chunk_id, offset, outcomes in message.records:
+        parts.append(_CHUNK_PART.pack(chunk_id, offset, len(outcomes)))
         for status, value in outcomes:
             parts.append(pack(status, len(value)))
             parts.append(value)
@@ -940,15 +947,14 @@ def _decode_chunk_results(data: bytes) -> ChunkResults:
     _, count = reader.unpack(_COUNT)
     records = []
     for _ in range(count):
-        (chunk_id,) = reader.unpack(_U64)
-        (items,) = reader.unpack(_U32)
+        chunk_id, offset, items = reader.unpack(_CHUNK_PART)
         outcomes = []
         for _ in range(items):
             status, length = reader.unpack(_STATUS_LEN)
             if status not in (STATUS_OK, STATUS_FAILED):
                 raise ProtocolError(f"a chunk outcome may only succeed or fail, not status {status}")
             outcomes.append((status, reader.take(length)))
-        records.append((chunk_id, outcomes))
+        records.append((chunk_id, offset, outcomes))
     reader.finish()
     return ChunkResults(records)
 

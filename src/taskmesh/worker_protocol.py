@@ -151,8 +151,19 @@ class WorkerProtocol(FramedProtocol):
         self.queue(wire.Results, (task_id, status, value), len(value))
 
     def _report_chunk(self, chunk_id: int, outcomes: list[tuple[int, bytes]]) -> None:
-        size = sum(len(value) + 5 for _, value in outcomes)
-        self.queue(wire.ChunkResults, (chunk_id, outcomes), size)
+        """A chunk's answers, in parts that each fit well inside a frame."""
+        budget = self.send_limit // 2
+        offset = 0
+        while offset < len(outcomes) or offset == 0:
+            end = offset
+            size = 0
+            while end < len(outcomes) and (end == offset or size + len(outcomes[end][1]) + 5 <= budget):
+                size += len(outcomes[end][1]) + 5
+                end += 1
+            self.queue(wire.ChunkResults, (chunk_id, offset, outcomes[offset:end]), size)
+            if end >= len(outcomes):
+                break
+            offset = end
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
