@@ -377,8 +377,10 @@ def test_submitters_are_paused_at_the_bound_and_resumed_with_room() -> None:
     rig.core.on_queue_full = signals.append
     for _ in range(10):
         rig.submit()
+    assert signals == []  # at the bound, not beyond
+    rig.submit()
     assert signals == [True]
-    rig.join(slots=2)  # takes 3: 7 left, under 90 % of the bound
+    rig.join(slots=2)  # takes 3: 8 left, under 90 % of the bound
     assert signals == [True, False]
 
 

@@ -66,7 +66,8 @@ class Policy:
     heartbeat_tolerance: int = 3
     #: Outcomes are kept this long (seconds) for retrieval by id.
     result_ttl: float = 24 * 3600.0
-    #: Queued tasks beyond which submitting clients are paused (slowed, not dropped).
+    #: Queued tasks beyond which the connections that submit are paused until
+    #: the queue is below 90 % of it (slowed, not dropped).
     max_queued: int = 1_000_000
     #: Payload bytes in one chunk of a job, at the most (it must fit a frame).
     max_chunk_bytes: int = 1024 * 1024
@@ -255,6 +256,8 @@ class Scheduler:
         self._keys: dict[str, int] = {}
         self._workers: list[WorkerState] = []
         self._jobs: dict[int, Job] = {}
+        #: Task type -> how many connected workers run it.
+        self._served: dict[str, int] = {}
         #: Per task type: how many queued single tasks travel as one chunk.
         self._group_sizes: dict[str, ChunkSizer] = {}
         self._next_id = self._store.next_id()
@@ -348,7 +351,7 @@ class Scheduler:
         self._enqueue(task)
         if self._commit_call is None:
             self._commit_call = self._clock.callLater(0, self._commit)
-        if not self._paused and len(self._queue) >= self.policy.max_queued:
+        if not self._paused and len(self._queue) > self.policy.max_queued:
             self._paused = True
             self.log.warn(
                 "{count} tasks queued: pausing submitters until there is room",
@@ -409,7 +412,7 @@ class Scheduler:
 
     def has_worker_for(self, task_type: str) -> bool:
         """Whether any connected worker runs this type (else the task waits)."""
-        return any(task_type in worker.task_types for worker in self._workers)
+        return task_type in self._served
 
     # -- jobs (maps) ---------------------------------------------------------
 
@@ -585,6 +588,8 @@ class Scheduler:
             channel, name, slots, task_types, self.policy.prefetch, self._clock.seconds()
         )
         self._workers.append(worker)
+        for task_type in task_types:
+            self._served[task_type] = self._served.get(task_type, 0) + 1
         self.log.info(
             "worker {name} joined with {slots} slots for {types}",
             name=name,
@@ -607,6 +612,11 @@ class Scheduler:
         if worker not in self._workers:
             return
         self._workers.remove(worker)
+        for task_type in worker.task_types:
+            if self._served[task_type] == 1:
+                del self._served[task_type]
+            else:
+                self._served[task_type] -= 1
         held: list[Task] = []
         for task in worker.leases.values():
             if task.members is None:

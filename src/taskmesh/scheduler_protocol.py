@@ -181,6 +181,11 @@ class SchedulerProtocol(FramedProtocol):
             answers.append((request, task_id, flags, options.no_result))
         if answers:
             core.after_commit(self._acknowledge, answers)
+        if self.factory.clients_paused:
+            # Flow control: this connection submits while the queue is at its
+            # bound; stop reading it until there is room.  Other connections
+            # (status, queries, results) are not held up.
+            self.factory.pause(self)
 
     def _acknowledge(self, answers: list[tuple]) -> None:
         queue = self.queue
@@ -375,26 +380,28 @@ class SchedulerFactory(Factory):
         self.name = name
         self.max_frame = max_frame
         self.max_payload = max_payload
-        self.clients: set[SchedulerProtocol] = set()
         self.clients_paused = False
+        self._paused: set[SchedulerProtocol] = set()
         core.on_queue_full = self._queue_full
 
     def buildProtocol(self, addr: Any) -> SchedulerProtocol:
         return SchedulerProtocol(self)
 
     def client_joined(self, client: SchedulerProtocol) -> None:
-        self.clients.add(client)
-        if self.clients_paused:
-            client.transport.pauseProducing()
+        """A client's hello: nothing to do until it submits while the queue is full."""
 
     def client_left(self, client: SchedulerProtocol) -> None:
-        self.clients.discard(client)
+        self._paused.discard(client)
+
+    def pause(self, client: SchedulerProtocol) -> None:
+        """Stop reading a client that submits while the queue is full: slowed, not dropped."""
+        if client not in self._paused:
+            self._paused.add(client)
+            client.transport.pauseProducing()
 
     def _queue_full(self, full: bool) -> None:
-        """Flow control: stop reading submitters while the queue is at its bound."""
         self.clients_paused = full
-        for client in self.clients:
-            if full:
-                client.transport.pauseProducing()
-            else:
+        if not full:
+            paused, self._paused = self._paused, set()
+            for client in paused:
                 client.transport.resumeProducing()

@@ -705,10 +705,26 @@ def _type_name(raw: bytes) -> str:
     return name
 
 
+#: Options made only of flags, decoded to one shared object each: a million
+#: queued tasks submitted alike should not hold a million equal objects.
+_FLAG_ONLY = (OPTION_RETRY_ON_ERROR | OPTION_NO_RESULT)
+_SHARED_OPTIONS = {
+    flags: TaskOptions(
+        retry_on_error=bool(flags & OPTION_RETRY_ON_ERROR),
+        no_result=bool(flags & OPTION_NO_RESULT),
+    )
+    for flags in range(_FLAG_ONLY + 1)
+    if not flags & ~_FLAG_ONLY
+}
+
+
 def _decode_options(reader: _Reader) -> TaskOptions:
     (flags,) = reader.unpack(_U8)
     if flags & ~0x3F:
         raise ProtocolError(f"unknown task option bits 0x{flags:02x}")
+    shared = _SHARED_OPTIONS.get(flags)
+    if shared is not None:
+        return shared
     priority = reader.unpack(_I32)[0] if flags & OPTION_PRIORITY else 0
     timeout = None
     if flags & OPTION_TIMEOUT:

@@ -59,7 +59,8 @@ class Options(usage.Options):
         ["result-ttl", None, _DEFAULTS.result_ttl,
          "Seconds a finished task's result is kept for retrieval by id.", positive_float],
         ["max-queued", None, _DEFAULTS.max_queued,
-         "Queued tasks beyond which submitters are paused until there is room.", positive_int],
+         "Queued tasks beyond which a connection that submits is paused until "
+         "the queue is below 90% of it (other connections are still served).", positive_int],
         ["max-frame", None, wire.DEFAULT_MAX_FRAME,
          "Largest frame accepted or sent, in bytes.", positive_int],
         ["max-payload", None, wire.DEFAULT_MAX_PAYLOAD,
