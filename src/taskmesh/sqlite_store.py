@@ -10,11 +10,17 @@ the machine losing power, at the price of an fsync per commit.
 Writes are buffered in lists and written by ``commit()`` with one
 ``executemany`` per kind and one transaction: the core calls it once per
 reactor turn, so a turn that accepted a thousand tasks costs one commit.
+
+Checkpoints (copying the log back into the database file) do not happen
+inside those commits, where SQLite would do them every thousand pages and
+hold the reactor for milliseconds: a background thread with its own
+connection checkpoints passively, without blocking the writer.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 from typing import Any, Iterator
 
 from zope.interface import implementer
@@ -53,6 +59,8 @@ _FINISH = "UPDATE tasks SET state = ?, result = ?, finished_at = ? WHERE id = ?"
 _ATTEMPTS = "UPDATE tasks SET attempts = ?, losses = ? WHERE id = ?"
 
 SYNC_MODES = ("off", "normal", "full")
+#: Seconds between two background checkpoints.
+CHECKPOINT_INTERVAL = 0.5
 
 
 @implementer(ITaskStore)
@@ -70,7 +78,13 @@ class SqliteStore:
         if mode.lower() != "wal":
             raise RuntimeError(f"{path}: SQLite refused WAL mode (got {mode})")
         self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._db.executescript(SCHEMA)
+        self._closed = threading.Event()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, args=(synchronous,), name="taskmesh-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
         self._adds: list[tuple] = []
         self._finishes: list[tuple] = []
         self._attempts: list[tuple] = []
@@ -173,6 +187,22 @@ class SqliteStore:
         cursor = self._db.execute("DELETE FROM tasks WHERE finished_at < ?", (finished_before,))
         return cursor.rowcount
 
+    def _checkpoint_loop(self, synchronous: str) -> None:
+        """In its own thread and connection: keep the log short without stalling commits."""
+        db = sqlite3.connect(self.path, isolation_level=None)
+        db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        try:
+            while not self._closed.wait(CHECKPOINT_INTERVAL):
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.OperationalError:
+                    pass  # busy now: the next round will do
+        finally:
+            db.close()
+
     def close(self) -> None:
         self.commit()
+        self._closed.set()
+        self._checkpointer.join()
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()
