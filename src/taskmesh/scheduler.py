@@ -268,7 +268,7 @@ class Scheduler:
         self._after_commit: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         # flow control
         self._paused = False
-        #: Called with True when the queue reaches its bound, False when it has room again.
+        #: Called with True when the queue goes beyond its bound, False when it has room again.
         self.on_queue_full: Callable[[bool], None] = lambda full: None
         self._loops: list[LoopingCall] = []
         self.counts = {State.SUCCEEDED: 0, State.FAILED: 0, State.CANCELLED: 0}
@@ -692,7 +692,6 @@ class Scheduler:
     def stats(self) -> dict[str, Any]:
         now = self._clock.seconds()
         running = sum(self._held(worker) for worker in self._workers)
-        served = set().union(*(w.task_types for w in self._workers)) if self._workers else set()
         waiting = self._queue.waiting_by_type()
         return {
             "tasks": {
@@ -704,7 +703,7 @@ class Scheduler:
                 "cancelled": self.counts[State.CANCELLED],
             },
             "waiting_by_type": {
-                task_type: {"queued": count, "no_worker_runs_it": task_type not in served}
+                task_type: {"queued": count, "no_worker_runs_it": task_type not in self._served}
                 for task_type, count in sorted(waiting.items())
             },
             "workers": [
