@@ -516,3 +516,9 @@ def test_a_chunk_answer_over_the_payload_limit_fails_that_item() -> None:
     worker.dataReceived(frame(wire.ChunkResults([(chunk[0], 0, [(0, b"ok"), (0, b"x" * 2000)])])))
     assert answers[0] == (0, wire.STATUS_OK, b"ok")
     assert answers[1][1] == wire.STATUS_FAILED and b"exceeds the limit" in answers[1][2]
+
+
+def test_the_factory_fits_chunks_to_its_frame_limit() -> None:
+    core = Scheduler(Clock())
+    SchedulerFactory(core, Clock(), "s", max_frame=8192, max_payload=1024)
+    assert core.policy.max_chunk_bytes == 4096

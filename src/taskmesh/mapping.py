@@ -188,7 +188,9 @@ async def run_map(
                 if batch:
                     protocol.send_items(job_id, batch_first, batch)
                     sent += len(batch)
-                output.flush()  # answers made here, for oversized items
+                if output.next_index != summary.done or summary.failed:
+                    output.flush()  # answers made here, for oversized items
+                    progress(summary.done, summary.failed)
                 if exhausted and not ended:
                     protocol.end_job(job_id, sent)
                     ended = True

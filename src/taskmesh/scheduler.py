@@ -18,7 +18,7 @@ wrote anything (group commit).
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface
 
 from taskmesh.chunking import MAX_CHUNK, ChunkSizer
-from taskmesh.wire import CHUNK_ITEM_OVERHEAD
+from taskmesh.wire import CHUNK_ITEM_OVERHEAD, chunk_record_overhead
 from taskmesh.store import ITaskStore, MemoryStore, Outcome, State
 from taskmesh.taskqueue import TaskQueue
 from taskmesh.wire import DEFAULT_OPTIONS, STATUS_OK, TaskOptions
@@ -321,6 +321,11 @@ class Scheduler:
             self._commit_call.cancel()
         self._commit()
 
+    def fit_chunks_to(self, max_bytes: int) -> None:
+        """Keep chunks (of jobs, and groups of tasks) within this many bytes."""
+        if max_bytes < self.policy.max_chunk_bytes:
+            self.policy = replace(self.policy, max_chunk_bytes=max_bytes)
+
     # -- what clients ask ----------------------------------------------------
 
     def submit(
@@ -482,7 +487,7 @@ class Scheduler:
                     return
             indexes: list[int] = []
             payloads: list[bytes] = []
-            total = 0
+            total = chunk_record_overhead(job.type)
             while buffer and len(payloads) < size:
                 index, payload = buffer[0]
                 if payloads and total + len(payload) + CHUNK_ITEM_OVERHEAD > max_bytes:
@@ -816,7 +821,12 @@ class Scheduler:
         """
         queue = self._queue
         members = [first]
-        budget = self.policy.max_chunk_bytes - len(first.payload) - CHUNK_ITEM_OVERHEAD
+        budget = (
+            self.policy.max_chunk_bytes
+            - chunk_record_overhead(first.type)
+            - len(first.payload)
+            - CHUNK_ITEM_OVERHEAD
+        )
         while len(members) < size:
             following: Any = queue.peek(first.type)
             if (

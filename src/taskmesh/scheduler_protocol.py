@@ -375,6 +375,8 @@ class SchedulerFactory(Factory):
             raise ValueError(
                 f"a payload limit of {max_payload} bytes does not fit in frames of {max_frame} bytes"
             )
+        # A chunk travels in one frame: keep every chunk well inside it.
+        core.fit_chunks_to(max_frame // 2)
         self.core = core
         self.clock = clock
         self.name = name

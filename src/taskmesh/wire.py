@@ -119,6 +119,11 @@ MAX_RECORD_OVERHEAD = 8 + 1 + 255 + 4 + 4
 #: Bytes each item adds to a chunk beyond its payload (its length prefix),
 #: counted with a margin for the answer's status byte.
 CHUNK_ITEM_OVERHEAD = 5
+
+
+def chunk_record_overhead(task_type: str) -> int:
+    """Bytes of a chunk record before its items: chunk id, type name, count."""
+    return 8 + 1 + len(task_type.encode("utf-8")) + 4
 FRAME_OVERHEAD = _COUNT.size
 
 

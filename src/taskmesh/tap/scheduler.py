@@ -85,8 +85,6 @@ class Options(usage.Options):
                 heartbeat_tolerance=self["heartbeat-tolerance"],
                 result_ttl=self["result-ttl"],
                 max_queued=self["max-queued"],
-                # A chunk must fit in a frame with room to spare.
-                max_chunk_bytes=min(_DEFAULTS.max_chunk_bytes, self["max-frame"] // 2),
             )
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
