@@ -10,7 +10,8 @@ handlers run in.
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ProcessPoolExecutor
+import multiprocessing
+import multiprocessing.pool
 from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -118,7 +119,7 @@ class WorkerService(MultiService):
             raise ValueError(f"pool must be one of {', '.join(POOLS)}")
         self.reactor = reactor
         self.threads = ThreadPool(minthreads=0, maxthreads=slots, name="taskmesh-blocking")
-        self.processes: ProcessPoolExecutor | None = None
+        self.processes: multiprocessing.pool.Pool | None = None
         self.pool = pool
         self.slots = slots
         self.factory = WorkerFactory(
@@ -141,27 +142,25 @@ class WorkerService(MultiService):
     def run_blocking(self, cpu_bound: bool, function: Any, argument: Any) -> Deferred[Any]:
         """Run ``function(argument)`` off the reactor thread."""
         if cpu_bound and self.processes is not None:
-            return self._from_future(self.processes.submit(function, argument))
+            result: Deferred[Any] = Deferred()
+            # The pool's callbacks run in its result thread: hop back to the reactor.
+            self.processes.apply_async(
+                function,
+                (argument,),
+                callback=lambda value: self.reactor.callFromThread(result.callback, value),
+                error_callback=lambda error: self.reactor.callFromThread(
+                    result.errback, Failure(error)
+                ),
+            )
+            return result
         return deferToThreadPool(self.reactor, self.threads, function, argument)
-
-    def _from_future(self, future: Future[Any]) -> Deferred[Any]:
-        result: Deferred[Any] = Deferred()
-
-        def done(finished: Future[Any]) -> None:  # in a pool thread
-            try:
-                value = finished.result()
-            except BaseException as e:
-                self.reactor.callFromThread(result.errback, Failure(e))
-            else:
-                self.reactor.callFromThread(result.callback, value)
-
-        future.add_done_callback(done)
-        return result
 
     def startService(self) -> None:
         self.threads.start()
         if self.pool == "process":
-            self.processes = ProcessPoolExecutor(max_workers=self.slots)
+            # Spawned, not forked: a fork of a process with a running reactor
+            # and threads is not safe.  The processes import the handler anew.
+            self.processes = multiprocessing.get_context("spawn").Pool(self.slots)
         super().startService()
 
     def stopService(self) -> Deferred[None]:
@@ -172,6 +171,8 @@ class WorkerService(MultiService):
     def _stop_pools(self, passthrough: Any) -> Any:
         self.threads.stop()
         if self.processes is not None:
-            self.processes.shutdown(wait=False, cancel_futures=True)
+            # The pool's processes end with the worker, whatever they run.
+            self.processes.terminate()
+            self.processes.join()
             self.processes = None
         return passthrough

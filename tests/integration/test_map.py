@@ -112,9 +112,12 @@ def test_cpu_bound_work_runs_in_a_pool_of_processes(mesh: Mesh) -> None:
         hashlib.pbkdf2_hmac("sha256", line.split(b":", 1)[1], b"taskmesh", 2000).hex() for line in lines
     ]
     assert run.stdout.split() == expected
-    # The work ran in the pool: processes whose parent is the worker.
+    # The work ran in the pool: processes whose parent is the worker ...
     pool = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == worker.pid]
     assert pool, "the worker started no pool processes"
+    # ... and they end with it.
+    worker.stop()
+    wait_until(lambda: not any(p.exists() for p in pool), 10, "the pool's processes to end")
 
 
 def _parent(proc: Path) -> int:
