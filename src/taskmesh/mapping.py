@@ -157,39 +157,38 @@ async def run_map(
                 batch: list[bytes] = []
                 batch_first = next_index
                 batch_bytes = 0
+                answered_here = False
                 while not exhausted and len(in_flight) < window:
                     try:
                         payload = next(items)
                     except StopIteration:
                         exhausted = True
                         break
-                    if max_payload is not None and len(payload) > max_payload:
-                        if batch:
-                            protocol.send_items(job_id, batch_first, batch)
-                            sent += len(batch)
-                            batch, batch_bytes = [], 0
+                    oversized = max_payload is not None and len(payload) > max_payload
+                    if batch and (
+                        oversized
+                        or batch_bytes + len(payload) + 4 > frame_bytes
+                        or len(batch) >= ITEMS_PER_FRAME
+                    ):
+                        protocol.send_items(job_id, batch_first, batch)
+                        sent += len(batch)
+                        batch, batch_bytes = [], 0
+                    if oversized:
                         reason = f"payload of {len(payload)} bytes exceeds the scheduler's limit of {max_payload} bytes"
                         output.add(next_index, wire.STATUS_FAILED, reason.encode("utf-8"))
-                        next_index += 1
-                        batch_first = next_index
-                        continue
-                    if batch and batch_bytes + len(payload) + 4 > frame_bytes:
-                        protocol.send_items(job_id, batch_first, batch)
-                        sent += len(batch)
-                        batch, batch_first, batch_bytes = [], next_index, 0
-                    in_flight[next_index] = payload
+                        answered_here = True
+                    else:
+                        if not batch:
+                            batch_first = next_index
+                        in_flight[next_index] = payload
+                        batch.append(payload)
+                        batch_bytes += len(payload) + 4
                     next_index += 1
-                    batch.append(payload)
-                    batch_bytes += len(payload) + 4
-                    if len(batch) >= ITEMS_PER_FRAME:
-                        protocol.send_items(job_id, batch_first, batch)
-                        sent += len(batch)
-                        batch, batch_first, batch_bytes = [], next_index, 0
                 if batch:
                     protocol.send_items(job_id, batch_first, batch)
                     sent += len(batch)
-                if output.next_index != summary.done or summary.failed:
-                    output.flush()  # answers made here, for oversized items
+                if answered_here:
+                    output.flush()
                     progress(summary.done, summary.failed)
                 if exhausted and not ended:
                     protocol.end_job(job_id, sent)
