@@ -188,10 +188,6 @@ class ClientProtocol(FramedProtocol):
             return True
         return False
 
-    @property
-    def pending(self) -> int:
-        return sum(map(len, (self._requests, self._waiters, self._finals, self._peeks)))
-
     # -- answers -------------------------------------------------------------
 
     def message_received(self, message: wire.Message) -> None:

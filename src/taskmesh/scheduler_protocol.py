@@ -153,8 +153,6 @@ class SchedulerProtocol(FramedProtocol):
             self.worker = self.core.add_worker(
                 self, f"{self.name}@{self.peer}", hello.slots, frozenset(hello.task_types)
             )
-        else:
-            self.factory.client_joined(self)
 
     # -- client role ---------------------------------------------------------
 
@@ -388,9 +386,6 @@ class SchedulerFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> SchedulerProtocol:
         return SchedulerProtocol(self)
-
-    def client_joined(self, client: SchedulerProtocol) -> None:
-        """A client's hello: nothing to do until it submits while the queue is full."""
 
     def client_left(self, client: SchedulerProtocol) -> None:
         self._paused.discard(client)

@@ -124,7 +124,6 @@ class WorkerProtocol(FramedProtocol):
             slots=factory.slots,
             types=",".join(factory.handlers.names()),
         )
-        factory.connected(self)
 
     def _refused(self, reason: str) -> None:
         self.log.critical(
@@ -190,7 +189,6 @@ class WorkerFactory(Factory):
         slots: int,
         name: str,
         run_blocking: RunBlocking,
-        on_connected: Callable[[WorkerProtocol], None] = lambda protocol: None,
         on_refused: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.clock = clock
@@ -198,7 +196,6 @@ class WorkerFactory(Factory):
         self.slots = slots
         self.name = name
         self.run_blocking = run_blocking
-        self.connected = on_connected
         #: Called when the scheduler refuses this worker at the handshake.
         self.refused = on_refused
 
