@@ -64,12 +64,8 @@ def run_client(address: str, count: int, output: Path) -> None:
             connections += 1
             try:
                 missing = [i for i in range(count) if i not in ids]
-                submitted = [
-                    client.enqueue(f"chaos-{i}", key=f"chaos-{i}") for i in missing
-                ]
-                for i, (ok, value) in zip(
-                    missing, await DeferredList(submitted, consumeErrors=True)
-                ):
+                submitted = [client.enqueue(f"chaos-{i}", key=f"chaos-{i}") for i in missing]
+                for i, (ok, value) in zip(missing, await DeferredList(submitted, consumeErrors=True)):
                     if ok:
                         ids[i] = value
                 waiting = [i for i in ids if i not in results and i not in failures]
@@ -111,8 +107,10 @@ def orchestrate(arguments: argparse.Namespace) -> int:
     os.environ["TASKMESH_CHAOS_TASK_SECONDS"] = str(arguments.task_seconds)
     scheduler_options = (
         # Kills are the infrastructure's fault, not the tasks': never fail a task as poison here.
-        "--max-losses", "1000000",
-        "--heartbeat", "1",
+        "--max-losses",
+        "1000000",
+        "--heartbeat",
+        "1",
     )
     worker_options = ("--handler", "chaos_handler:JournaledSha256", "--reconnect-max-delay", "0.5")
     started = time.monotonic()
@@ -128,8 +126,16 @@ def orchestrate(arguments: argparse.Namespace) -> int:
             mesh.wait_joined(f"{name}-0", arguments.concurrency, worker=process)
         client = mesh.start(
             "client",
-            [sys.executable, str(Path(__file__).resolve()), "--client", mesh.address,
-             "--tasks", str(arguments.tasks), "--output", str(results_path)],
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--client",
+                mesh.address,
+                "--tasks",
+                str(arguments.tasks),
+                "--output",
+                str(results_path),
+            ],
         )
         actions = ["worker"] * arguments.worker_kills + ["scheduler"] * arguments.scheduler_kills
         rng.shuffle(actions)
@@ -175,9 +181,7 @@ def report(
     results = {int(i): v for i, v in client["results"].items()}
     failures = {int(i): v for i, v in client["failures"].items()}
     db = sqlite3.connect(str(folder / "chaos.sqlite"))
-    rows = db.execute(
-        "SELECT key, id, state, result FROM tasks WHERE key LIKE 'chaos-%'"
-    ).fetchall()
+    rows = db.execute("SELECT key, id, state, result FROM tasks WHERE key LIKE 'chaos-%'").fetchall()
     stored: dict[int, list[tuple[int, int, bytes | None]]] = {}
     for key, task_id, state, result in rows:
         stored.setdefault(int(key.split("-")[1]), []).append((task_id, state, result))
@@ -219,10 +223,7 @@ def report(
         print(f"{name:<{width}}  {value}")
     if failures:
         print("failures:", dict(list(failures.items())[:5]), file=sys.stderr)
-    short = (
-        performed["worker"] < arguments.worker_kills
-        or performed["scheduler"] < arguments.scheduler_kills
-    )
+    short = performed["worker"] < arguments.worker_kills or performed["scheduler"] < arguments.scheduler_kills
     if short:
         print("warning: the tasks finished before every kill was made", file=sys.stderr)
     return 1 if (lost or duplicated or wrong or failures) else 0

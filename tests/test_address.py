@@ -6,7 +6,7 @@ import pytest
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.testing import MemoryReactorClock
 
-from taskmesh.address import client_endpoint, parse_address
+from taskmesh.net.address import client_endpoint, parse_address
 
 
 @pytest.mark.parametrize(

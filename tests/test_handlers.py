@@ -6,12 +6,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import twisted.plugins
 from twisted.internet.task import Clock
 
+import twisted.plugins
 from taskmesh.handlers import HandlerError, HandlerRegistry, default_registry
 
-PLUGIN = '''
+PLUGIN = """
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 from taskmesh.handlers import ITaskHandler
@@ -24,7 +24,7 @@ class Reverse:
         return payload[::-1]
 
 reverse = Reverse()
-'''
+"""
 
 
 def test_built_in_types() -> None:
@@ -32,7 +32,9 @@ def test_built_in_types() -> None:
     assert registry.names() == ("pbkdf2", "sha256", "sleep")
 
 
-def test_a_handler_in_a_twisted_plugins_folder_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_handler_in_a_twisted_plugins_folder_is_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     plugins = tmp_path / "twisted" / "plugins"
     plugins.mkdir(parents=True)
     (plugins / "taskmesh_test_reverse.py").write_text(PLUGIN)

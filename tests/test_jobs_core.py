@@ -10,8 +10,8 @@ from typing import Any
 
 from test_scheduler_core import FakeChannel, Rig
 
-from taskmesh.chunking import FIRST_CHUNK, MAX_CHUNK, TARGET_SECONDS, ChunkSizer
-from taskmesh.scheduler import Job
+from taskmesh.core.chunking import FIRST_CHUNK, MAX_CHUNK, TARGET_SECONDS, ChunkSizer
+from taskmesh.core.scheduler import Job
 from taskmesh.wire import STATUS_FAILED, STATUS_OK
 
 
@@ -75,7 +75,9 @@ def test_one_items_failure_is_its_own_and_nothing_runs_twice() -> None:
     rig.items(job, 3)
     rig.core.end_job(job)
     ((chunk_id, _, _),) = channel.chunks
-    rig.core.complete_chunks(worker, [(chunk_id, 0, [(STATUS_OK, b"a"), (STATUS_FAILED, b"E"), (STATUS_OK, b"c")])])
+    rig.core.complete_chunks(
+        worker, [(chunk_id, 0, [(STATUS_OK, b"a"), (STATUS_FAILED, b"E"), (STATUS_OK, b"c")])]
+    )
     assert rig.answers == {0: (STATUS_OK, b"a"), 1: (STATUS_FAILED, b"E"), 2: (STATUS_OK, b"c")}
     assert len(channel.chunks) == 1
 
@@ -136,7 +138,7 @@ def test_a_submitter_that_leaves_takes_its_job_with_it() -> None:
     job = rig.open(chunk_size=1)
     rig.items(job, 5)
     rig.core.close_job(job)
-    (chunk_id, _, _), = channel.chunks
+    ((chunk_id, _, _),) = channel.chunks
     assert channel.cancelled == [chunk_id]
     assert rig.core.stats()["tasks"]["queued"] == 0
     rig.core.complete_chunks(worker, [(chunk_id, 0, [(STATUS_OK, b"late")])])  # dropped
@@ -218,7 +220,7 @@ def test_a_chunk_answered_in_parts_frees_its_slot_after_the_last() -> None:
     channel, worker = rig.join(slots=1)
     job = rig.open(chunk_size=4)
     rig.items(job, 8)
-    (chunk_id, _, _), = channel.chunks
+    ((chunk_id, _, _),) = channel.chunks
     rig.core.complete_chunks(worker, [(chunk_id, 0, [(STATUS_OK, b"a"), (STATUS_OK, b"b")])])
     assert sorted(rig.answers) == [0, 1] and len(channel.chunks) == 1
     rig.core.complete_chunks(worker, [(chunk_id, 2, [(STATUS_OK, b"c"), (STATUS_OK, b"d")])])
@@ -232,7 +234,7 @@ def test_a_part_out_of_order_is_refused() -> None:
     channel, worker = rig.join(slots=1)
     job = rig.open(chunk_size=4)
     rig.items(job, 4)
-    (chunk_id, _, _), = channel.chunks
+    ((chunk_id, _, _),) = channel.chunks
     with pytest.raises(ValueError, match="does not fit"):
         rig.core.complete_chunks(worker, [(chunk_id, 2, [(STATUS_OK, b"c")])])
 
@@ -243,7 +245,7 @@ def test_a_half_answered_chunk_lost_with_its_worker_reruns_only_the_rest() -> No
     job = rig.open(chunk_size=4)
     rig.items(job, 4)
     rig.core.end_job(job)
-    (chunk_id, _, _), = lost.chunks
+    ((chunk_id, _, _),) = lost.chunks
     rig.core.complete_chunks(lost_worker, [(chunk_id, 0, [(STATUS_OK, b"a"), (STATUS_OK, b"b")])])
     rig.core.remove_worker(lost_worker, "killed")
     survivor, worker = rig.join(slots=1, name="survivor")

@@ -6,15 +6,16 @@ dropped connection sends the unanswered items again on a new one.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
 from taskmesh import wire
-from taskmesh.client_protocol import SchedulerGone
-from taskmesh.mapping import MapSummary, run_map
+from taskmesh.client.mapping import MapSummary, run_map
+from taskmesh.net.client_protocol import SchedulerGone
 
 
 class FakeConnection:
@@ -51,7 +52,9 @@ def lines(count: int) -> Iterator[bytes]:
     return (b"%d" % i for i in range(count))
 
 
-def start(connections: list[FakeConnection], count: int, window: int = 100, reconnect: bool = False, items=None):  # type: ignore[no-untyped-def]
+def start(
+    connections: list[FakeConnection], count: int, window: int = 100, reconnect: bool = False, items=None
+):  # type: ignore[no-untyped-def]
     written: list[tuple[int, bool, bytes]] = []
     pending = list(connections)
 

@@ -8,18 +8,18 @@ from __future__ import annotations
 import struct
 
 import pytest
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.internet.error import ConnectionDone
 from twisted.test.iosim import connectedServerAndClient
 
 from taskmesh import wire
-from taskmesh.client_protocol import ClientProtocol, SchedulerGone, TaskRejected
+from taskmesh.core.scheduler import Policy, Scheduler, TaskFailed
 from taskmesh.handlers import HandlerRegistry, Sha256Handler, SleepHandler
-from taskmesh.scheduler import Policy, Scheduler, TaskFailed
-from taskmesh.scheduler_protocol import SchedulerFactory, SchedulerProtocol
-from taskmesh.worker_protocol import WorkerFactory
+from taskmesh.net.client_protocol import ClientProtocol, SchedulerGone, TaskRejected
+from taskmesh.net.scheduler_protocol import SchedulerFactory, SchedulerProtocol
+from taskmesh.net.worker_protocol import WorkerFactory
 
 HELLO_DIGEST = b"dffd6021bb2bd5b0af676290809ec3a53191dd81c7f70a4b28688a362182986f"
 
@@ -142,7 +142,13 @@ def test_batches_are_split_below_the_frame_limit() -> None:
 def test_payload_over_the_limit_is_rejected_with_a_reason() -> None:
     rig = Rig(max_payload=1024)
     client, transport = rig.client()
-    client.dataReceived(frame(wire.Submit([(1, "sha256", b"x" * 1025, wire.DEFAULT_OPTIONS), (2, "", b"x", wire.DEFAULT_OPTIONS)])))
+    client.dataReceived(
+        frame(
+            wire.Submit(
+                [(1, "sha256", b"x" * 1025, wire.DEFAULT_OPTIONS), (2, "", b"x", wire.DEFAULT_OPTIONS)]
+            )
+        )
+    )
     (rejected,) = rig.received(transport)
     assert rejected == wire.Rejected(
         [(1, "payload of 1025 bytes exceeds the limit of 1024 bytes"), (2, "the task type is empty")]
@@ -164,9 +170,15 @@ def test_a_task_whose_type_no_worker_runs_is_accepted_with_a_flag() -> None:
         (b"\x00\x00\x00\x01\x7f", wire.ERROR_MALFORMED),  # unknown kind
         (b"\x00\x00\x00\x03\x01TM", wire.ERROR_MALFORMED),  # truncated hello
         (frame(wire.Hello(role=9, name="x")), wire.ERROR_UNEXPECTED),  # unknown role
-        (frame(wire.Submit([(1, "sha256", b"x", wire.DEFAULT_OPTIONS)])), wire.ERROR_UNEXPECTED),  # no hello first
+        (
+            frame(wire.Submit([(1, "sha256", b"x", wire.DEFAULT_OPTIONS)])),
+            wire.ERROR_UNEXPECTED,
+        ),  # no hello first
         (frame(wire.Hello(role=wire.ROLE_CLIENT, name="c", version=99)), wire.ERROR_VERSION),
-        (frame(wire.Hello(role=wire.ROLE_WORKER, name="w", slots=0, task_types=("a",))), wire.ERROR_UNEXPECTED),
+        (
+            frame(wire.Hello(role=wire.ROLE_WORKER, name="w", slots=0, task_types=("a",))),
+            wire.ERROR_UNEXPECTED,
+        ),
         (frame(wire.Hello(role=wire.ROLE_WORKER, name="w", slots=1)), wire.ERROR_UNEXPECTED),
         (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", wire.ERROR_FRAME_TOO_LARGE),
         (b"\x00\x10\x00\x01" + b"x" * 10, wire.ERROR_FRAME_TOO_LARGE),
@@ -227,7 +239,13 @@ def test_results_for_a_departed_client_are_not_sent_and_do_not_break_anything() 
     rig = Rig()
     worker, _ = rig.worker(slots=2)
     client, client_transport = rig.client()
-    client.dataReceived(frame(wire.Submit([(1, "sha256", b"x", wire.DEFAULT_OPTIONS), (2, "sha256", b"y", wire.DEFAULT_OPTIONS)])))
+    client.dataReceived(
+        frame(
+            wire.Submit(
+                [(1, "sha256", b"x", wire.DEFAULT_OPTIONS), (2, "sha256", b"y", wire.DEFAULT_OPTIONS)]
+            )
+        )
+    )
     client.connectionLost(Failure(ConnectionDone()))
     worker.dataReceived(frame(wire.Results([(1, wire.STATUS_OK, b"a"), (2, wire.STATUS_FAILED, b"b")])))
     rig.clock.advance(0)

@@ -14,9 +14,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from taskmesh.scheduler import IWorkerChannel, Policy, Scheduler, Task, TaskCancelled, TaskFailed
-from taskmesh.sqlite_store import SqliteStore
+from taskmesh.core.scheduler import IWorkerChannel, Policy, Scheduler, Task, TaskCancelled, TaskFailed
 from taskmesh.store import ITaskStore, MemoryStore, State
+from taskmesh.store.sqlite import SqliteStore
 from taskmesh.wire import STATUS_FAILED, STATUS_OK, TaskOptions
 
 
@@ -402,7 +402,11 @@ def test_results_are_pruned_after_the_retention_time() -> None:
 def test_a_restart_on_the_same_store_resumes_everything(tmp_path) -> None:  # type: ignore[no-untyped-def]
     path = str(tmp_path / "store.sqlite")
     first = Rig(SqliteStore(path))
-    done, running, queued = first.submit(payload=b"a"), first.submit(payload=b"b"), first.submit(payload=b"c", key="k")
+    done, running, queued = (
+        first.submit(payload=b"a"),
+        first.submit(payload=b"b"),
+        first.submit(payload=b"c", key="k"),
+    )
     first.turn()
     channel, worker = first.join(slots=1)  # holds done and running (prefetch 1)
     first.core.complete(worker, [(done.id, STATUS_OK, b"digest-a")])
@@ -471,7 +475,7 @@ def test_a_lost_group_requeues_each_task_on_its_own() -> None:
     rig.core.remove_worker(lost_worker, "killed")
     assert all(t.losses == 1 and t.state is State.QUEUED for t in tasks)
     survivor, worker = rig.join(slots=1, name="survivor")
-    (group_id, _, payloads), = survivor.chunks
+    ((group_id, _, payloads),) = survivor.chunks
     rig.core.complete_chunks(worker, [(group_id, 0, [(STATUS_OK, b"x")] * len(payloads))])
     rig.turn()
     assert all(rig.result(t) == b"x" for t in tasks)
@@ -482,7 +486,7 @@ def test_a_task_cancelled_inside_a_group_keeps_its_cancellation() -> None:
     learn_speed(rig, 0.001)
     tasks = [rig.submit() for _ in range(3)]
     channel, worker = rig.join(slots=1)
-    (group_id, _, _), = channel.chunks
+    ((group_id, _, _),) = channel.chunks
     assert rig.core.cancel(tasks[1].id)
     rig.core.complete_chunks(worker, [(group_id, 0, [(STATUS_OK, b"x")] * 3)])
     rig.turn()

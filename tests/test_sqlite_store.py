@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from zope.interface.verify import verifyObject
 
-from taskmesh.scheduler import Task
-from taskmesh.sqlite_store import SqliteStore
+from taskmesh.core.scheduler import Task
 from taskmesh.store import ITaskStore, State
+from taskmesh.store.sqlite import SqliteStore
 from taskmesh.wire import DEFAULT_OPTIONS, TaskOptions
 
 

@@ -12,8 +12,8 @@ from twisted.python import usage
 from twisted.scripts.twistd import ServerOptions
 
 from taskmesh.service import SchedulerService, WorkerService
-from taskmesh.sqlite_store import SqliteStore
 from taskmesh.store import MemoryStore
+from taskmesh.store.sqlite import SqliteStore
 from taskmesh.tap import scheduler as scheduler_tap
 from taskmesh.tap import worker as worker_tap
 

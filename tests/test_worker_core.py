@@ -9,8 +9,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
+from taskmesh.core.worker import Worker
 from taskmesh.handlers import HandlerRegistry, ITaskHandler, Sha256Handler, SleepHandler
-from taskmesh.worker import Worker
 from taskmesh.wire import STATUS_FAILED, STATUS_OK
 
 HELLO_DIGEST = b"dffd6021bb2bd5b0af676290809ec3a53191dd81c7f70a4b28688a362182986f"
@@ -185,7 +185,14 @@ def test_a_chunk_of_slow_items_runs_them_one_after_another_in_one_slot() -> None
     assert h.chunk_reports == []
     h.clock.advance(2)
     assert h.chunk_reports == [
-        (1, [(STATUS_OK, b"slept 1"), (STATUS_FAILED, b"ValueError: sleep wants a number of seconds, not 'nope'"), (STATUS_OK, b"slept 2")])
+        (
+            1,
+            [
+                (STATUS_OK, b"slept 1"),
+                (STATUS_FAILED, b"ValueError: sleep wants a number of seconds, not 'nope'"),
+                (STATUS_OK, b"slept 2"),
+            ],
+        )
     ]
     assert h.reports == [(2, STATUS_OK, HELLO_DIGEST)]  # the slot was free again
 
@@ -193,7 +200,7 @@ def test_a_chunk_of_slow_items_runs_them_one_after_another_in_one_slot() -> None
 def test_a_blocking_chunk_is_one_call_in_the_pool() -> None:
     h = Harness(slots=1)
     h.worker.assign_chunks([(1, "blocking", [b"a", b"b"])])
-    (function, argument, waiting), = h.blocking_calls
+    ((function, argument, waiting),) = h.blocking_calls
     waiting.callback(function(argument))
     assert h.chunk_reports == [(1, [(STATUS_OK, b"ran a"), (STATUS_OK, b"ran b")])]
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import math
-from typing import Iterable, Union
+from collections.abc import Iterable
+from typing import Union, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -116,7 +117,7 @@ class SleepHandler:
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
 
-    def run(self, payload: bytes) -> "Deferred[bytes]":
+    def run(self, payload: bytes) -> Deferred[bytes]:
         text = payload.decode("utf-8", "replace").strip()
         try:
             seconds = float(text)
@@ -124,7 +125,7 @@ class SleepHandler:
             raise ValueError(f"sleep wants a number of seconds, not {text!r}") from None
         if not (0 <= seconds <= MAX_SLEEP_SECONDS) or math.isnan(seconds):
             raise ValueError(f"sleep wants 0 to {MAX_SLEEP_SECONDS:g} seconds, not {text}")
-        return deferLater(self._clock, seconds, lambda: f"slept {text}".encode("utf-8"))
+        return deferLater(self._clock, seconds, lambda: f"slept {text}".encode())
 
 
 class HandlerError(Exception):
@@ -167,12 +168,13 @@ class HandlerRegistry:
             verifyObject(ITaskHandler, handler)
         except Exception as e:
             raise HandlerError(f"{handler!r} does not provide ITaskHandler: {e}") from None
-        name = handler.name  # type: ignore[attr-defined]
+        # verifyObject has checked it: from here on it is an ITaskHandler.
+        checked = cast(ITaskHandler, handler)
         try:
-            check_task_type(name)
+            name = check_task_type(checked.name)
         except ValueError as e:
             raise HandlerError(f"{handler!r}: {e}") from None
-        self._handlers[name] = handler  # type: ignore[assignment]
+        self._handlers[name] = checked
 
     def get(self, name: str) -> ITaskHandler | None:
         return self._handlers.get(name)

@@ -25,12 +25,12 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from taskmesh import wire
-from taskmesh.framing import describe_address
+from taskmesh.core.scheduler import Scheduler
 from taskmesh.handlers import HandlerRegistry
-from taskmesh.scheduler import Scheduler
-from taskmesh.scheduler_protocol import SchedulerFactory
+from taskmesh.net.framing import describe_address
+from taskmesh.net.scheduler_protocol import SchedulerFactory
+from taskmesh.net.worker_protocol import WorkerFactory
 from taskmesh.store import ITaskStore
-from taskmesh.worker_protocol import WorkerFactory
 
 #: Longest pause between two attempts to reach a scheduler that is down.
 DEFAULT_RECONNECT_MAX_DELAY = 5.0
@@ -86,7 +86,7 @@ class SchedulerService(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         port, self.port = self.port, None
-        stopping = maybeDeferred(port.stopListening) if port is not None else succeed(None)
+        stopping: Deferred[Any] = maybeDeferred(port.stopListening) if port is not None else succeed(None)
         stopping.addBoth(self._close_store)
         return stopping
 
@@ -148,9 +148,7 @@ class WorkerService(MultiService):
                 function,
                 (argument,),
                 callback=lambda value: self.reactor.callFromThread(result.callback, value),
-                error_callback=lambda error: self.reactor.callFromThread(
-                    result.errback, Failure(error)
-                ),
+                error_callback=lambda error: self.reactor.callFromThread(result.errback, Failure(error)),
             )
             return result
         return deferToThreadPool(self.reactor, self.threads, function, argument)

@@ -22,9 +22,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 BIN = Path(sys.executable).parent
 TWISTD = str(BIN / "twistd")
@@ -185,7 +186,7 @@ class Mesh:
         self.processes: list[Process] = []
         self.scheduler_process: Process | None = None
 
-    def __enter__(self) -> "Mesh":
+    def __enter__(self) -> Mesh:
         return self
 
     def __exit__(
@@ -196,9 +197,7 @@ class Mesh:
     ) -> None:
         self.stop_all()
 
-    def start(
-        self, name: str, argv: list[str], log: bool = False, extra_path: Path | None = None
-    ) -> Process:
+    def start(self, name: str, argv: list[str], log: bool = False, extra_path: Path | None = None) -> Process:
         if any(process.name == name for process in self.processes):
             raise ValueError(f"a process named {name} was already started")
         log_path = self.folder / f"{name}.log" if log else None
@@ -217,8 +216,10 @@ class Mesh:
         process = self.twistd(
             name,
             "taskmesh-scheduler",
-            "--listen", f"tcp:{self.port}:interface=127.0.0.1",
-            "--store", self.store,
+            "--listen",
+            f"tcp:{self.port}:interface=127.0.0.1",
+            "--store",
+            self.store,
             *options,
         )
         process.wait_for(rf"scheduler listening on 127\.0\.0\.1:{self.port}\b")
@@ -235,8 +236,13 @@ class Mesh:
         """Start one worker (without waiting for it to join)."""
         return self.twistd(
             name,
-            "taskmesh-worker", "--connect", self.address, "--name", name,
-            "--concurrency", str(concurrency),
+            "taskmesh-worker",
+            "--connect",
+            self.address,
+            "--name",
+            name,
+            "--concurrency",
+            str(concurrency),
             *options,
             extra_path=extra_path,
         )
@@ -254,9 +260,7 @@ class Mesh:
             self.wait_joined(name, concurrency, worker=process)
         return started
 
-    def wait_joined(
-        self, name: str, slots: int = 1, count: int = 1, worker: Process | None = None
-    ) -> None:
+    def wait_joined(self, name: str, slots: int = 1, count: int = 1, worker: Process | None = None) -> None:
         """
         Wait until the scheduler logs this worker joining ``count`` times;
         fail at once if ``worker`` (its process) exits first.
@@ -282,7 +286,10 @@ class Mesh:
     def submit(self, *argv: str, name: str | None = None, address: str | None = None) -> Process:
         """Start ``taskmesh submit --connect ADDRESS ARGV...`` without waiting for it."""
         return self.command(
-            "submit", "--connect", address or self.address, *argv,
+            "submit",
+            "--connect",
+            address or self.address,
+            *argv,
             name=name or f"submit-{len(self.processes)}",
         )
 

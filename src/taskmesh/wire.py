@@ -18,8 +18,9 @@ languages; keep the two in step.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Any
 
 PROTOCOL_VERSION = 1
 MAGIC = b"TMSH"
@@ -95,7 +96,9 @@ KIND_CHUNK_RESULTS = 0x22
 _KIND = struct.Struct(">B")
 _COUNT = struct.Struct(">BI")  # kind, record count
 _HELLO_HEAD = struct.Struct(">B4sHBIH")  # kind, magic, version, role, slots, name length
-_WELCOME_HEAD = struct.Struct(">BHIIIHH")  # kind, version, max frame, max payload, heartbeat ms, tolerance, name length
+_WELCOME_HEAD = struct.Struct(
+    ">BHIIIHH"
+)  # kind, version, max frame, max payload, heartbeat ms, tolerance, name length
 _ERROR_HEAD = struct.Struct(">BHH")  # kind, code, message length
 _U8 = struct.Struct(">B")
 _U16 = struct.Struct(">H")
@@ -124,6 +127,8 @@ CHUNK_ITEM_OVERHEAD = 5
 def chunk_record_overhead(task_type: str) -> int:
     """Bytes of a chunk record before its items: chunk id, type name, count."""
     return 8 + 1 + len(task_type.encode("utf-8")) + 4
+
+
 FRAME_OVERHEAD = _COUNT.size
 
 
@@ -337,11 +342,28 @@ class ChunkResults:
     records: list[ChunkResultRecord]
 
 
-Message = Union[
-    Hello, Welcome, Error, Heartbeat, StatusRequest, StatusReport,
-    Submit, Accepted, Rejected, Results, Query, Cancel, Assign,
-    JobSubmit, JobAccepted, JobItems, JobEnd, JobResults, AssignChunks, ChunkResults,
-]
+Message = (
+    Hello
+    | Welcome
+    | Error
+    | Heartbeat
+    | StatusRequest
+    | StatusReport
+    | Submit
+    | Accepted
+    | Rejected
+    | Results
+    | Query
+    | Cancel
+    | Assign
+    | JobSubmit
+    | JobAccepted
+    | JobItems
+    | JobEnd
+    | JobResults
+    | AssignChunks
+    | ChunkResults
+)
 
 
 def check_task_type(name: object) -> str:
@@ -368,9 +390,7 @@ def _short(text: str, what: str, limit: int) -> bytes:
 def encode_hello(message: Hello) -> bytes:
     name = _short(message.name, "name", 0xFFFF)
     parts = [
-        _HELLO_HEAD.pack(
-            KIND_HELLO, MAGIC, message.version, message.role, message.slots, len(name)
-        ),
+        _HELLO_HEAD.pack(KIND_HELLO, MAGIC, message.version, message.role, message.slots, len(name)),
         name,
         _U16.pack(len(message.task_types)),
     ]
@@ -583,7 +603,7 @@ def encode_chunk_results(message: ChunkResults) -> bytes:
     return b"".join(parts)
 
 
-_ENCODERS = {
+_ENCODERS: dict[type[Any], Callable[[Any], bytes]] = {
     JobSubmit: encode_job_submit,
     JobAccepted: lambda m: _JOB_ACCEPTED.pack(KIND_JOB_ACCEPTED, m.request, m.job_id, m.flags),
     JobItems: encode_job_items,
@@ -621,7 +641,7 @@ class _Reader:
         self.data = data
         self.offset = offset
 
-    def unpack(self, layout: struct.Struct) -> tuple:
+    def unpack(self, layout: struct.Struct) -> tuple[Any, ...]:
         end = self.offset + layout.size
         if end > len(self.data):
             raise ProtocolError("frame ends in the middle of a field")
@@ -671,9 +691,7 @@ def _decode_hello(data: bytes) -> Hello:
 
 def _decode_welcome(data: bytes) -> Welcome:
     reader = _Reader(data, 0)
-    _, version, max_frame, max_payload, heartbeat_ms, tolerance, name_length = reader.unpack(
-        _WELCOME_HEAD
-    )
+    _, version, max_frame, max_payload, heartbeat_ms, tolerance, name_length = reader.unpack(_WELCOME_HEAD)
     name = reader.text(name_length, "name")
     reader.finish()
     return Welcome(
@@ -712,7 +730,7 @@ def _type_name(raw: bytes) -> str:
 
 #: Options made only of flags, decoded to one shared object each: a million
 #: queued tasks submitted alike should not hold a million equal objects.
-_FLAG_ONLY = (OPTION_RETRY_ON_ERROR | OPTION_NO_RESULT)
+_FLAG_ONLY = OPTION_RETRY_ON_ERROR | OPTION_NO_RESULT
 _SHARED_OPTIONS = {
     flags: TaskOptions(
         retry_on_error=bool(flags & OPTION_RETRY_ON_ERROR),
@@ -778,7 +796,7 @@ def _decode_assign(data: bytes) -> Assign:
     rec_size = _ASSIGN_REC.size
     unpack = _ASSIGN_REC.unpack_from
     unpack_len = _U32.unpack_from
-    records = []
+    records: list[AssignRecord] = []
     append = records.append
     for _ in range(count):
         if offset + rec_size > size:
@@ -805,9 +823,7 @@ def _decode_accepted(data: bytes) -> Accepted:
     if len(data) != _COUNT.size + count * _ACCEPTED_REC.size:
         raise ProtocolError("accepted frame length does not match its record count")
     unpack = _ACCEPTED_REC.unpack_from
-    return Accepted(
-        [unpack(data, _COUNT.size + i * _ACCEPTED_REC.size) for i in range(count)]
-    )
+    return Accepted([unpack(data, _COUNT.size + i * _ACCEPTED_REC.size) for i in range(count)])
 
 
 def _decode_rejected(data: bytes) -> Rejected:
@@ -829,7 +845,7 @@ def _decode_results(data: bytes) -> Results:
     size = len(data)
     unpack = _RESULT_REC.unpack_from
     rec_size = _RESULT_REC.size
-    records = []
+    records: list[ResultRecord] = []
     append = records.append
     for _ in range(count):
         if offset + rec_size > size:
@@ -869,7 +885,7 @@ def _decode_cancel(data: bytes) -> Cancel:
     return Cancel([unpack(data, _COUNT.size + i * _TASK_ID.size)[0] for i in range(count)])
 
 
-def _decode_empty(message: Message) -> "Callable[[bytes], Message]":
+def _decode_empty(message: Message) -> Callable[[bytes], Message]:
     def decode_empty(data: bytes) -> Message:
         if len(data) != 1:
             raise ProtocolError(f"{type(message).__name__} carries no body")
@@ -906,7 +922,7 @@ def _payloads(reader: _Reader, count: int) -> list[bytes]:
     size = len(data)
     offset = reader.offset
     unpack = _U32.unpack_from
-    payloads = []
+    payloads: list[bytes] = []
     append = payloads.append
     for _ in range(count):
         if offset + 4 > size:
@@ -980,7 +996,7 @@ def _decode_chunk_results(data: bytes) -> ChunkResults:
     return ChunkResults(records)
 
 
-_DECODERS = {
+_DECODERS: dict[int, Callable[[bytes], Message]] = {
     KIND_JOB_SUBMIT: _decode_job_submit,
     KIND_JOB_ACCEPTED: _decode_job_accepted,
     KIND_JOB_ITEMS: _decode_job_items,

@@ -10,16 +10,27 @@ every process a test started, and what the tests share.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred
 
 from taskmesh.testing import TIMEOUT, TWISTD, Mesh, Process, free_port, wait_until
 
-__all__ = ["HELLO", "HELLO_DIGEST", "TIMEOUT", "TRACED", "TWISTD", "Mesh", "Process", "bounded",
-           "free_port", "wait_until"]
+__all__ = [
+    "HELLO",
+    "HELLO_DIGEST",
+    "TIMEOUT",
+    "TRACED",
+    "TWISTD",
+    "Mesh",
+    "Process",
+    "bounded",
+    "free_port",
+    "wait_until",
+]
 
 HELLO = "Hello, World!"
 HELLO_DIGEST = "dffd6021bb2bd5b0af676290809ec3a53191dd81c7f70a4b28688a362182986f"

@@ -23,9 +23,24 @@ CHAOS = Path(__file__).resolve().parents[2] / "bench" / "chaos.py"
 @pytest.mark.timeout(300)
 def test_kills_lose_nothing_and_record_each_result_once() -> None:
     run = subprocess.run(
-        [sys.executable, str(CHAOS), "--tasks", "500", "--workers", "3",
-         "--worker-kills", "6", "--scheduler-kills", "2", "--task-seconds", "0.1"],
-        capture_output=True, text=True, timeout=280, env=child_env(),
+        [
+            sys.executable,
+            str(CHAOS),
+            "--tasks",
+            "500",
+            "--workers",
+            "3",
+            "--worker-kills",
+            "6",
+            "--scheduler-kills",
+            "2",
+            "--task-seconds",
+            "0.1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        env=child_env(),
     )
     print(run.stdout)
     print(run.stderr)

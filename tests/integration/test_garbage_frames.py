@@ -14,9 +14,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from conftest import HELLO, HELLO_DIGEST, TIMEOUT, Mesh, wait_until
 
 from taskmesh import wire
-from conftest import HELLO, HELLO_DIGEST, TIMEOUT, Mesh, wait_until
 
 FRAMES = 300
 SEED = 300  # the same frames every run; change it to explore

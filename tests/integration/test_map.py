@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import TRACED, Mesh, wait_until
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
@@ -27,7 +26,11 @@ def write_lines(path: Path, count: int) -> list[bytes]:
 def check_digests(output: Path, lines: list[bytes]) -> None:
     results = output.read_bytes().split(b"\n")
     assert results[-1] == b"" and len(results) == len(lines) + 1
-    wrong = [i for i, (line, result) in enumerate(zip(lines, results)) if hashlib.sha256(line).hexdigest().encode() != result]
+    wrong = [
+        i
+        for i, (line, result) in enumerate(zip(lines, results))
+        if hashlib.sha256(line).hexdigest().encode() != result
+    ]
     assert wrong == [], f"{len(wrong)} results wrong or out of order, first at line {wrong[0] + 1}"
 
 
@@ -54,7 +57,9 @@ def test_a_map_survives_a_worker_killed_midway(mesh: Mesh) -> None:
         victim, survivor = mesh.workers("victim", "survivor", **slow)
     finally:
         del os.environ["TASKMESH_CHAOS_JOURNAL"], os.environ["TASKMESH_CHAOS_TASK_SECONDS"]
-    run = mesh.command("map", "--connect", mesh.address, "--output", "out.txt", "--chunk-size", "50", "in.txt")
+    run = mesh.command(
+        "map", "--connect", mesh.address, "--output", "out.txt", "--chunk-size", "50", "in.txt"
+    )
     wait_until(lambda: journal.exists() and journal.stat().st_size > 16_000, 30, "the map to be under way")
     victim.kill()
     ran_before_the_kill = journal.read_bytes().count(b"\n")
@@ -72,7 +77,9 @@ def test_a_high_priority_task_overtakes_a_long_job(mesh: Mesh) -> None:
     (mesh.folder / "slow.txt").write_text("0.05\n" * 400)  # 20 s of sleeps for one slot
     mesh.scheduler()
     mesh.workers("w1")
-    long_job = mesh.command("map", "--connect", mesh.address, "--type", "sleep", "--chunk-size", "1", "slow.txt")
+    long_job = mesh.command(
+        "map", "--connect", mesh.address, "--type", "sleep", "--chunk-size", "1", "slow.txt"
+    )
     mesh.scheduler_process.wait_for(r"worker w1@")  # type: ignore[union-attr]
     wait_until(lambda: long_job.stdout.count("slept") >= 3 or None, 30, "the long job to be running")
     urgent = mesh.run_submit("--priority", "10", "Hello, World!")

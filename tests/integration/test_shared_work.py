@@ -8,11 +8,11 @@ import re
 
 import pytest
 import pytest_twisted
+from conftest import TRACED, Mesh, bounded
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 
 import taskmesh
-from conftest import TRACED, Mesh, bounded
 
 
 def started(worker_log: str) -> list[str]:
@@ -52,9 +52,7 @@ async def test_a_batch_of_200_digests(mesh: Mesh) -> None:
     ]
     client = await bounded(taskmesh.Client.connect(mesh.address, reactor))
     try:
-        digests = await bounded(
-            gatherResults([client.submit(text) for text in texts], consumeErrors=True)
-        )
+        digests = await bounded(gatherResults([client.submit(text) for text in texts], consumeErrors=True))
     finally:
         await bounded(client.close())
 

@@ -1,20 +1,21 @@
-"""A worker SIGKILLed in the middle of a task: the scheduler requeues the task and the other worker runs it."""
+"""A worker SIGKILLed in the middle of a task: the scheduler requeues it and the other worker runs it."""
 
 from __future__ import annotations
 
 import re
 import signal
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 import pytest_twisted
+from conftest import TIMEOUT, TRACED, Mesh, Process, bounded
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 from twisted.internet.task import deferLater
 
 import taskmesh
-from conftest import TIMEOUT, TRACED, Mesh, Process, bounded
 
 T = TypeVar("T")
 LONG, SHORT = "5.0", "1.0"  # seconds; the worker running the long task is killed

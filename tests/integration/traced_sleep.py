@@ -24,7 +24,7 @@ class TracedSleep:
     blocking = False
     log = Logger()
 
-    def run(self, payload: bytes) -> "Deferred[bytes]":
+    def run(self, payload: bytes) -> Deferred[bytes]:
         from twisted.internet import reactor  # the one twistd installed, once it runs
 
         self.log.info("traced-sleep {payload} started", payload=payload.decode("utf-8", "replace"))

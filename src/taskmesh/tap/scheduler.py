@@ -8,10 +8,10 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from taskmesh import wire
-from taskmesh.scheduler import Policy, Scheduler
+from taskmesh.core.scheduler import Policy, Scheduler
 from taskmesh.service import SchedulerService
-from taskmesh.sqlite_store import SYNC_MODES, SqliteStore
 from taskmesh.store import ITaskStore, MemoryStore, time_based_first_id
+from taskmesh.store.sqlite import SYNC_MODES, SqliteStore
 from taskmesh.tap import non_negative_float, positive_float, positive_int, release_default_pidfile
 
 DEFAULT_LISTEN = "tcp:9001"
@@ -31,40 +31,99 @@ class Options(usage.Options):
         "run from one folder."
     )
     optParameters = [
-        ["listen", "l", DEFAULT_LISTEN,
-         "Endpoint to listen on, e.g. tcp:9001 or tcp:9001:interface=127.0.0.1."],
-        ["store", "s", DEFAULT_STORE,
-         "Where tasks and results are kept: an SQLite file path, or 'memory' "
-         "(nothing survives a restart)."],
-        ["sync", None, "normal",
-         "SQLite durability: 'normal' survives the scheduler being killed, "
-         "'full' also a power loss (an fsync per commit), 'off' neither."],
+        [
+            "listen",
+            "l",
+            DEFAULT_LISTEN,
+            "Endpoint to listen on, e.g. tcp:9001 or tcp:9001:interface=127.0.0.1.",
+        ],
+        [
+            "store",
+            "s",
+            DEFAULT_STORE,
+            "Where tasks and results are kept: an SQLite file path, or 'memory' "
+            "(nothing survives a restart).",
+        ],
+        [
+            "sync",
+            None,
+            "normal",
+            "SQLite durability: 'normal' survives the scheduler being killed, "
+            "'full' also a power loss (an fsync per commit), 'off' neither.",
+        ],
         ["name", None, "taskmesh-scheduler", "Name announced to clients and workers."],
-        ["prefetch", None, _DEFAULTS.prefetch,
-         "Tasks a worker may hold beyond its slots.", int],
-        ["max-losses", None, _DEFAULTS.max_losses,
-         "Times a task may lose its worker before it fails as poison.", positive_int],
-        ["max-attempts", None, _DEFAULTS.max_attempts,
-         "Default attempts a task may fail (timeout, or error with retries) "
-         "before it fails for good.", positive_int],
-        ["retry-delay", None, _DEFAULTS.retry_delay,
-         "Seconds before the first retry; doubles with each attempt.", non_negative_float],
-        ["retry-max-delay", None, _DEFAULTS.retry_max_delay,
-         "Longest pause between retries, in seconds.", non_negative_float],
-        ["heartbeat", None, _DEFAULTS.heartbeat_interval,
-         "Seconds between heartbeats with each worker.", positive_float],
-        ["heartbeat-tolerance", None, _DEFAULTS.heartbeat_tolerance,
-         "Heartbeat intervals of silence after which a worker is dropped and "
-         "its tasks run elsewhere.", positive_int],
-        ["result-ttl", None, _DEFAULTS.result_ttl,
-         "Seconds a finished task's result is kept for retrieval by id.", positive_float],
-        ["max-queued", None, _DEFAULTS.max_queued,
-         "Queued tasks beyond which a connection that submits is paused until "
-         "the queue is below 90% of it (other connections are still served).", positive_int],
-        ["max-frame", None, wire.DEFAULT_MAX_FRAME,
-         "Largest frame accepted or sent, in bytes.", positive_int],
-        ["max-payload", None, wire.DEFAULT_MAX_PAYLOAD,
-         "Largest task payload or result, in bytes.", positive_int],
+        ["prefetch", None, _DEFAULTS.prefetch, "Tasks a worker may hold beyond its slots.", int],
+        [
+            "max-losses",
+            None,
+            _DEFAULTS.max_losses,
+            "Times a task may lose its worker before it fails as poison.",
+            positive_int,
+        ],
+        [
+            "max-attempts",
+            None,
+            _DEFAULTS.max_attempts,
+            "Default attempts a task may fail (timeout, or error with retries) before it fails for good.",
+            positive_int,
+        ],
+        [
+            "retry-delay",
+            None,
+            _DEFAULTS.retry_delay,
+            "Seconds before the first retry; doubles with each attempt.",
+            non_negative_float,
+        ],
+        [
+            "retry-max-delay",
+            None,
+            _DEFAULTS.retry_max_delay,
+            "Longest pause between retries, in seconds.",
+            non_negative_float,
+        ],
+        [
+            "heartbeat",
+            None,
+            _DEFAULTS.heartbeat_interval,
+            "Seconds between heartbeats with each worker.",
+            positive_float,
+        ],
+        [
+            "heartbeat-tolerance",
+            None,
+            _DEFAULTS.heartbeat_tolerance,
+            "Heartbeat intervals of silence after which a worker is dropped and its tasks run elsewhere.",
+            positive_int,
+        ],
+        [
+            "result-ttl",
+            None,
+            _DEFAULTS.result_ttl,
+            "Seconds a finished task's result is kept for retrieval by id.",
+            positive_float,
+        ],
+        [
+            "max-queued",
+            None,
+            _DEFAULTS.max_queued,
+            "Queued tasks beyond which a connection that submits is paused until "
+            "the queue is below 90% of it (other connections are still served).",
+            positive_int,
+        ],
+        [
+            "max-frame",
+            None,
+            wire.DEFAULT_MAX_FRAME,
+            "Largest frame accepted or sent, in bytes.",
+            positive_int,
+        ],
+        [
+            "max-payload",
+            None,
+            wire.DEFAULT_MAX_PAYLOAD,
+            "Largest task payload or result, in bytes.",
+            positive_int,
+        ],
     ]
 
     def postOptions(self) -> None:

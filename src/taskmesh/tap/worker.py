@@ -8,9 +8,9 @@ import socket
 from twisted.application.service import IService
 from twisted.python import usage
 
-from taskmesh.address import DEFAULT_ADDRESS, client_endpoint, parse_address
 from taskmesh.handlers import HandlerError, default_registry, load_import_path
-from taskmesh.scheduler_protocol import MAX_WORKER_SLOTS
+from taskmesh.net.address import DEFAULT_ADDRESS, client_endpoint, parse_address
+from taskmesh.net.scheduler_protocol import MAX_WORKER_SLOTS
 from taskmesh.service import DEFAULT_RECONNECT_MAX_DELAY, POOLS, WorkerService
 from taskmesh.tap import positive_float, positive_int, release_default_pidfile
 
@@ -23,16 +23,29 @@ class Options(usage.Options):
         "the scheduler goes away. Start as many as you like, anywhere."
     )
     optParameters = [
-        ["connect", "c", DEFAULT_ADDRESS,
-         "Scheduler to connect to: host:port, [ipv6]:port, or an endpoint "
-         "string such as tcp:host=h:port=p."],
+        [
+            "connect",
+            "c",
+            DEFAULT_ADDRESS,
+            "Scheduler to connect to: host:port, [ipv6]:port, or an endpoint "
+            "string such as tcp:host=h:port=p.",
+        ],
         ["concurrency", "j", 1, "Tasks run at the same time (slots).", positive_int],
         ["name", None, None, "Name shown in the scheduler's logs (default: host-pid)."],
-        ["reconnect-max-delay", None, DEFAULT_RECONNECT_MAX_DELAY,
-         "Longest wait between reconnection attempts, in seconds.", positive_float],
-        ["pool", None, "thread",
-         "Where CPU-bound handlers (such as pbkdf2) run: 'thread', or 'process' "
-         "for a pool of --concurrency processes that keeps every core busy."],
+        [
+            "reconnect-max-delay",
+            None,
+            DEFAULT_RECONNECT_MAX_DELAY,
+            "Longest wait between reconnection attempts, in seconds.",
+            positive_float,
+        ],
+        [
+            "pool",
+            None,
+            "thread",
+            "Where CPU-bound handlers (such as pbkdf2) run: 'thread', or 'process' "
+            "for a pool of --concurrency processes that keeps every core busy.",
+        ],
     ]
     optFlags = [
         ["no-plugins", None, "Do not load task types from Twisted plugins."],
@@ -67,9 +80,7 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    handlers = default_registry(
-        reactor, options["handler-objects"], use_plugins=not options["no-plugins"]
-    )
+    handlers = default_registry(reactor, options["handler-objects"], use_plugins=not options["no-plugins"])
     return WorkerService(
         reactor,
         client_endpoint(reactor, options["connect"]),

@@ -14,15 +14,33 @@ What every taskmesh connection does with frames, whichever its role.
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IAddress, IReactorTime
+from typing import Any, Protocol
+
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
 from taskmesh import wire
 
-#: Records of one message class waiting to go out, with their byte estimate.
-_Segment = list  # [message class, records, estimated bytes]
+#: Records of one message class waiting to go out, with their byte estimate:
+#: [message class, records, estimated bytes].
+_Segment = list[Any]
+
+
+class Transport(Protocol):
+    """
+    What the protocols use of their transport: a TCP (or TLS) connection,
+    which is also the push producer that flow control pauses.
+    """
+
+    def getPeer(self) -> IAddress: ...
+    def write(self, data: bytes) -> None: ...
+    def loseConnection(self) -> None: ...
+    def abortConnection(self) -> None: ...
+    def pauseProducing(self) -> None: ...
+    def resumeProducing(self) -> None: ...
 
 
 def describe_address(address: IAddress) -> str:
@@ -41,6 +59,8 @@ class FramedProtocol(Int32StringReceiver):
     """Frames in, messages out; batched records out, per reactor turn."""
 
     log = Logger()
+    #: Set by Twisted before connectionMade; every method here runs while connected.
+    transport: Transport  # type: ignore[assignment]  # Protocol declares ITransport | None
 
     def __init__(self, clock: IReactorTime, max_frame: int) -> None:
         self.clock = clock
@@ -53,7 +73,7 @@ class FramedProtocol(Int32StringReceiver):
         #: Why we dropped the connection, if we did.
         self.closed_because: str | None = None
         self._segments: list[_Segment] = []
-        self._flush_call = None
+        self._flush_call: IDelayedCall | None = None
 
     # -- connection ----------------------------------------------------------
 
@@ -65,7 +85,7 @@ class FramedProtocol(Int32StringReceiver):
         if set_no_delay is not None:
             set_no_delay(True)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closing = True
         self._segments.clear()
         if self._flush_call is not None and self._flush_call.active():
@@ -109,7 +129,7 @@ class FramedProtocol(Int32StringReceiver):
         self.flush()
         self.sendString(wire.encode(message))
 
-    def queue(self, message_class: type, record: tuple, size: int) -> None:
+    def queue(self, message_class: type, record: object, size: int) -> None:
         """
         Queue one record of a batched message (Submit, Accepted, Rejected,
         Results, Assign) to leave at the end of this reactor turn.  ``size``
@@ -149,7 +169,7 @@ class FramedProtocol(Int32StringReceiver):
             self.closing = True
             self.transport.abortConnection()
 
-    def _send_records(self, message_class: type, records: list) -> None:
+    def _send_records(self, message_class: type, records: list[Any]) -> None:
         data = wire.encode(message_class(records))
         if len(data) > self.send_limit and len(records) > 1:
             # The estimate counted characters; multi-byte type names can
@@ -166,9 +186,7 @@ class FramedProtocol(Int32StringReceiver):
         """Tell the peer why, log it, and drop this connection (only this one)."""
         if self.closing:
             return
-        self.log.warn(
-            "dropping connection from {peer}: {reason}", peer=self.peer, reason=reason
-        )
+        self.log.warn("dropping connection from {peer}: {reason}", peer=self.peer, reason=reason)
         self.send(wire.Error(code, reason))
         self.closed_because = reason
         self.closing = True

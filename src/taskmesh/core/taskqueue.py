@@ -14,29 +14,37 @@ chunk's sequence number; the id breaks the tie).
 from __future__ import annotations
 
 import heapq
-from typing import Iterable, Protocol
+from collections.abc import Iterable
+from typing import Generic, Protocol, TypeVar
 
 
-class Queued(Protocol):
-    """What the queue needs of a task."""
+class Waiting(Protocol):
+    """What the queue needs of what waits in it (a task, or a job's chunk)."""
 
-    type: str
-    id: int
-    seq: int
-    priority: int
+    @property
+    def type(self) -> str: ...
+    @property
+    def id(self) -> int: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def priority(self) -> int: ...
 
 
-class TaskQueue:
+T = TypeVar("T", bound=Waiting)
+
+
+class TaskQueue(Generic[T]):
     """Waiting tasks: by priority, then FIFO, within each type."""
 
     def __init__(self) -> None:
-        self._by_type: dict[str, list[tuple[int, int, int, Queued]]] = {}
+        self._by_type: dict[str, list[tuple[int, int, int, T]]] = {}
         self._size = 0
 
     def __len__(self) -> int:
         return self._size
 
-    def push(self, task: Queued) -> None:
+    def push(self, task: T) -> None:
         line = self._by_type.get(task.type)
         if line is None:
             line = self._by_type[task.type] = []
@@ -46,14 +54,14 @@ class TaskQueue:
     def has_waiting(self, task_type: str) -> bool:
         return bool(self._by_type.get(task_type))
 
-    def peek(self, task_type: str) -> Queued | None:
+    def peek(self, task_type: str) -> T | None:
         """The task of this type that would go next, without taking it."""
         line = self._by_type.get(task_type)
         return line[0][3] if line else None
 
-    def pop_for(self, task_types: Iterable[str]) -> Queued | None:
+    def pop_for(self, task_types: Iterable[str]) -> T | None:
         """The first waiting task of any of these types, or None."""
-        best: list[tuple[int, int, int, Queued]] | None = None
+        best: list[tuple[int, int, int, T]] | None = None
         for task_type in task_types:
             line = self._by_type.get(task_type)
             if line and (best is None or line[0] < best[0]):
@@ -63,7 +71,7 @@ class TaskQueue:
         self._size -= 1
         return heapq.heappop(best)[3]
 
-    def remove(self, task: Queued) -> bool:
+    def remove(self, task: T) -> bool:
         """Take a task out of line (it was cancelled); O(n), and rare."""
         line = self._by_type.get(task.type)
         if not line:
@@ -77,7 +85,7 @@ class TaskQueue:
                 return True
         return False
 
-    def remove_all(self, tasks: list[Queued]) -> None:
+    def remove_all(self, tasks: list[T]) -> None:
         """Take many tasks out of line at once (a job was closed): O(n) per type."""
         doomed = {id(task) for task in tasks}
         for task_type in {task.type for task in tasks}:

@@ -31,9 +31,7 @@ class ChunkSizer:
 
     __slots__ = ("fixed", "size", "_per_item")
 
-    def __init__(
-        self, fixed: int = 0, size_hint: int = 0, slots: int = 1, first: int = FIRST_CHUNK
-    ) -> None:
+    def __init__(self, fixed: int = 0, size_hint: int = 0, slots: int = 1, first: int = FIRST_CHUNK) -> None:
         self.fixed = fixed
         self._per_item: float | None = None
         if fixed:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, BinaryIO, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any, BinaryIO
 
 from twisted.internet import task
 from twisted.internet.defer import Deferred, TimeoutError
@@ -19,20 +20,12 @@ from twisted.internet.error import ConnectError
 from twisted.python import usage
 
 from taskmesh import __version__
-from taskmesh.address import DEFAULT_ADDRESS, parse_address
-from taskmesh.client import (
-    DEFAULT_CONNECT_TIMEOUT,
-    Client,
-    SchedulerGone,
-    TaskPending,
-    TaskRejected,
-    TaskUnknown,
-    task_options,
-)
+from taskmesh.cli.progress import ProgressBar
+from taskmesh.client.mapping import DEFAULT_WINDOW, run_map
+from taskmesh.client.twisted_client import DEFAULT_CONNECT_TIMEOUT, Client, task_options
+from taskmesh.errors import SchedulerGone, TaskFailed, TaskPending, TaskRejected, TaskUnknown
 from taskmesh.handlers import DEFAULT_TASK_TYPE
-from taskmesh.mapping import DEFAULT_WINDOW, run_map
-from taskmesh.progress import ProgressBar
-from taskmesh.scheduler import TaskFailed
+from taskmesh.net.address import DEFAULT_ADDRESS, parse_address
 from taskmesh.tap import positive_float, positive_int
 from taskmesh.wire import check_task_type
 
@@ -48,10 +41,14 @@ RECONNECT_DELAY = 0.5
 
 class ConnectionOptions(usage.Options):
     optParameters = [
-        ["connect", "c", DEFAULT_ADDRESS,
-         "Scheduler address: host:port, [ipv6]:port or an endpoint string."],
-        ["connect-timeout", None, DEFAULT_CONNECT_TIMEOUT,
-         "Seconds to keep trying to reach the scheduler.", positive_float],
+        ["connect", "c", DEFAULT_ADDRESS, "Scheduler address: host:port, [ipv6]:port or an endpoint string."],
+        [
+            "connect-timeout",
+            None,
+            DEFAULT_CONNECT_TIMEOUT,
+            "Seconds to keep trying to reach the scheduler.",
+            positive_float,
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -77,18 +74,22 @@ class SubmitOptions(ConnectionOptions):
         ["type", "t", DEFAULT_TASK_TYPE, "Task type."],
         ["priority", "p", 0, "Higher runs first.", int],
         ["timeout", None, None, "Seconds an attempt may run before it fails.", positive_float],
-        ["max-attempts", None, None,
-         "Attempts that may fail (timeout, or error with --retry-on-error) "
-         "before the task fails (default: the scheduler's, 3).", positive_int],
-        ["key", "k", None,
-         "Deduplication key: a second submission with the same key gets the first task."],
+        [
+            "max-attempts",
+            None,
+            None,
+            "Attempts that may fail (timeout, or error with --retry-on-error) "
+            "before the task fails (default: the scheduler's, 3).",
+            positive_int,
+        ],
+        ["key", "k", None, "Deduplication key: a second submission with the same key gets the first task."],
     ]
     optFlags = [
         ["no-wait", None, "Print the task id once the task is stored, and exit."],
         ["retry-on-error", None, "Retry when the handler raises, instead of failing at once."],
     ]
 
-    def parseArgs(self, text: str) -> None:
+    def parseArgs(self, text: str) -> None:  # type: ignore[override]  # Options passes the arguments; its stub takes none
         self["text"] = text
 
     def postOptions(self) -> None:
@@ -116,7 +117,7 @@ class ResultOptions(ConnectionOptions):
     )
     optFlags = [["wait", "w", "Wait until the task is finished."]]
 
-    def parseArgs(self, task_id: str) -> None:
+    def parseArgs(self, task_id: str) -> None:  # type: ignore[override]  # as above
         self["task_id"] = task_id_argument(task_id)
 
 
@@ -127,7 +128,7 @@ class CancelOptions(ConnectionOptions):
         "print the task's state afterwards."
     )
 
-    def parseArgs(self, task_id: str) -> None:
+    def parseArgs(self, task_id: str) -> None:  # type: ignore[override]  # as above
         self["task_id"] = task_id_argument(task_id)
 
 
@@ -149,13 +150,22 @@ class MapOptions(ConnectionOptions):
     )
     optParameters = [
         ["type", "t", DEFAULT_TASK_TYPE, "Task type."],
-        ["chunk-size", None, 0,
-         "Items per chunk (one assignment to a worker); 0: sized by the "
-         "scheduler to the job's speed.", int],
+        [
+            "chunk-size",
+            None,
+            0,
+            "Items per chunk (one assignment to a worker); 0: sized by the scheduler to the job's speed.",
+            int,
+        ],
         ["priority", "p", 0, "Higher runs first.", int],
         ["output", "o", None, "Write the results to this file instead of stdout."],
-        ["window", None, DEFAULT_WINDOW,
-         "Items in flight at the most (bounds the memory of every process).", positive_int],
+        [
+            "window",
+            None,
+            DEFAULT_WINDOW,
+            "Items in flight at the most (bounds the memory of every process).",
+            positive_int,
+        ],
     ]
 
     def parseArgs(self, source: str = "-") -> None:
@@ -324,9 +334,7 @@ async def cancel(options: CancelOptions, reactor: Any) -> None:
 
 def describe_status(report: dict[str, Any]) -> str:
     tasks = report["tasks"]
-    lines = [
-        "tasks: " + ", ".join(f"{count} {state.replace('_', ' ')}" for state, count in tasks.items())
-    ]
+    lines = ["tasks: " + ", ".join(f"{count} {state.replace('_', ' ')}" for state, count in tasks.items())]
     for task_type, waiting in report["waiting_by_type"].items():
         why = " (no connected worker runs this type)" if waiting["no_worker_runs_it"] else ""
         lines.append(f"  {waiting['queued']} {task_type} queued{why}")
@@ -441,7 +449,7 @@ async def map_lines(options: MapOptions, reactor: Any) -> None:
         raise CommandFailed("\n".join(lines), EXIT_TASK_FAILED)
 
 
-COMMANDS = {
+COMMANDS: dict[str, Callable[[Any, Any], Awaitable[None]]] = {
     "submit": submit,
     "map": map_lines,
     "result": result,
@@ -450,10 +458,11 @@ COMMANDS = {
 }
 
 
-def run(reactor: Any, options: Options) -> "Deferred[None]":
+def run(reactor: Any, options: Options) -> Deferred[None]:
     async def main() -> None:
         try:
-            await COMMANDS[options.subCommand](options.subOptions, reactor)
+            command = COMMANDS[options.subCommand or ""]
+            await command(options.subOptions, reactor)
         except CommandFailed as e:
             sys.stderr.write(f"taskmesh: {e}\n")
             raise SystemExit(e.status) from None

@@ -14,8 +14,9 @@ another; each item succeeds or fails on its own.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any, NamedTuple, cast
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -29,15 +30,37 @@ Report = Callable[[int, int, bytes], None]
 #: report_chunk(chunk id, [(status, value) per item, in order])
 ReportChunk = Callable[[int, list[tuple[int, bytes]]], None]
 #: run_blocking(cpu_bound, function, argument) -> Deferred firing with function(argument).
-RunBlocking = Callable[[bool, Callable[[Any], Any], Any], Deferred]
+RunBlocking = Callable[[bool, Callable[[Any], Any], Any], Deferred[Any]]
+
+
+class TaskWork(NamedTuple):
+    """One task to run."""
+
+    id: int
+    type: str
+    payload: bytes
+
+
+class ChunkWork(NamedTuple):
+    """Items to run one after another in one slot, answered together (a chunk or a group)."""
+
+    id: int
+    type: str
+    payloads: list[bytes]
+
+
+#: Outcomes of a chunk's items, in order: (status, value).
+Outcomes = list[tuple[int, bytes]]
 
 #: A failure reason longer than this is cut: it is for a person to read, and
 #: must never make a frame too large.
 MAX_REASON = 4096
 
 
-def describe_error(error: BaseException) -> str:
+def describe_error(error: BaseException | None) -> str:
     """The reason a submitter reads: the exception's type and message."""
+    if error is None:
+        return "failed without an exception"
     text = str(error)
     reason = f"{type(error).__name__}: {text}" if text else type(error).__name__
     return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 1] + "…"
@@ -93,12 +116,11 @@ class Worker:
         self._report_chunk = report_chunk
         self._run_blocking = run_blocking
         self._max_result = max_result
-        # (id, type, payload or payloads, is a chunk)
-        self._waiting: deque[tuple[int, str, Any, bool]] = deque()
+        self._waiting: deque[TaskWork | ChunkWork] = deque()
         self._running = 0
         # Running work that returned a Deferred (or runs in a pool), so a
         # cancel can reach it; a cancelled one's outcome is not reported.
-        self._pending: dict[int, Deferred] = {}
+        self._pending: dict[int, Deferred[Any]] = {}
         self._cancelled: set[int] = set()
         self._stopped = False
 
@@ -112,12 +134,12 @@ class Worker:
 
     def assign(self, records: list[tuple[int, str, bytes]]) -> None:
         """Tasks from the scheduler: start what fits in the slots, queue the rest."""
-        self._waiting.extend([(task_id, task_type, payload, False) for task_id, task_type, payload in records])
+        self._waiting.extend([TaskWork(*record) for record in records])
         self._start_waiting()
 
     def assign_chunks(self, records: list[tuple[int, str, list[bytes]]]) -> None:
         """Chunks from the scheduler: each takes one slot for all its items."""
-        self._waiting.extend([(chunk_id, task_type, payloads, True) for chunk_id, task_type, payloads in records])
+        self._waiting.extend([ChunkWork(*record) for record in records])
         self._start_waiting()
 
     def cancel(self, task_ids: list[int]) -> None:
@@ -130,7 +152,7 @@ class Worker:
         """
         doomed = set(task_ids)
         if self._waiting:
-            self._waiting = deque(entry for entry in self._waiting if entry[0] not in doomed)
+            self._waiting = deque(work for work in self._waiting if work.id not in doomed)
         for task_id in doomed:
             pending = self._pending.get(task_id)
             if pending is not None:
@@ -151,18 +173,18 @@ class Worker:
     def _start_waiting(self) -> None:
         waiting = self._waiting
         while waiting and self._running < self._slots and not self._stopped:
-            task_id, task_type, payload, is_chunk = waiting.popleft()
-            handler = self._handlers.get(task_type)
+            work = waiting.popleft()
+            handler = self._handlers.get(work.type)
             if handler is None:
-                reason = f"this worker does not run task type {task_type!r}".encode("utf-8")
-                if is_chunk:
-                    self._report_chunk(task_id, [(STATUS_FAILED, reason)] * len(payload))
+                reason = f"this worker does not run task type {work.type!r}".encode()
+                if isinstance(work, ChunkWork):
+                    self._report_chunk(work.id, [(STATUS_FAILED, reason)] * len(work.payloads))
                 else:
-                    self._report(task_id, STATUS_FAILED, reason)
-            elif is_chunk:
-                self._run_chunk(task_id, handler, payload)
+                    self._report(work.id, STATUS_FAILED, reason)
+            elif isinstance(work, ChunkWork):
+                self._run_chunk(work.id, handler, work.payloads)
             else:
-                self._run(task_id, handler, payload)
+                self._run(work.id, handler, work.payload)
 
     def _run(self, task_id: int, handler: ITaskHandler, payload: bytes) -> None:
         if handler.blocking:
@@ -178,7 +200,7 @@ class Worker:
         else:
             self._report(task_id, *outcome_of(result, self._max_result))
 
-    def _hold(self, task_id: int, running: Deferred) -> None:
+    def _hold(self, task_id: int, running: Deferred[Any]) -> None:
         """A task that finishes later holds its slot until then."""
         self._running += 1
         self._pending[task_id] = running
@@ -254,9 +276,7 @@ class Worker:
             outcomes.append(outcome_of(result, self._max_result))
         self._continue_chunk(chunk_id, handler, payloads, position + 1, outcomes, resumed=True)
 
-    def _chunk_finished(
-        self, outcomes: object, chunk_id: int, items: int, resumed: bool = True
-    ) -> None:
+    def _chunk_finished(self, outcomes: object, chunk_id: int, items: int, resumed: bool = True) -> None:
         self._running -= 1
         self._pending.pop(chunk_id, None)
         if self._stopped:
@@ -267,7 +287,7 @@ class Worker:
             reason = describe_error(outcomes.value).encode("utf-8")
             self._report_chunk(chunk_id, [(STATUS_FAILED, reason)] * items)
         else:
-            self._report_chunk(chunk_id, outcomes)  # type: ignore[arg-type]
+            self._report_chunk(chunk_id, cast(Outcomes, outcomes))
         if resumed:
             self._start_waiting()
 

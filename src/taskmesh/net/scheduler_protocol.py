@@ -16,22 +16,18 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from taskmesh import wire
-from taskmesh.framing import FramedProtocol, PeerMisbehaved
-from taskmesh.scheduler import (
-    IWorkerChannel,
-    Job,
-    Scheduler,
-    TaskCancelled,
-    TaskFailed,
-    WorkerState,
-)
-from taskmesh.store import State
+from taskmesh.core.scheduler import IWorkerChannel, Job, Scheduler, WorkerState
+from taskmesh.errors import TaskCancelled, TaskFailed
+from taskmesh.net.framing import FramedProtocol, PeerMisbehaved
+from taskmesh.store.interface import State
+
+NO_SUCH_TASK = b"no such task: never submitted, or its result was pruned"
 
 #: Most slots one worker may claim: a sanity bound, not a tuning knob.
 MAX_WORKER_SLOTS = 4096
@@ -49,7 +45,7 @@ class SchedulerProtocol(FramedProtocol):
 
     log = Logger()
 
-    def __init__(self, factory: "SchedulerFactory") -> None:
+    def __init__(self, factory: SchedulerFactory) -> None:
         super().__init__(factory.clock, factory.max_frame)
         self.factory = factory
         self.core: Scheduler = factory.core
@@ -62,65 +58,68 @@ class SchedulerProtocol(FramedProtocol):
     # -- dispatch ------------------------------------------------------------
 
     def message_received(self, message: wire.Message) -> None:
-        kind = type(message)
         if self.worker is not None:
-            self.core.heard_from(self.worker)
-            if kind is wire.Results:
-                self.core.complete(self.worker, self._checked_results(message.records))  # type: ignore[union-attr]
-                return
-            if kind is wire.ChunkResults:
+            self._worker_message(self.worker, message)
+        elif self.role == wire.ROLE_CLIENT:
+            self._client_message(message)
+        else:
+            match message:
+                case wire.Hello():
+                    self._hello(message)
+                case wire.Error():
+                    self._peer_error(message)
+                case _:
+                    raise PeerMisbehaved(f"expected a hello first, got {type(message).__name__}")
+
+    def _worker_message(self, worker: WorkerState, message: wire.Message) -> None:
+        self.core.heard_from(worker)
+        match message:
+            case wire.Results(records=records):
+                self.core.complete(worker, self._checked_results(records))
+            case wire.ChunkResults(records=chunk_records):
                 try:
-                    self.core.complete_chunks(self.worker, self._checked_chunks(message.records))  # type: ignore[union-attr]
+                    self.core.complete_chunks(worker, self._checked_chunks(chunk_records))
                 except ValueError as e:
                     raise PeerMisbehaved(str(e)) from None
-                return
-            if kind is wire.Heartbeat:
-                return
-        elif self.role == wire.ROLE_CLIENT:
-            if kind is wire.Submit:
-                self._submit(message.records)  # type: ignore[union-attr]
-                return
-            if kind is wire.Query:
-                self.core.after_commit(self._answer, message.records)  # type: ignore[union-attr]
-                return
-            if kind is wire.Cancel:
-                self._cancel(message.records)  # type: ignore[union-attr]
-                return
-            if kind is wire.StatusRequest:
+            case wire.Heartbeat():
+                pass
+            case wire.Error():
+                self._peer_error(message)
+            case _:
+                raise PeerMisbehaved(f"a worker may not send {type(message).__name__}")
+
+    def _client_message(self, message: wire.Message) -> None:
+        match message:
+            case wire.Submit(records=submissions):
+                self._submit(submissions)
+            case wire.Query(records=queries):
+                self.core.after_commit(self._answer, queries)
+            case wire.Cancel(records=task_ids):
+                self._cancel(task_ids)
+            case wire.StatusRequest():
                 self.send(wire.StatusReport(json.dumps(self.core.stats())))
-                return
-            if kind is wire.JobItems:
-                self._job_items(message)  # type: ignore[arg-type]
-                return
-            if kind is wire.JobSubmit:
-                self._open_job(message)  # type: ignore[arg-type]
-                return
-            if kind is wire.JobEnd:
-                job = self._job(message.job_id)  # type: ignore[union-attr]
-                if job.received != message.total:  # type: ignore[union-attr]
-                    raise PeerMisbehaved(
-                        f"job {job.id} ends at {message.total} items but {job.received} came"  # type: ignore[union-attr]
-                    )
+            case wire.JobItems():
+                self._job_items(message)
+            case wire.JobSubmit():
+                self._open_job(message)
+            case wire.JobEnd(job_id=job_id, total=total):
+                job = self._job(job_id)
+                if job.received != total:
+                    raise PeerMisbehaved(f"job {job.id} ends at {total} items but {job.received} came")
                 self.core.end_job(job)
                 self._forget_if_done(job)
-                return
-        elif self.role is None and kind is not wire.Error:
-            if kind is not wire.Hello:
-                raise PeerMisbehaved(f"expected a hello first, got {kind.__name__}")
-            self._hello(message)  # type: ignore[arg-type]
-            return
-        if kind is wire.Error:
-            self.log.warn(
-                "{peer} reported error {code}: {message}",
-                peer=self.peer,
-                code=message.code,  # type: ignore[union-attr]
-                message=message.message,  # type: ignore[union-attr]
-            )
-            self.closing = True
-            self.transport.loseConnection()
-            return
-        role = wire.ROLE_NAMES.get(self.role or 0, "peer")
-        raise PeerMisbehaved(f"a {role} may not send {kind.__name__}")
+            case wire.Error():
+                self._peer_error(message)
+            case _:
+                raise PeerMisbehaved(f"a client may not send {type(message).__name__}")
+
+    def _peer_error(self, error: wire.Error) -> None:
+        """The peer gives up on us, saying why: log it and close."""
+        self.log.warn(
+            "{peer} reported error {code}: {message}", peer=self.peer, code=error.code, message=error.message
+        )
+        self.closing = True
+        self.transport.loseConnection()
 
     def _hello(self, hello: wire.Hello) -> None:
         if hello.version != wire.PROTOCOL_VERSION:
@@ -200,13 +199,13 @@ class SchedulerProtocol(FramedProtocol):
         """Send this task's outcome when it has one (now, if it has)."""
         found = self.core.watch(task_id)
         if isinstance(found, Deferred):
-            found.addCallbacks(
-                self._succeeded, self._failed, callbackArgs=(task_id,), errbackArgs=(task_id,)
-            )
+            found.addCallbacks(self._succeeded, self._failed, callbackArgs=(task_id,), errbackArgs=(task_id,))
         elif found is not None:
             self._send_result(task_id, _OUTCOME_STATUS[found.state], found.value)
         else:
-            self._send_result(task_id, wire.STATUS_UNKNOWN, b"no such task: never submitted, or its result was pruned")
+            self._send_result(
+                task_id, wire.STATUS_UNKNOWN, b"no such task: never submitted, or its result was pruned"
+            )
 
     def _answer(self, records: list[wire.QueryRecord]) -> None:
         for task_id, wait in records:
@@ -262,7 +261,9 @@ class SchedulerProtocol(FramedProtocol):
                 if len(payload) > max_payload:
                     job.received += 1
                     reason = f"payload of {len(payload)} bytes exceeds the limit of {max_payload} bytes"
-                    self.queue(wire.JobResults, (job.id, index, wire.STATUS_FAILED, reason.encode()), len(reason))
+                    self.queue(
+                        wire.JobResults, (job.id, index, wire.STATUS_FAILED, reason.encode()), len(reason)
+                    )
                 else:
                     runnable.append((index, payload))
             for index, payload in runnable:
@@ -340,7 +341,7 @@ class SchedulerProtocol(FramedProtocol):
 
     # -- end -----------------------------------------------------------------
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         if self.worker is not None:
             worker, self.worker = self.worker, None
@@ -353,7 +354,7 @@ class SchedulerProtocol(FramedProtocol):
 
 
 def _too_large(size: int, limit: int) -> bytes:
-    return f"the worker's answer of {size} bytes exceeds the limit of {limit} bytes".encode("utf-8")
+    return f"the worker's answer of {size} bytes exceeds the limit of {limit} bytes".encode()
 
 
 class SchedulerFactory(Factory):

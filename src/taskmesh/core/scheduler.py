@@ -17,9 +17,9 @@ wrote anything (group commit).
 
 from __future__ import annotations
 
-from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -28,19 +28,24 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface
 
-from taskmesh.chunking import MAX_CHUNK, ChunkSizer
-from taskmesh.wire import CHUNK_ITEM_OVERHEAD, chunk_record_overhead
-from taskmesh.store import ITaskStore, MemoryStore, Outcome, State
-from taskmesh.taskqueue import TaskQueue
-from taskmesh.wire import DEFAULT_OPTIONS, STATUS_OK, TaskOptions
+from taskmesh.core.chunking import MAX_CHUNK, ChunkSizer
+from taskmesh.core.taskqueue import TaskQueue
+from taskmesh.core.tasks import Chunk, Group, Job, JobReport, Lease, Queued, Task
+from taskmesh.errors import TaskCancelled, TaskFailed
+from taskmesh.store.interface import ITaskStore, Outcome, State
+from taskmesh.store.memory import MemoryStore
+from taskmesh.wire import CHUNK_ITEM_OVERHEAD, DEFAULT_OPTIONS, STATUS_OK, TaskOptions, chunk_record_overhead
 
-
-class TaskFailed(Exception):
-    """A task ended without a result; the message says why, for a person."""
-
-
-class TaskCancelled(TaskFailed):
-    """A task was cancelled before it finished."""
+__all__ = [
+    "IWorkerChannel",
+    "Job",
+    "Policy",
+    "Scheduler",
+    "Task",
+    "TaskCancelled",
+    "TaskFailed",
+    "WorkerState",
+]
 
 
 @dataclass(frozen=True)
@@ -131,106 +136,8 @@ class WorkerState:
         #: Never more than this many tasks leased to the worker at once.
         self.capacity = slots + prefetch
         #: Tasks this worker holds, by id.
-        self.leases: dict[int, Task] = {}
+        self.leases: dict[int, Lease] = {}
         self.last_seen = now
-
-
-class Task:
-    """One task the scheduler is responsible for until its Deferred fires."""
-
-    __slots__ = (
-        "id", "type", "payload", "options", "submitted_at", "_deferred",
-        "state", "attempts", "losses", "worker", "timer", "seq", "job", "indexes", "leased_at",
-        "members", "answered",
-    )
-
-    def __init__(
-        self, task_id: int, task_type: str, payload: bytes, options: TaskOptions, submitted_at: float
-    ) -> None:
-        self.id = task_id
-        self.type = task_type
-        self.payload = payload
-        self.options = options
-        self.submitted_at = submitted_at
-        self._deferred: Deferred[bytes] | None = None
-        self.state = State.QUEUED
-        #: Attempts that failed (timed out, or raised with retries on error).
-        self.attempts = 0
-        #: Times this task's worker was lost while it held the task.
-        self.losses = 0
-        #: The worker holding the lease, while running.
-        self.worker: WorkerState | None = None
-        #: The pending timeout (while running) or retry (while waiting to retry).
-        self.timer: IDelayedCall | None = None
-        #: Place in line among equal priorities.
-        self.seq = task_id
-        #: For a chunk of a job: the job, and the items' indexes (the payload
-        #: is then the list of the items' payloads).
-        self.job: Job | None = None
-        self.indexes: list[int] | None = None
-        #: For a group of quick single tasks leased as one chunk: the tasks.
-        self.members: list[Task] | None = None
-        #: For a chunk: how many of its items have been answered.
-        self.answered = 0
-        self.leased_at = 0.0
-
-    @property
-    def deferred(self) -> "Deferred[bytes]":
-        """
-        The task's one Deferred, made when someone first waits for the task:
-        a million queued tasks that nobody is waiting on (submitted with
-        ``enqueue``) cost no Deferreds.  It fires exactly once, when the
-        outcome is durable.
-        """
-        if self._deferred is None:
-            self._deferred = Deferred()
-        return self._deferred
-
-    @property
-    def priority(self) -> int:
-        return self.options.priority
-
-    def __repr__(self) -> str:
-        return f"<Task {self.id} {self.type} {self.state.name}>"
-
-
-class Job:
-    """
-    A map: many items of one type, cut into chunks as they arrive and as
-    workers have room, answered item by item through ``report``.  Jobs live
-    in memory only: the submitter holds the items it has not had answers
-    for, and sends them again if the scheduler restarts.
-    """
-
-    __slots__ = (
-        "id", "type", "priority", "options", "sizer", "report", "buffer", "chunks",
-        "outstanding", "received", "ended",
-    )
-
-    def __init__(
-        self,
-        job_id: int,
-        task_type: str,
-        priority: int,
-        sizer: ChunkSizer,
-        report: Callable[["Job", list[tuple[int, int, bytes]]], None],
-    ) -> None:
-        self.id = job_id
-        self.type = task_type
-        self.priority = priority
-        #: Its chunks' options: they queue at the job's priority.
-        self.options = TaskOptions(priority=priority) if priority else DEFAULT_OPTIONS
-        self.sizer = sizer
-        #: Called with the job and [(index, status, value), ...] as items finish.
-        self.report = report
-        #: Items received and not yet cut into a chunk: (index, payload).
-        self.buffer: deque[tuple[int, bytes]] = deque()
-        #: Live chunks (queued or leased) by id.
-        self.chunks: dict[int, Task] = {}
-        #: Items received and not yet answered.
-        self.outstanding = 0
-        self.received = 0
-        self.ended = False
 
 
 def _consume(failure: Failure) -> None:
@@ -251,7 +158,7 @@ class Scheduler:
         self._clock = clock
         self._store: ITaskStore = store if store is not None else MemoryStore()
         self.policy = policy
-        self._queue = TaskQueue()
+        self._queue: TaskQueue[Queued] = TaskQueue()
         self._tasks: dict[int, Task] = {}
         self._keys: dict[str, int] = {}
         self._workers: list[WorkerState] = []
@@ -265,7 +172,7 @@ class Scheduler:
         # group commit
         self._commit_call: IDelayedCall | None = None
         self._finished: list[tuple[Task, bytes]] = []
-        self._after_commit: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self._after_commit: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
         # flow control
         self._paused = False
         #: Called with True when the queue goes beyond its bound, False when it has room again.
@@ -365,13 +272,13 @@ class Scheduler:
             self.on_queue_full(True)
         return task.id, False
 
-    def after_commit(self, function: Callable[..., Any], *args: Any) -> None:
+    def after_commit(self, function: Callable[..., object], *args: Any) -> None:
         """Call ``function(*args)`` once everything written so far is durable."""
         self._after_commit.append((function, args))
         if self._commit_call is None:
             self._commit_call = self._clock.callLater(0, self._commit)
 
-    def watch(self, task_id: int) -> "Deferred[bytes] | Outcome | None":
+    def watch(self, task_id: int) -> Deferred[bytes] | Outcome | None:
         """
         The Deferred of a live task (callbacks added to it must pass the
         result or failure on), the outcome of a finished one, or None for an
@@ -424,7 +331,7 @@ class Scheduler:
     def open_job(
         self,
         task_type: str,
-        report: Callable[["Job", list[tuple[int, int, bytes]]], None],
+        report: JobReport,
         priority: int = 0,
         chunk_size: int = 0,
         size_hint: int = 0,
@@ -432,7 +339,7 @@ class Scheduler:
         """
         Open a job; ``report(job, [(index, status, value), ...])`` is called
         as its items finish, in any order.  ``chunk_size`` 0: adapt to the job's
-        speed (see ``taskmesh.chunking``).
+        speed (see ``taskmesh.core.chunking``).
         """
         slots = sum(worker.slots for worker in self._workers if task_type in worker.task_types)
         sizer = ChunkSizer(min(chunk_size, MAX_CHUNK), size_hint, slots)
@@ -461,7 +368,7 @@ class Scheduler:
         chunks = list(job.chunks.values())
         job.chunks.clear()
         self._queue.remove_all([chunk for chunk in chunks if chunk.worker is None])
-        freed = []
+        freed: list[WorkerState] = []
         for chunk in chunks:
             worker = chunk.worker
             if worker is not None:
@@ -498,13 +405,11 @@ class Scheduler:
                 total += len(payload) + CHUNK_ITEM_OVERHEAD
             self._enqueue(self._chunk(job, indexes, payloads))
 
-    def _chunk(self, job: Job, indexes: list[int], payloads: list[bytes], seq: int = 0) -> Task:
-        chunk = Task(self._next_id, job.type, payloads, job.options, 0.0)  # type: ignore[arg-type]
+    def _chunk(self, job: Job, indexes: list[int], payloads: list[bytes], seq: int = 0) -> Chunk:
+        chunk_id = self._next_id
         self._next_id += 1
-        chunk.job = job
-        chunk.indexes = indexes
-        chunk.seq = seq or chunk.id
-        job.chunks[chunk.id] = chunk
+        chunk = Chunk(chunk_id, job, indexes, payloads, seq or chunk_id)
+        job.chunks[chunk_id] = chunk
         return chunk
 
     def _room_for(self, task_type: str) -> bool:
@@ -526,38 +431,37 @@ class Scheduler:
         now = self._clock.seconds()
         leases = worker.leases
         for chunk_id, offset, outcomes in records:
-            chunk = leases.get(chunk_id)
-            if chunk is None or (chunk.job is None and chunk.members is None):
+            lease = leases.get(chunk_id)
+            if not isinstance(lease, (Chunk, Group)):
                 self.log.info(
                     "dropped a late answer for chunk {chunk_id} from {name}, which no longer holds it",
                     chunk_id=chunk_id,
                     name=worker.name,
                 )
                 continue
-            items = len(chunk.payload)
-            if offset != chunk.answered or offset + len(outcomes) > items:
+            items = lease.size
+            if offset != lease.answered or offset + len(outcomes) > items:
                 raise ValueError(
-                    f"chunk {chunk_id} of {items} items has {chunk.answered} answered; "
+                    f"chunk {chunk_id} of {items} items has {lease.answered} answered; "
                     f"an answer for {len(outcomes)} from {offset} does not fit"
                 )
-            chunk.answered += len(outcomes)
-            done = chunk.answered == items
+            lease.answered += len(outcomes)
+            done = lease.answered == items
             if done:
                 del leases[chunk_id]
-                chunk.worker = None
-            if chunk.members is not None:
-                self._complete_members(worker, chunk.members[offset : offset + len(outcomes)], outcomes)
+                lease.worker = None
+            if isinstance(lease, Group):
+                self._complete_members(worker, lease.members[offset : offset + len(outcomes)], outcomes)
                 if done:
-                    self._group_size(chunk.type).observe(items, now - chunk.leased_at)
+                    self._group_size(lease.type).observe(items, now - lease.leased_at)
                 continue
-            job = chunk.job
-            assert job is not None and chunk.indexes is not None
+            job = lease.job
             job.outstanding -= len(outcomes)
             if done:
                 del job.chunks[chunk_id]
-                job.sizer.observe(items, now - chunk.leased_at)
+                job.sizer.observe(items, now - lease.leased_at)
             if job.id in self._jobs:
-                indexes = chunk.indexes[offset : offset + len(outcomes)]
+                indexes = lease.indexes[offset : offset + len(outcomes)]
                 job.report(job, [(index, status, value) for index, (status, value) in zip(indexes, outcomes)])
                 self._maybe_done(job)
         self._fill(worker)
@@ -589,9 +493,7 @@ class Scheduler:
         """A worker finished its handshake: give it work at once."""
         if slots < 1:
             raise ValueError("a worker needs at least one slot")
-        worker = WorkerState(
-            channel, name, slots, task_types, self.policy.prefetch, self._clock.seconds()
-        )
+        worker = WorkerState(channel, name, slots, task_types, self.policy.prefetch, self._clock.seconds())
         self._workers.append(worker)
         for task_type in task_types:
             self._served[task_type] = self._served.get(task_type, 0) + 1
@@ -622,32 +524,35 @@ class Scheduler:
                 del self._served[task_type]
             else:
                 self._served[task_type] -= 1
-        held: list[Task] = []
-        for task in worker.leases.values():
-            if task.members is None:
-                held.append(task)
-            else:  # a group: each of its tasks was lost with the worker
-                held.extend(m for m in task.members if m.worker is worker and m.state is State.RUNNING)
+        held: list[Task | Chunk] = []
+        for lease in worker.leases.values():
+            if isinstance(lease, Group):  # each of its tasks was lost with the worker
+                held.extend(m for m in lease.members if m.worker is worker and m.state is State.RUNNING)
+            else:
+                held.append(lease)
         worker.leases.clear()
-        held.sort(key=lambda task: task.seq)
+        held.sort(key=lambda item: item.seq)
         self.log.info(
             "worker {name} left ({reason}); {count} tasks to requeue",
             name=worker.name,
             reason=reason,
             count=len(held),
         )
-        for task in held:
+        for item in held:
+            if isinstance(item, Chunk):
+                item.worker = None
+                item.losses += 1
+                self._split(item, worker.name, reason)
+                continue
+            task = item
             self._release(task)
             task.losses += 1
-            if task.job is not None:
-                self._split(task, worker.name, reason)
-                continue
             if task.losses >= self.policy.max_losses:
                 self._finish(
                     task,
                     State.FAILED,
                     f"poison: task {task.id} lost its worker {task.losses} times "
-                    f"(last: {worker.name}, {reason}); not trying again".encode("utf-8"),
+                    f"(last: {worker.name}, {reason}); not trying again".encode(),
                 )
             else:
                 self._store.record_attempts(task.id, task.attempts, task.losses)
@@ -666,17 +571,16 @@ class Scheduler:
         now = self._clock.seconds()
         leases = worker.leases
         for task_id, status, value in records:
-            task = leases.pop(task_id, None)
-            if task is not None and (task.job is not None or task.members is not None):
-                leases[task_id] = task  # a chunk is answered with ChunkResults
-                task = None
-            if task is None:
+            lease = leases.get(task_id)
+            if not isinstance(lease, Task):  # a chunk or group is answered with ChunkResults
                 self.log.info(
                     "dropped a late result for task {task_id} from {name}, which no longer holds it",
                     task_id=task_id,
                     name=worker.name,
                 )
                 continue
+            del leases[task_id]
+            task = lease
             task.worker = None
             if task.timer is not None:
                 task.timer.cancel()
@@ -738,11 +642,11 @@ class Scheduler:
     @staticmethod
     def _held(worker: WorkerState) -> int:
         """Tasks a worker holds, counting each task of a group."""
-        return sum(len(t.members) if t.members is not None else 1 for t in worker.leases.values())
+        return sum(lease.size if isinstance(lease, Group) else 1 for lease in worker.leases.values())
 
     # -- decisions -----------------------------------------------------------
 
-    def _enqueue(self, task: Task) -> None:
+    def _enqueue(self, task: Queued) -> None:
         """Straight to the roomiest worker that runs the type, or in line."""
         if not self._queue.has_waiting(task.type):
             best = None
@@ -756,14 +660,14 @@ class Scheduler:
                 return
         self._queue.push(task)
 
-    def _lease(self, task: Task, worker: WorkerState) -> None:
+    def _lease(self, task: Queued, worker: WorkerState) -> None:
         task.worker = worker
-        task.state = State.RUNNING
         task.leased_at = self._clock.seconds()
         worker.leases[task.id] = task
-        if task.job is not None:
-            worker.channel.assign_chunk(task.id, task.type, task.payload)  # type: ignore[arg-type]
+        if isinstance(task, Chunk):
+            worker.channel.assign_chunk(task.id, task.type, task.payloads)
             return
+        task.state = State.RUNNING
         timeout = task.options.timeout
         if timeout is not None:
             task.timer = self._clock.callLater(timeout, self._timed_out, task)
@@ -801,12 +705,12 @@ class Scheduler:
             task = queue.pop_for(worker.task_types)
             if task is None:
                 break
-            if task.job is None and task.options.timeout is None:  # type: ignore[attr-defined]
+            if isinstance(task, Task) and task.options.timeout is None:
                 sizer = self._group_sizes.get(task.type)
                 if sizer is not None and sizer.size > 1 and queue.has_waiting(task.type):
-                    self._lease_group(task, sizer.size, worker)  # type: ignore[arg-type]
+                    self._lease_group(task, sizer.size, worker)
                     continue
-            self._lease(task, worker)  # type: ignore[arg-type]
+            self._lease(task, worker)
         if self._paused and len(queue) < self.policy.max_queued * 0.9:
             self._paused = False
             self.log.info("queue has room again: resuming submitters")
@@ -828,29 +732,26 @@ class Scheduler:
             - CHUNK_ITEM_OVERHEAD
         )
         while len(members) < size:
-            following: Any = queue.peek(first.type)
+            following = queue.peek(first.type)
             if (
-                following is None
-                or following.job is not None  # a job's chunk: not a plain task
+                not isinstance(following, Task)  # none, or a job's chunk
                 or following.options.timeout is not None
                 or len(following.payload) + CHUNK_ITEM_OVERHEAD > budget
             ):
                 break
             budget -= len(following.payload) + CHUNK_ITEM_OVERHEAD
-            members.append(queue.pop_for((first.type,)))  # type: ignore[arg-type]
+            queue.pop_for((first.type,))
+            members.append(following)
         if len(members) == 1:
             self._lease(first, worker)
             return
-        group = Task(self._next_id, first.type, [m.payload for m in members], DEFAULT_OPTIONS, 0.0)  # type: ignore[arg-type]
+        group = Group(self._next_id, members, worker, self._clock.seconds())
         self._next_id += 1
-        group.members = members
-        group.worker = worker
-        group.leased_at = self._clock.seconds()
         for member in members:
             member.worker = worker
             member.state = State.RUNNING
         worker.leases[group.id] = group
-        worker.channel.assign_chunk(group.id, group.type, group.payload)  # type: ignore[arg-type]
+        worker.channel.assign_chunk(group.id, group.type, [member.payload for member in members])
 
     def _group_size(self, task_type: str) -> ChunkSizer:
         sizer = self._group_sizes.get(task_type)
@@ -863,14 +764,13 @@ class Scheduler:
         for worker in sorted(self._workers, key=lambda w: len(w.leases)):
             self._fill(worker)
 
-    def _split(self, chunk: Task, worker_name: str, reason: str) -> None:
+    def _split(self, chunk: Chunk, worker_name: str, reason: str) -> None:
         """
         A chunk lost with its worker goes back as single items, in the
         chunk's place in line: they spread over the workers that remain, and
         an item that kills workers is failed alone, after max_losses.
         """
         job = chunk.job
-        assert job is not None and chunk.indexes is not None
         del job.chunks[chunk.id]
         if job.id not in self._jobs:
             return
@@ -878,14 +778,14 @@ class Scheduler:
             reason_text = (
                 f"poison: lost its worker {chunk.losses} times "
                 f"(last: {worker_name}, {reason}); not trying again"
-            ).encode("utf-8")
+            ).encode()
             unanswered = chunk.indexes[chunk.answered :]
             job.outstanding -= len(unanswered)
             job.report(job, [(index, 1, reason_text) for index in unanswered])
             self._maybe_done(job)
             return
         answered = chunk.answered
-        for index, payload in zip(chunk.indexes[answered:], chunk.payload[answered:]):  # type: ignore[index]
+        for index, payload in zip(chunk.indexes[answered:], chunk.payloads[answered:]):
             piece = self._chunk(job, [index], [payload], seq=chunk.seq)
             piece.losses = chunk.losses
             self._queue.push(piece)
@@ -908,12 +808,10 @@ class Scheduler:
             self._finish(
                 task,
                 State.FAILED,
-                f"{reason} (attempt {task.attempts} of {allowed}; giving up)".encode("utf-8"),
+                f"{reason} (attempt {task.attempts} of {allowed}; giving up)".encode(),
             )
             return
-        delay = min(
-            self.policy.retry_delay * 2 ** (task.attempts - 1), self.policy.retry_max_delay
-        )
+        delay = min(self.policy.retry_delay * 2 ** (task.attempts - 1), self.policy.retry_max_delay)
         self.log.info(
             "task {task_id} attempt {attempt} of {allowed} failed ({reason}); retry in {delay:g} s",
             task_id=task.id,
@@ -961,7 +859,7 @@ class Scheduler:
         tasks = self._tasks
         for task, value in finished:
             del tasks[task.id]
-            deferred = task._deferred
+            deferred = task.fired
             if deferred is None:  # nobody waits: the store has the outcome
                 continue
             if task.state is State.SUCCEEDED:

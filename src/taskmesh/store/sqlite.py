@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from zope.interface import implementer
 
-from taskmesh.store import ITaskStore, Outcome, State, StoredTask
+from taskmesh.store.interface import ITaskStore, Outcome, State, StoredTask
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -85,12 +86,12 @@ class SqliteStore:
             target=self._checkpoint_loop, args=(synchronous,), name="taskmesh-checkpoint", daemon=True
         )
         self._checkpointer.start()
-        self._adds: list[tuple] = []
-        self._finishes: list[tuple] = []
-        self._attempts: list[tuple] = []
+        self._adds: list[tuple[Any, ...]] = []
+        self._finishes: list[tuple[Any, ...]] = []
+        self._attempts: list[tuple[Any, ...]] = []
         (highest,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM tasks").fetchone()
         row = self._db.execute("SELECT value FROM counters WHERE name = 'next_id'").fetchone()
-        self._next_id = max(highest + 1, row[0] if row else 1)
+        self._next_id: int = max(int(highest) + 1, int(row[0]) if row else 1)
         self._stored_next_id = self._next_id
 
     def next_id(self) -> int:

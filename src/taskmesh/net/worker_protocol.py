@@ -13,18 +13,19 @@ not its business: the worker service wraps the factory in a
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from taskmesh import wire
-from taskmesh.framing import FramedProtocol, PeerMisbehaved
+from taskmesh.core.worker import RunBlocking, Worker
 from taskmesh.handlers import HandlerRegistry
-from taskmesh.worker import RunBlocking, Worker
+from taskmesh.net.framing import FramedProtocol, PeerMisbehaved
 
 
 class WorkerProtocol(FramedProtocol):
@@ -32,7 +33,7 @@ class WorkerProtocol(FramedProtocol):
 
     log = Logger()
 
-    def __init__(self, factory: "WorkerFactory") -> None:
+    def __init__(self, factory: WorkerFactory) -> None:
         super().__init__(factory.clock, wire.DEFAULT_MAX_FRAME)
         self.factory = factory
         self.core: Worker | None = None
@@ -57,44 +58,35 @@ class WorkerProtocol(FramedProtocol):
         super().stringReceived(data)
 
     def message_received(self, message: wire.Message) -> None:
-        kind = type(message)
         core = self.core
-        if core is not None:
-            if kind is wire.Assign:
-                core.assign(message.records)  # type: ignore[union-attr]
-                return
-            if kind is wire.AssignChunks:
-                core.assign_chunks(message.records)  # type: ignore[union-attr]
-                return
-            if kind is wire.Heartbeat:
-                return
-            if kind is wire.Cancel:
-                core.cancel(message.records)  # type: ignore[union-attr]
-                return
-        elif kind is wire.Welcome:
-            if message.version != wire.PROTOCOL_VERSION:  # type: ignore[union-attr]
-                self._refused(
-                    f"it speaks protocol version {message.version}, "  # type: ignore[union-attr]
-                    f"this worker {wire.PROTOCOL_VERSION}"
-                )
-                return
-            self._welcomed(message)  # type: ignore[arg-type]
-            return
-        if kind is wire.Error:
-            if self.core is None:
+        match message:
+            case wire.Assign(records=records) if core is not None:
+                core.assign(records)
+            case wire.AssignChunks(records=records) if core is not None:
+                core.assign_chunks(records)
+            case wire.Cancel(records=task_ids) if core is not None:
+                core.cancel(task_ids)
+            case wire.Heartbeat() if core is not None:
+                pass
+            case wire.Welcome() if core is None:
+                if message.version != wire.PROTOCOL_VERSION:
+                    self._refused(
+                        f"it speaks protocol version {message.version}, this worker {wire.PROTOCOL_VERSION}"
+                    )
+                    return
+                self._welcomed(message)
+            case wire.Error() if core is None:
                 # Refused at the handshake (version, slots, types): trying
                 # again would only be refused again.
-                self._refused(message.message)  # type: ignore[union-attr]
-                return
-            self.log.error(
-                "scheduler {peer} dropped us: {message}",
-                peer=self.peer,
-                message=message.message,  # type: ignore[union-attr]
-            )
-            self.closing = True
-            self.transport.loseConnection()
-            return
-        raise PeerMisbehaved(f"a worker does not expect {kind.__name__} now")
+                self._refused(message.message)
+            case wire.Error():
+                self.log.error(
+                    "scheduler {peer} dropped us: {message}", peer=self.peer, message=message.message
+                )
+                self.closing = True
+                self.transport.loseConnection()
+            case _:
+                raise PeerMisbehaved(f"a worker does not expect {type(message).__name__} now")
 
     def _welcomed(self, welcome: wire.Welcome) -> None:
         # The scheduler's limits bind both directions of this connection.
@@ -116,8 +108,7 @@ class WorkerProtocol(FramedProtocol):
             self._heartbeat.clock = self.clock
             self._heartbeat.start(interval, now=False)
         self.log.info(
-            "connected to scheduler {scheduler} at {peer} as {name} "
-            "with {slots} slots for {types}",
+            "connected to scheduler {scheduler} at {peer} as {name} with {slots} slots for {types}",
             scheduler=welcome.name,
             peer=self.peer,
             name=factory.name,
@@ -164,7 +155,7 @@ class WorkerProtocol(FramedProtocol):
                 break
             offset = end
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         if self._heartbeat is not None and self._heartbeat.running:
             self._heartbeat.stop()

@@ -15,13 +15,14 @@ is answered (at-least-once), and each is written once.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Iterator
 
 from twisted.internet.defer import Deferred
 
 from taskmesh import wire
-from taskmesh.client_protocol import ClientProtocol, SchedulerGone
+from taskmesh.errors import SchedulerGone
+from taskmesh.net.client_protocol import ClientProtocol
 
 #: Items in flight at the most, by default.
 DEFAULT_WINDOW = 20_000
@@ -141,9 +142,7 @@ async def run_map(
             lambda _: wake_up(SchedulerGone("connection to the scheduler lost during the map"))
         )
         try:
-            job_id, flags = await protocol.open_job(
-                task_type, on_results, priority, chunk_size, size_hint
-            )
+            job_id, flags = await protocol.open_job(task_type, on_results, priority, chunk_size, size_hint)
             if flags & wire.ACCEPTED_NO_WORKER:
                 on_no_worker(task_type)
             # Frames well inside the scheduler's limit; an item that could
@@ -174,7 +173,10 @@ async def run_map(
                         sent += len(batch)
                         batch, batch_bytes = [], 0
                     if oversized:
-                        reason = f"payload of {len(payload)} bytes exceeds the scheduler's limit of {max_payload} bytes"
+                        reason = (
+                            f"payload of {len(payload)} bytes exceeds the scheduler's limit "
+                            f"of {max_payload} bytes"
+                        )
                         output.add(next_index, wire.STATUS_FAILED, reason.encode("utf-8"))
                         answered_here = True
                     else:
@@ -207,9 +209,7 @@ async def run_map(
                 raise
 
 
-def _resend(
-    protocol: ClientProtocol, job_id: int, in_flight: dict[int, bytes], frame_bytes: int
-) -> int:
+def _resend(protocol: ClientProtocol, job_id: int, in_flight: dict[int, bytes], frame_bytes: int) -> int:
     """Send the items still in flight again, in runs of consecutive indexes."""
     sent = 0
     run: list[bytes] = []

@@ -11,37 +11,18 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from taskmesh import wire
-from taskmesh.framing import FramedProtocol, PeerMisbehaved
-from taskmesh.scheduler import TaskCancelled, TaskFailed
-
-
-class TaskRejected(Exception):
-    """The scheduler refused a submission (too large, malformed); nothing ran."""
-
-
-class SchedulerGone(Exception):
-    """The connection to the scheduler ended before the answer came."""
-
-
-class TaskUnknown(LookupError):
-    """No task has this id (never submitted, or its result was pruned)."""
-
-
-class TaskPending(Exception):
-    """The task has no outcome yet; the message is its state (queued or running)."""
-
-    def __init__(self, task_id: int, state: str) -> None:
-        super().__init__(f"task {task_id} is {state}")
-        self.task_id = task_id
-        self.state = state
+from taskmesh.errors import SchedulerGone, TaskCancelled, TaskFailed, TaskPending, TaskRejected, TaskUnknown
+from taskmesh.net.framing import FramedProtocol, PeerMisbehaved
 
 
 #: What a result record means for someone waiting on it.
@@ -103,7 +84,7 @@ class ClientProtocol(FramedProtocol):
 
     def submit(
         self, task_type: str, payload: bytes, options: wire.TaskOptions = wire.DEFAULT_OPTIONS
-    ) -> "Deferred[Any]":
+    ) -> Deferred[Any]:
         """
         Queue one task.  The Deferred fires with the result bytes, or, when
         ``options.no_result`` is set, with the task id once the scheduler has
@@ -114,12 +95,10 @@ class ClientProtocol(FramedProtocol):
             return waiting
         request = self._next_request = (self._next_request + 1) & 0xFFFFFFFF
         self._requests[request] = (task_type, waiting, not options.no_result)
-        self.queue(
-            wire.Submit, (request, task_type, payload, options), len(payload) + len(task_type)
-        )
+        self.queue(wire.Submit, (request, task_type, payload, options), len(payload) + len(task_type))
         return waiting
 
-    def query(self, task_id: int, wait: bool) -> "Deferred[tuple[int, bytes]]":
+    def query(self, task_id: int, wait: bool) -> Deferred[tuple[int, bytes]]:
         """
         The task's outcome as a (status, value) record; without ``wait``, the
         next record, which may say it is still pending.
@@ -131,7 +110,7 @@ class ClientProtocol(FramedProtocol):
         self.queue(wire.Query, (task_id, wait), 0)
         return answer
 
-    def cancel(self, task_id: int) -> "Deferred[tuple[int, bytes]]":
+    def cancel(self, task_id: int) -> Deferred[tuple[int, bytes]]:
         """Cancel; the answer is the task's outcome afterwards."""
         answer: Deferred[tuple[int, bytes]] = Deferred()
         if self._refuse(answer, b""):
@@ -140,7 +119,7 @@ class ClientProtocol(FramedProtocol):
         self.queue(wire.Cancel, task_id, 0)
         return answer
 
-    def status(self) -> "Deferred[dict[str, Any]]":
+    def status(self) -> Deferred[dict[str, Any]]:
         answer: Deferred[dict[str, Any]] = Deferred()
         if self._refuse(answer, b""):
             return answer
@@ -155,7 +134,7 @@ class ClientProtocol(FramedProtocol):
         priority: int = 0,
         chunk_size: int = 0,
         size_hint: int = 0,
-    ) -> "Deferred[tuple[int, int]]":
+    ) -> Deferred[tuple[int, int]]:
         """Open a job (a map); fires with (job id, accepted flags)."""
         answer: Deferred[tuple[int, int]] = Deferred()
         if self._refuse(answer, b""):
@@ -191,47 +170,47 @@ class ClientProtocol(FramedProtocol):
     # -- answers -------------------------------------------------------------
 
     def message_received(self, message: wire.Message) -> None:
-        kind = type(message)
-        if kind is wire.JobResults:
-            self._job_results(message.records)  # type: ignore[union-attr]
-        elif kind is wire.Results:
-            self._results(message.records)  # type: ignore[union-attr]
-        elif kind is wire.Accepted:
-            for request, task_id, flags in message.records:  # type: ignore[union-attr]
-                task_type, waiting, wants_result = self._pop_request(request)
-                if flags & wire.ACCEPTED_NO_WORKER:
-                    self._on_no_worker(task_type)
-                if wants_result:
-                    self._waiters.setdefault(task_id, []).append(waiting)
-                else:
-                    waiting.callback(task_id)
-        elif kind is wire.Rejected:
-            for request, reason in message.records:  # type: ignore[union-attr]
-                self._pop_request(request)[1].errback(TaskRejected(reason))
-        elif kind is wire.JobAccepted:
-            found = self._job_requests.pop(message.request, None)  # type: ignore[union-attr]
-            if found is None:
-                raise PeerMisbehaved(f"answer to job request {message.request}, which is not pending")  # type: ignore[union-attr]
-            answer, listener = found
-            self._jobs[message.job_id] = listener  # type: ignore[union-attr]
-            answer.callback((message.job_id, message.flags))  # type: ignore[union-attr]
-        elif kind is wire.StatusReport and self._status:
-            self._status.popleft().callback(json.loads(message.json))  # type: ignore[union-attr]
-        elif kind is wire.Welcome and self.welcome is None:
-            if message.version != wire.PROTOCOL_VERSION:  # type: ignore[union-attr]
-                raise PeerMisbehaved(
-                    f"the scheduler speaks protocol version {message.version}; "  # type: ignore[union-attr]
-                    f"this client speaks {wire.PROTOCOL_VERSION}"
-                )
-            self.welcome = message  # type: ignore[assignment]
-            self.MAX_LENGTH = self.send_limit = message.max_frame  # type: ignore[union-attr]
-            self.ready.callback(message)
-        elif kind is wire.Error:
-            self._error = message.message  # type: ignore[union-attr]
-            self.closing = True
-            self.transport.loseConnection()
-        else:
-            raise PeerMisbehaved(f"a client does not expect {kind.__name__} now")
+        match message:
+            case wire.JobResults(records=job_records):
+                self._job_results(job_records)
+            case wire.Results(records=results):
+                self._results(results)
+            case wire.Accepted(records=accepted):
+                for request, task_id, flags in accepted:
+                    task_type, waiting, wants_result = self._pop_request(request)
+                    if flags & wire.ACCEPTED_NO_WORKER:
+                        self._on_no_worker(task_type)
+                    if wants_result:
+                        self._waiters.setdefault(task_id, []).append(waiting)
+                    else:
+                        waiting.callback(task_id)
+            case wire.Rejected(records=rejected):
+                for request, reason in rejected:
+                    self._pop_request(request)[1].errback(TaskRejected(reason))
+            case wire.JobAccepted(request=request, job_id=job_id, flags=flags):
+                found = self._job_requests.pop(request, None)
+                if found is None:
+                    raise PeerMisbehaved(f"answer to job request {request}, which is not pending")
+                answer, listener = found
+                self._jobs[job_id] = listener
+                answer.callback((job_id, flags))
+            case wire.StatusReport(json=report) if self._status:
+                self._status.popleft().callback(json.loads(report))
+            case wire.Welcome() if self.welcome is None:
+                if message.version != wire.PROTOCOL_VERSION:
+                    raise PeerMisbehaved(
+                        f"the scheduler speaks protocol version {message.version}; "
+                        f"this client speaks {wire.PROTOCOL_VERSION}"
+                    )
+                self.welcome = message
+                self.MAX_LENGTH = self.send_limit = message.max_frame
+                self.ready.callback(message)
+            case wire.Error():
+                self._error = message.message
+                self.closing = True
+                self.transport.loseConnection()
+            case _:
+                raise PeerMisbehaved(f"a client does not expect {type(message).__name__} now")
 
     def _results(self, records: list[wire.ResultRecord]) -> None:
         waiters = self._waiters
@@ -272,14 +251,16 @@ class ClientProtocol(FramedProtocol):
             raise PeerMisbehaved(f"answer to request {request}, which is not pending")
         return found
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         why = self._error or self.closed_because or reason.getErrorMessage()
         if not self.ready.called:
             self.ready.errback(SchedulerGone(f"connection to the scheduler lost: {why}"))
         waiting: list[Deferred[Any]] = [entry[1] for entry in self._requests.values()]
-        for group in (*self._waiters.values(), *self._finals.values(), *self._peeks.values()):
-            waiting.extend(group)
+        for waiters in self._waiters.values():
+            waiting.extend(waiters)
+        for records in (*self._finals.values(), *self._peeks.values()):
+            waiting.extend(records)
         waiting.extend(self._status)
         waiting.extend(answer for answer, _ in self._job_requests.values())
         self._job_requests.clear()
@@ -290,7 +271,5 @@ class ClientProtocol(FramedProtocol):
         self._peeks.clear()
         self._status.clear()
         for answer in waiting:
-            answer.errback(
-                SchedulerGone(f"connection to the scheduler lost before the answer came: {why}")
-            )
+            answer.errback(SchedulerGone(f"connection to the scheduler lost before the answer came: {why}"))
         self.lost.callback(None)

@@ -12,24 +12,18 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, Callable, Iterable, Union
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import connectProtocol
 
 from taskmesh import wire
-from taskmesh.address import DEFAULT_ADDRESS, client_endpoint
-from taskmesh.client_protocol import (
-    ClientProtocol,
-    SchedulerGone,
-    TaskPending,
-    TaskRejected,
-    TaskUnknown,
-    outcome_error,
-)
+from taskmesh.client.mapping import DEFAULT_WINDOW, MapSummary, Progress, Writer, run_map
+from taskmesh.errors import SchedulerGone, TaskCancelled, TaskFailed, TaskPending, TaskRejected, TaskUnknown
 from taskmesh.handlers import DEFAULT_TASK_TYPE
-from taskmesh.mapping import DEFAULT_WINDOW, MapSummary, Progress, Writer, run_map
-from taskmesh.scheduler import TaskCancelled, TaskFailed
+from taskmesh.net.address import DEFAULT_ADDRESS, client_endpoint
+from taskmesh.net.client_protocol import ClientProtocol, outcome_error
 
 __all__ = [
     "Client",
@@ -45,7 +39,7 @@ __all__ = [
 #: How long connect() waits for the scheduler's handshake before giving up.
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
-Payload = Union[str, bytes]
+Payload = str | bytes
 
 
 def task_options(
@@ -58,7 +52,12 @@ def task_options(
 ) -> wire.TaskOptions:
     """Options for a submission; the defaults share one object and cost one byte."""
     if (priority, timeout, max_attempts, key, retry_on_error, no_result) == (
-        0, None, 0, None, False, False,
+        0,
+        None,
+        0,
+        None,
+        False,
+        False,
     ):
         return wire.DEFAULT_OPTIONS
     if timeout is not None:
@@ -85,7 +84,7 @@ class Client:
         reactor: Any = None,
         timeout: float = DEFAULT_CONNECT_TIMEOUT,
         on_no_worker: Callable[[str], None] = lambda task_type: None,
-    ) -> "Client":
+    ) -> Client:
         """
         Connect and shake hands.  ``address`` is ``host:port`` or an endpoint
         string.  ``on_no_worker(task_type)`` is called when a task is accepted
@@ -120,7 +119,7 @@ class Client:
         max_attempts: int = 0,
         key: str | None = None,
         retry_on_error: bool = False,
-    ) -> "Deferred[bytes]":
+    ) -> Deferred[bytes]:
         """
         Run one task and wait for it.  The Deferred fires with the result's
         bytes, or fails with TaskFailed (the message says why), TaskCancelled,
@@ -146,7 +145,7 @@ class Client:
         max_attempts: int = 0,
         key: str | None = None,
         retry_on_error: bool = False,
-    ) -> "Deferred[int]":
+    ) -> Deferred[int]:
         """
         Queue one task without waiting for it: the Deferred fires with its id
         once the scheduler has made it durable.  Fetch the result later with
@@ -241,7 +240,7 @@ class Client:
         )
         return results
 
-    def status(self) -> "Deferred[dict[str, Any]]":
+    def status(self) -> Deferred[dict[str, Any]]:
         """The scheduler's workers and task counts, as a dict (see ``taskmesh status --json``)."""
         return self._protocol.status()
 
@@ -255,7 +254,7 @@ class Client:
         welcome = self._protocol.welcome
         return welcome.max_payload if welcome else 0
 
-    def close(self) -> "Deferred[None]":
+    def close(self) -> Deferred[None]:
         """Send what is queued and disconnect; what is still pending fails with SchedulerGone."""
         protocol = self._protocol
         if not protocol.closing:
