@@ -26,7 +26,7 @@ MESSAGES = [
         ]
     ),
     wire.Submit([]),
-    wire.Query([(1, True), (2**64 - 1, False)]),
+    wire.Query([(1, True), (wire.MAX_ID, False)]),
     wire.Cancel([1, 2, 3]),
     wire.Accepted([(1, 10, 0), (2, 2**64 - 1, wire.ACCEPTED_NO_WORKER | wire.ACCEPTED_DUPLICATE)]),
     wire.Rejected([(7, "payload too large")]),
@@ -153,3 +153,31 @@ def test_timeouts_the_wire_cannot_carry(seconds: float) -> None:
 def test_unusable_task_types(name: object) -> None:
     with pytest.raises(ValueError):
         wire.check_task_type(name)
+
+
+@pytest.mark.parametrize(
+    "message, field",
+    [
+        (wire.Query([(wire.MAX_ID + 1, True)]), "task id"),
+        (wire.Query([(2**64 - 1, False)]), "task id"),
+        (wire.Cancel([1, 2**63]), "task id"),
+        (wire.JobItems(job_id=1, first_index=wire.MAX_ID, payloads=[b"a", b"b"]), "item indexes"),
+        (wire.JobItems(job_id=1, first_index=2**64 - 1, payloads=[b"a"]), "item indexes"),
+        (wire.JobEnd(job_id=1, total=2**63), "job total"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else type(value).__name__,
+)
+def test_ids_and_indexes_beyond_what_a_store_holds_are_refused(message: wire.Message, field: str) -> None:
+    """Every id must fit a signed 64-bit integer (SQLite's INTEGER): larger ones are refused by name."""
+    with pytest.raises(wire.ProtocolError, match=field):
+        wire.decode(wire.encode(message))
+
+
+def test_the_largest_ids_and_indexes_are_accepted() -> None:
+    for message in (
+        wire.Query([(wire.MAX_ID, True)]),
+        wire.Cancel([wire.MAX_ID]),
+        wire.JobItems(job_id=1, first_index=wire.MAX_ID, payloads=[b"a"]),
+        wire.JobEnd(job_id=1, total=wire.MAX_ID),
+    ):
+        assert wire.decode(wire.encode(message)) == message

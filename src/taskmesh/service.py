@@ -57,12 +57,16 @@ class SchedulerService(Service):
         max_frame: int = wire.DEFAULT_MAX_FRAME,
         max_payload: int = wire.DEFAULT_MAX_PAYLOAD,
         name: str = "taskmesh-scheduler",
+        factory_options: dict[str, Any] | None = None,
     ) -> None:
         self.listen = listen
         self.core = core
         self.store = store
         self.endpoint = serverFromString(reactor, listen)
-        self.factory = SchedulerFactory(core, reactor, name, max_frame, max_payload)
+        #: The bounds on every peer (see SchedulerFactory).
+        self.factory = SchedulerFactory(
+            core, reactor, name, max_frame, max_payload, **(factory_options or {})
+        )
         self.port: IListeningPort | None = None
 
     def startService(self) -> None:

@@ -69,6 +69,13 @@ ERROR_FRAME_TOO_LARGE = 3
 ERROR_UNEXPECTED = 4
 ERROR_INTERNAL = 5
 ERROR_SILENT = 6  # no heartbeat for too long
+ERROR_TIMEOUT = 7  # the handshake, or a frame, did not finish in time
+ERROR_BUSY = 8  # the scheduler cannot take this now (unfinished-frame budget spent): try again later
+ERROR_LIMIT = 9  # a per-connection limit was passed (outstanding queries, open jobs, connections)
+
+#: The largest task, chunk or job id, and job item index: what a signed 64-bit
+#: integer holds (SQLite's INTEGER), so every id fits every store.
+MAX_ID = 2**63 - 1
 
 # Message kinds: the first byte of every frame body.
 KIND_HELLO = 0x01
@@ -872,6 +879,8 @@ def _decode_query(data: bytes) -> Query:
     records = []
     for i in range(count):
         task_id, wait = unpack(data, _COUNT.size + i * _QUERY_REC.size)
+        if task_id > MAX_ID:
+            raise ProtocolError(f"task id {task_id} is out of range (at most {MAX_ID})")
         records.append((task_id, bool(wait)))
     return Query(records)
 
@@ -882,7 +891,10 @@ def _decode_cancel(data: bytes) -> Cancel:
     if len(data) != _COUNT.size + count * _TASK_ID.size:
         raise ProtocolError("cancel frame length does not match its record count")
     unpack = _TASK_ID.unpack_from
-    return Cancel([unpack(data, _COUNT.size + i * _TASK_ID.size)[0] for i in range(count)])
+    task_ids = [unpack(data, _COUNT.size + i * _TASK_ID.size)[0] for i in range(count)]
+    if task_ids and max(task_ids) > MAX_ID:
+        raise ProtocolError(f"task id {max(task_ids)} is out of range (at most {MAX_ID})")
+    return Cancel(task_ids)
 
 
 def _decode_empty(message: Message) -> Callable[[bytes], Message]:
@@ -940,6 +952,10 @@ def _payloads(reader: _Reader, count: int) -> list[bytes]:
 def _decode_job_items(data: bytes) -> JobItems:
     reader = _Reader(data, 0)
     _, job_id, first_index, count = reader.unpack(_JOB_ITEMS_HEAD)
+    if first_index + count - 1 > MAX_ID:
+        raise ProtocolError(
+            f"item indexes up to {first_index + count - 1} are out of range (at most {MAX_ID})"
+        )
     payloads = _payloads(reader, count)
     reader.finish()
     return JobItems(job_id, first_index, payloads)
@@ -948,6 +964,8 @@ def _decode_job_items(data: bytes) -> JobItems:
 def _decode_job_end(data: bytes) -> JobEnd:
     reader = _Reader(data, 0)
     _, job_id, total = reader.unpack(_JOB_END)
+    if total > MAX_ID:
+        raise ProtocolError(f"a job total of {total} items is out of range (at most {MAX_ID})")
     reader.finish()
     return JobEnd(job_id, total)
 

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 
 from taskmesh import wire
 from taskmesh.errors import SchedulerGone, TaskCancelled, TaskFailed, TaskPending, TaskRejected, TaskUnknown
-from taskmesh.net.framing import FramedProtocol, PeerMisbehaved
+from taskmesh.net.framing import ConnectionLimits, FramedProtocol, PeerMisbehaved
 
 
 #: What a result record means for someone waiting on it.
@@ -51,8 +51,9 @@ class ClientProtocol(FramedProtocol):
         clock: IReactorTime,
         name: str,
         on_no_worker: Callable[[str], None] = lambda task_type: None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
-        super().__init__(clock, wire.DEFAULT_MAX_FRAME)
+        super().__init__(clock, limits or ConnectionLimits())
         self.name = name
         #: Fires with the scheduler's Welcome once the handshake is done.
         self.ready: Deferred[wire.Welcome] = Deferred()
@@ -202,9 +203,14 @@ class ClientProtocol(FramedProtocol):
                         f"the scheduler speaks protocol version {message.version}; "
                         f"this client speaks {wire.PROTOCOL_VERSION}"
                     )
+                self.handshake_done()
                 self.welcome = message
-                self.MAX_LENGTH = self.send_limit = message.max_frame
+                self.set_max_frame(message.max_frame)
+                if message.heartbeat_ms:
+                    self.keep_alive(message.heartbeat_ms / 1000, message.tolerance)
                 self.ready.callback(message)
+            case wire.Heartbeat() if self.welcome is not None:
+                pass
             case wire.Error():
                 self._error = message.message
                 self.closing = True

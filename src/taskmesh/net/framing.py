@@ -1,28 +1,87 @@
 """
 What every taskmesh connection does with frames, whichever its role.
 
-``FramedProtocol`` turns frames into messages and back, and nothing more:
+``FramedProtocol`` turns frames into messages and back, and bounds what a
+peer can make it hold:
 
+- frames are reassembled by a ``FrameReader`` (``taskmesh.net.frames``): in
+  linear time, and within a budget of bytes for unfinished frames that every
+  connection of the process shares;
+- deadlines: the handshake must finish within ``handshake_timeout`` seconds,
+  and a frame that has started must finish within ``frame_timeout``;
 - records (tasks, results) queued during one reactor turn leave together in
   as few frames as the peer's frame limit allows, in the order they were
   queued; one ``callLater(0)`` per turn, not one write per task;
+- backpressure: the protocol is the transport's push producer.  While the
+  peer does not read (the transport's buffer is full), its requests are not
+  read either, and a peer that lets more than ``max_unsent`` bytes pile up
+  is aborted;
 - a frame that does not decode, a frame over the limit, or a message the
   peer may not send now gets an ``Error`` frame naming the reason, a log
-  line, and the connection closed: only the offending connection is lost;
-- after that, nothing more from the peer is read.
+  line, and the connection closed: only the offending connection is lost.
+  After that nothing more from the peer is read, and a connection that does
+  not close within ``close_grace`` seconds (its peer does not read) is
+  aborted, so it never stays half-open with its buffers.
 """
 
 from __future__ import annotations
 
+import struct
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import connectionDone
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from taskmesh import wire
+from taskmesh.net.frames import FrameReader, FrameTooLarge, PartialFrameBudget
+
+_PREFIX = struct.Struct(">I")
+
+#: Seconds a new connection has to finish its handshake.
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+#: Seconds a frame that has started may take to arrive whole.
+DEFAULT_FRAME_TIMEOUT = 30.0
+#: Bytes that may pile up, unsent, for a peer that does not read, beyond the
+#: transport's own buffer; at least two of the largest frames.
+DEFAULT_MAX_UNSENT = 32 * 1024 * 1024
+#: Bytes all unfinished frames of a process may hold together.
+DEFAULT_FRAME_BUDGET = 256 * 1024 * 1024
+#: Seconds a connection we are closing may take to flush before it is aborted.
+CLOSE_GRACE = 10.0
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """The bounds one connection lives within; each is an option of the scheduler."""
+
+    max_frame: int = wire.DEFAULT_MAX_FRAME
+    #: None: no deadline (a test, or a peer we trust to be slow).
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT
+    frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT
+    max_unsent: int = DEFAULT_MAX_UNSENT
+    close_grace: float = CLOSE_GRACE
+
+    def __post_init__(self) -> None:
+        checks = {
+            "max_frame": 64 <= self.max_frame <= wire.MAX_FRAME_LIMIT,
+            "handshake_timeout": self.handshake_timeout is None or self.handshake_timeout > 0,
+            "frame_timeout": self.frame_timeout is None or self.frame_timeout > 0,
+            "max_unsent": self.max_unsent >= 1,
+            "close_grace": self.close_grace >= 0,
+        }
+        wrong = [name for name, ok in checks.items() if not ok]
+        if wrong:
+            raise ValueError(f"invalid connection limits: {', '.join(wrong)}")
+
+    def with_max_frame(self, max_frame: int) -> ConnectionLimits:
+        return replace(self, max_frame=max_frame)
+
 
 #: Records of one message class waiting to go out, with their byte estimate:
 #: [message class, records, estimated bytes].
@@ -41,6 +100,7 @@ class Transport(Protocol):
     def abortConnection(self) -> None: ...
     def pauseProducing(self) -> None: ...
     def resumeProducing(self) -> None: ...
+    def registerProducer(self, producer: object, streaming: bool) -> None: ...
 
 
 def describe_address(address: IAddress) -> str:
@@ -54,7 +114,11 @@ def describe_address(address: IAddress) -> str:
 class PeerMisbehaved(Exception):
     """A well-formed message the peer may not send now (wrong role or state)."""
 
+    #: The error code the peer is told.
+    code = wire.ERROR_UNEXPECTED
 
+
+@implementer(IPushProducer)
 class FramedProtocol(Int32StringReceiver):
     """Frames in, messages out; batched records out, per reactor turn."""
 
@@ -62,37 +126,176 @@ class FramedProtocol(Int32StringReceiver):
     #: Set by Twisted before connectionMade; every method here runs while connected.
     transport: Transport  # type: ignore[assignment]  # Protocol declares ITransport | None
 
-    def __init__(self, clock: IReactorTime, max_frame: int) -> None:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        limits: ConnectionLimits = ConnectionLimits(),
+        budget: PartialFrameBudget | None = None,
+    ) -> None:
         self.clock = clock
-        # Int32StringReceiver reads this attribute: frames longer are refused.
-        self.MAX_LENGTH = max_frame
+        self.limits = limits
+        # Kept for Int32StringReceiver's sake; the reader enforces the limit.
+        self.MAX_LENGTH = limits.max_frame
+        self._reader = FrameReader(limits.max_frame, budget)
         #: The frame limit our sends respect: the peer's, once it is known.
-        self.send_limit = max_frame
+        self.send_limit = limits.max_frame
         self.peer = "unknown peer"
         self.closing = False
         #: Why we dropped the connection, if we did.
         self.closed_because: str | None = None
+        #: When the peer last sent anything (heartbeats count).
+        self.last_heard = clock.seconds()
         self._segments: list[_Segment] = []
         self._flush_call: IDelayedCall | None = None
+        self._handshake_call: IDelayedCall | None = None
+        self._frame_call: IDelayedCall | None = None
+        self._abort_call: IDelayedCall | None = None
+        self._keep_alive: LoopingCall | None = None
+        #: Why reading from the peer is paused (flow control, backpressure).
+        self._read_pauses: set[str] = set()
+        #: The transport's buffer is full: bytes written since, unsent.
+        self._peer_full = False
+        self._unsent = 0
 
     # -- connection ----------------------------------------------------------
 
     def connectionMade(self) -> None:
         self.peer = describe_address(self.transport.getPeer())
+        self.last_heard = self.clock.seconds()
         # Frames are already coalesced per reactor turn; Nagle's algorithm
         # would only hold a lone reply until the peer's delayed ACK (~40 ms).
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)
+        self.transport.registerProducer(self, True)
+        timeout = self.limits.handshake_timeout
+        if timeout is not None:
+            self._handshake_call = self.clock.callLater(timeout, self._handshake_timed_out, timeout)
+
+    def handshake_done(self) -> None:
+        """The hello (or welcome) came: the handshake deadline no longer applies."""
+        if self._handshake_call is not None:
+            if self._handshake_call.active():
+                self._handshake_call.cancel()
+            self._handshake_call = None
+
+    def set_max_frame(self, max_frame: int) -> None:
+        """Both directions follow the limit the scheduler announced (within our own)."""
+        max_frame = min(max_frame, self.limits.max_frame)
+        self.MAX_LENGTH = self._reader.max_frame = self.send_limit = max_frame
+
+    def keep_alive(self, interval: float, tolerance: int) -> None:
+        """
+        Heartbeats toward the scheduler, as its welcome asked: one every
+        interval, and the connection aborted when the scheduler has been
+        silent for ``tolerance`` intervals (a half-open TCP connection would
+        otherwise hold this peer forever).
+        """
+        limit = interval * max(1, tolerance)
+
+        def beat() -> None:
+            silent = self.clock.seconds() - self.last_heard
+            if silent > limit:
+                self.log.warn(
+                    "scheduler {peer} silent for {silent:.1f} s: dropping the connection",
+                    peer=self.peer,
+                    silent=silent,
+                )
+                self.closed_because = f"the scheduler was silent for {silent:.1f} s"
+                self.closing = True
+                self.transport.abortConnection()
+                return
+            self.send(wire.Heartbeat())
+
+        self._keep_alive = LoopingCall(beat)
+        self._keep_alive.clock = self.clock
+        self._keep_alive.start(interval, now=False)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closing = True
+        if self._keep_alive is not None and self._keep_alive.running:
+            self._keep_alive.stop()
         self._segments.clear()
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
+        self._reader.close()
+        for call in (self._flush_call, self._handshake_call, self._frame_call, self._abort_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._flush_call = self._handshake_call = self._frame_call = self._abort_call = None
+
+    def _handshake_timed_out(self, timeout: float) -> None:
+        self._handshake_call = None
+        self.fail(wire.ERROR_TIMEOUT, f"no handshake within {timeout:g} s")
+
+    def _frame_timed_out(self) -> None:
+        self._frame_call = None
+        self.fail(
+            wire.ERROR_TIMEOUT,
+            f"a frame took longer than {self.limits.frame_timeout:g} s to arrive "
+            f"({self._reader.buffered} bytes of it came)",
+        )
+
+    # -- flow control --------------------------------------------------------
+
+    def pause_reading(self, reason: str) -> None:
+        """Stop reading the peer's requests, for this reason, until ``resume_reading``."""
+        if not self._read_pauses:
+            self.transport.pauseProducing()
+        self._read_pauses.add(reason)
+
+    def resume_reading(self, reason: str) -> None:
+        if reason in self._read_pauses:
+            self._read_pauses.discard(reason)
+            if not self._read_pauses and not self.closing:
+                self.transport.resumeProducing()
+
+    # IPushProducer: the transport calls these as its write buffer fills and drains.
+
+    def pauseProducing(self) -> None:
+        """The peer is not reading fast enough: stop taking its requests."""
+        if not self._peer_full:
+            self._peer_full = True
+            self._unsent = 0
+            self.pause_reading("peer not reading")
+
+    def resumeProducing(self) -> None:
+        if self._peer_full:
+            self._peer_full = False
+            self._unsent = 0
+            self.resume_reading("peer not reading")
+
+    def stopProducing(self) -> None:
+        """The connection is going away; connectionLost cleans up."""
 
     # -- receiving -----------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self.last_heard = self.clock.seconds()
+        reader = self._reader
+        frames = reader.feed(data)
+        for frame in frames:
+            self.stringReceived(frame)
+            if self.closing:
+                return
+        error = reader.error
+        if error is not None:
+            if isinstance(error, FrameTooLarge):
+                self.lengthLimitExceeded(error.length)
+            else:
+                self.fail(wire.ERROR_BUSY, str(error))
+            return
+        if reader.partial:
+            # A frame has started: it must finish in time.  (Restarted when
+            # a frame completed in this read and another began.)
+            timeout = self.limits.frame_timeout
+            if timeout is not None and (self._frame_call is None or frames):
+                if self._frame_call is not None:
+                    self._frame_call.cancel()
+                self._frame_call = self.clock.callLater(timeout, self._frame_timed_out)
+        elif self._frame_call is not None:
+            self._frame_call.cancel()
+            self._frame_call = None
 
     def stringReceived(self, data: bytes) -> None:
         if self.closing:
@@ -105,7 +308,7 @@ class FramedProtocol(Int32StringReceiver):
         try:
             self.message_received(message)
         except PeerMisbehaved as e:
-            self.fail(wire.ERROR_UNEXPECTED, str(e))
+            self.fail(e.code, str(e))
         except Exception:
             self.log.failure("bug while handling a message from {peer}", peer=self.peer)
             self.fail(wire.ERROR_INTERNAL, "internal error while handling your message")
@@ -113,7 +316,7 @@ class FramedProtocol(Int32StringReceiver):
     def lengthLimitExceeded(self, length: int) -> None:
         self.fail(
             wire.ERROR_FRAME_TOO_LARGE,
-            f"frame of {length} bytes exceeds the limit of {self.MAX_LENGTH} bytes",
+            f"frame of {length} bytes exceeds the limit of {self._reader.max_frame} bytes",
         )
 
     def message_received(self, message: wire.Message) -> None:
@@ -180,6 +383,22 @@ class FramedProtocol(Int32StringReceiver):
         else:
             self.sendString(data)
 
+    def sendString(self, string: bytes) -> None:
+        """Write one frame, counting what piles up while the peer does not read."""
+        self.transport.write(_PREFIX.pack(len(string)) + string)
+        if self._peer_full:
+            self._unsent += len(string) + 4
+            if self._unsent > self.limits.max_unsent and not self.closing:
+                self.log.warn(
+                    "dropping connection from {peer}: it does not read; over {limit} bytes unsent",
+                    peer=self.peer,
+                    limit=self.limits.max_unsent,
+                )
+                self.closed_because = f"it did not read: over {self.limits.max_unsent} bytes unsent"
+                self.closing = True
+                self._segments.clear()
+                self.transport.abortConnection()
+
     # -- failing -------------------------------------------------------------
 
     def fail(self, code: int, reason: str) -> None:
@@ -189,5 +408,22 @@ class FramedProtocol(Int32StringReceiver):
         self.log.warn("dropping connection from {peer}: {reason}", peer=self.peer, reason=reason)
         self.send(wire.Error(code, reason))
         self.closed_because = reason
+        self.close()
+
+    def close(self) -> None:
+        """
+        Close after what is written; abort if the peer does not take it within
+        ``close_grace`` (or at once, if it already is not reading).
+        """
         self.closing = True
+        self._segments.clear()
+        if self._peer_full:
+            self.transport.abortConnection()
+            return
         self.transport.loseConnection()
+        if self._abort_call is None:
+            self._abort_call = self.clock.callLater(self.limits.close_grace, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_call = None
+        self.transport.abortConnection()

@@ -3,10 +3,19 @@ The scheduler's end of a connection: translates frames to core calls and back.
 
 One listening port serves both roles; the peer's hello says which.  A
 client's submissions become ``Scheduler.submit`` calls, acknowledged once the
-store has committed them, and the tasks' Deferreds become result frames; a
+store has committed them, and the tasks' outcomes become result frames; a
 worker becomes an ``IWorkerChannel`` the core assigns through, and its result
 frames become ``Scheduler.complete`` calls.  No scheduling decision is made
 here.
+
+Every peer is bounded (see ``taskmesh.net.framing`` for bytes and deadlines):
+a client may have at most ``max_queries`` queries waiting and ``max_jobs``
+jobs open, the scheduler serves at most ``max_connections`` connections, and
+idle clients exchange heartbeats with the scheduler like workers do, so a
+client that vanished without a FIN is dropped and frees what it held.  Who
+waits for which task's outcome is kept in one ``ResultWatchers`` table, not
+in callbacks on the task's Deferred, so a connection that leaves takes its
+waits with it.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -24,13 +34,20 @@ from zope.interface import implementer
 from taskmesh import wire
 from taskmesh.core.scheduler import IWorkerChannel, Job, Scheduler, WorkerState
 from taskmesh.errors import TaskCancelled, TaskFailed
-from taskmesh.net.framing import FramedProtocol, PeerMisbehaved
+from taskmesh.net.frames import PartialFrameBudget
+from taskmesh.net.framing import DEFAULT_FRAME_BUDGET, ConnectionLimits, FramedProtocol, PeerMisbehaved
 from taskmesh.store.interface import State
 
 NO_SUCH_TASK = b"no such task: never submitted, or its result was pruned"
 
 #: Most slots one worker may claim: a sanity bound, not a tuning knob.
 MAX_WORKER_SLOTS = 4096
+#: Queries (for results, or states) one client may have waiting at once.
+DEFAULT_MAX_QUERIES = 100_000
+#: Jobs (maps) one client may have open at once.
+DEFAULT_MAX_JOBS = 64
+#: Connections served at once; beyond, new ones are closed at once.
+DEFAULT_MAX_CONNECTIONS = 10_000
 
 _OUTCOME_STATUS = {
     State.SUCCEEDED: wire.STATUS_OK,
@@ -46,7 +63,7 @@ class SchedulerProtocol(FramedProtocol):
     log = Logger()
 
     def __init__(self, factory: SchedulerFactory) -> None:
-        super().__init__(factory.clock, factory.max_frame)
+        super().__init__(factory.clock, factory.limits, factory.budget)
         self.factory = factory
         self.core: Scheduler = factory.core
         self.role: int | None = None
@@ -54,6 +71,15 @@ class SchedulerProtocol(FramedProtocol):
         self.worker: WorkerState | None = None
         #: This client's open jobs, by id.
         self.jobs: dict[int, Job] = {}
+        #: Tasks whose outcome this connection waits for (ResultWatchers has the other side).
+        self.watching: set[int] = set()
+        #: Of those, the ones a query asked for, and queries waiting for a commit.
+        self._queried: set[int] = set()
+        self._queries_pending = 0
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.factory.connection_made(self)
 
     # -- dispatch ------------------------------------------------------------
 
@@ -93,6 +119,7 @@ class SchedulerProtocol(FramedProtocol):
             case wire.Submit(records=submissions):
                 self._submit(submissions)
             case wire.Query(records=queries):
+                self._count_queries(len(queries))
                 self.core.after_commit(self._answer, queries)
             case wire.Cancel(records=task_ids):
                 self._cancel(task_ids)
@@ -101,6 +128,10 @@ class SchedulerProtocol(FramedProtocol):
             case wire.JobItems():
                 self._job_items(message)
             case wire.JobSubmit():
+                if len(self.jobs) >= self.factory.max_jobs:
+                    raise LimitPassed(
+                        f"more than {self.factory.max_jobs} jobs open on one connection (--max-jobs)"
+                    )
                 self._open_job(message)
             case wire.JobEnd(job_id=job_id, total=total):
                 job = self._job(job_id)
@@ -108,18 +139,30 @@ class SchedulerProtocol(FramedProtocol):
                     raise PeerMisbehaved(f"job {job.id} ends at {total} items but {job.received} came")
                 self.core.end_job(job)
                 self._forget_if_done(job)
+            case wire.Heartbeat():
+                pass
             case wire.Error():
                 self._peer_error(message)
             case _:
                 raise PeerMisbehaved(f"a client may not send {type(message).__name__}")
 
+    def _count_queries(self, count: int) -> None:
+        waiting = self._queries_pending + len(self._queried) + count
+        if waiting > self.factory.max_queries:
+            raise LimitPassed(
+                f"more than {self.factory.max_queries} queries waiting on one connection (--max-queries)"
+            )
+        self._queries_pending += count
+
     def _peer_error(self, error: wire.Error) -> None:
         """The peer gives up on us, saying why: log it and close."""
         self.log.warn(
-            "{peer} reported error {code}: {message}", peer=self.peer, code=error.code, message=error.message
+            "{peer} reported error {code}: {message}",
+            peer=self.peer,
+            code=error.code,
+            message=error.message[:500],
         )
-        self.closing = True
-        self.transport.loseConnection()
+        self.close()
 
     def _hello(self, hello: wire.Hello) -> None:
         if hello.version != wire.PROTOCOL_VERSION:
@@ -136,6 +179,7 @@ class SchedulerProtocol(FramedProtocol):
                 raise PeerMisbehaved(f"a worker needs 1 to {MAX_WORKER_SLOTS} slots, not {hello.slots}")
             if not hello.task_types:
                 raise PeerMisbehaved("a worker must announce at least one task type")
+        self.handshake_done()
         self.role = hello.role
         self.name = hello.name or self.peer
         policy = self.core.policy
@@ -184,8 +228,11 @@ class SchedulerProtocol(FramedProtocol):
             # (status, queries, results) are not held up.
             self.factory.pause(self)
 
-    def _acknowledge(self, answers: list[tuple]) -> None:
+    def _acknowledge(self, answers: list[tuple[Any, ...]]) -> None:
+        if self.closing:
+            return
         queue = self.queue
+        watch = self.factory.watchers.watch
         for answer in answers:
             if len(answer) == 2:
                 queue(wire.Rejected, answer, len(answer[1]))
@@ -193,29 +240,41 @@ class SchedulerProtocol(FramedProtocol):
             request, task_id, flags, no_result = answer
             queue(wire.Accepted, (request, task_id, flags), 0)
             if not no_result:
-                self._watch(task_id)
-
-    def _watch(self, task_id: int) -> None:
-        """Send this task's outcome when it has one (now, if it has)."""
-        found = self.core.watch(task_id)
-        if isinstance(found, Deferred):
-            found.addCallbacks(self._succeeded, self._failed, callbackArgs=(task_id,), errbackArgs=(task_id,))
-        elif found is not None:
-            self._send_result(task_id, _OUTCOME_STATUS[found.state], found.value)
-        else:
-            self._send_result(
-                task_id, wire.STATUS_UNKNOWN, b"no such task: never submitted, or its result was pruned"
-            )
+                watch(self, task_id)
 
     def _answer(self, records: list[wire.QueryRecord]) -> None:
+        """
+        Answer queries, once the store has everything before them.  One
+        record answers every query for the same task on this connection (a
+        client resolves all its waits for a task with it), so asking 200
+        times for one large result costs one answer, not 200.
+        """
+        self._queries_pending -= len(records)
+        if self.closing:
+            return
+        watch = self.factory.watchers.watch
+        answered: set[int] = set()
         for task_id, wait in records:
+            if task_id in answered or (wait and task_id in self.watching):
+                continue
             state = self.core.state_of(task_id)
             if state is None or wait:
-                self._watch(task_id)
+                if watch(self, task_id):
+                    self._queried.add(task_id)
+                else:
+                    answered.add(task_id)
             else:
+                answered.add(task_id)
                 self._send_result(task_id, wire.STATUS_PENDING, state.name.lower().encode())
 
+    def outcome(self, task_id: int, status: int, value: bytes) -> None:
+        """A watched task has its outcome (from ResultWatchers)."""
+        self.watching.discard(task_id)
+        self._queried.discard(task_id)
+        self._send_result(task_id, status, value)
+
     def _cancel(self, task_ids: list[int]) -> None:
+        self._count_queries(len(task_ids))
         for task_id in task_ids:
             self.core.cancel(task_id, f"cancelled by {self.name}")
         self.core.after_commit(self._answer, [(task_id, False) for task_id in task_ids])
@@ -274,21 +333,6 @@ class SchedulerProtocol(FramedProtocol):
     def _send_result(self, task_id: int, status: int, value: bytes) -> None:
         self.queue(wire.Results, (task_id, status, value), len(value))
 
-    def _succeeded(self, value: bytes, task_id: int) -> bytes:
-        self.queue(wire.Results, (task_id, wire.STATUS_OK, value), len(value))
-        return value  # others may watch the same task
-
-    def _failed(self, failure: Failure, task_id: int) -> Failure:
-        if failure.check(TaskCancelled):
-            status = wire.STATUS_CANCELLED
-        elif failure.check(TaskFailed):
-            status = wire.STATUS_FAILED
-        else:
-            self.log.failure("unexpected failure of task {task_id}", failure, task_id=task_id)
-            status = wire.STATUS_FAILED
-        self._send_result(task_id, status, str(failure.value).encode("utf-8"))
-        return failure  # others may watch the same task
-
     # -- worker role: IWorkerChannel -----------------------------------------
 
     def _checked_chunks(self, records: list[wire.ChunkResultRecord]) -> list[wire.ChunkResultRecord]:
@@ -343,14 +387,102 @@ class SchedulerProtocol(FramedProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
+        self.factory.connection_lost(self)
         if self.worker is not None:
             worker, self.worker = self.worker, None
             self.core.remove_worker(worker, reason.getErrorMessage())
         elif self.role == wire.ROLE_CLIENT:
-            self.factory.client_left(self)
+            self.factory.watchers.forget(self)
             for job in self.jobs.values():
                 self.core.close_job(job)
             self.jobs.clear()
+
+
+class LimitPassed(PeerMisbehaved):
+    """A client passed a per-connection limit; the message names it and its option."""
+
+    code = wire.ERROR_LIMIT
+
+
+class ResultWatchers:
+    """
+    Which connections wait for which task's outcome.  One callback per task
+    on the core's Deferred, however many connections wait for it, and a
+    connection that leaves is taken out at once: a dead client holds nothing.
+    """
+
+    log = Logger()
+
+    def __init__(self, core: Scheduler) -> None:
+        self._core = core
+        #: task id -> the connection waiting (one, the usual case), or a set of them.
+        self._waiting: dict[int, SchedulerProtocol | set[SchedulerProtocol]] = {}
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def watch(self, protocol: SchedulerProtocol, task_id: int) -> bool:
+        """
+        Send ``protocol`` this task's outcome when it has one; if it already
+        has one (or is unknown), send it now and return False.
+        """
+        found = self._core.watch(task_id)
+        if isinstance(found, Deferred):
+            waiting = self._waiting.get(task_id)
+            if waiting is None:
+                self._waiting[task_id] = protocol
+                found.addCallbacks(
+                    self._succeeded, self._failed, callbackArgs=(task_id,), errbackArgs=(task_id,)
+                )
+            elif isinstance(waiting, set):
+                waiting.add(protocol)
+            elif waiting is not protocol:
+                self._waiting[task_id] = {waiting, protocol}
+            protocol.watching.add(task_id)
+            return True
+        if found is not None:
+            protocol.outcome(task_id, _OUTCOME_STATUS[found.state], found.value)
+        else:
+            protocol.outcome(task_id, wire.STATUS_UNKNOWN, NO_SUCH_TASK)
+        return False
+
+    def forget(self, protocol: SchedulerProtocol) -> None:
+        """A connection left: it waits for nothing any more."""
+        waiting = self._waiting
+        for task_id in protocol.watching:
+            entry = waiting.get(task_id)
+            if entry is protocol:
+                del waiting[task_id]
+            elif isinstance(entry, set):
+                entry.discard(protocol)
+                if not entry:
+                    del waiting[task_id]
+        protocol.watching.clear()
+
+    def _deliver(self, task_id: int, status: int, value: bytes) -> None:
+        waiting = self._waiting.pop(task_id, None)
+        if waiting is None:
+            return
+        if isinstance(waiting, set):
+            for protocol in waiting:
+                protocol.outcome(task_id, status, value)
+        else:
+            waiting.outcome(task_id, status, value)
+
+    def _succeeded(self, value: bytes, task_id: int) -> bytes:
+        self._deliver(task_id, wire.STATUS_OK, value)
+        return value  # others may watch the same task
+
+    def _failed(self, failure: Failure, task_id: int) -> Failure:
+        if failure.check(TaskCancelled):
+            status = wire.STATUS_CANCELLED
+        elif failure.check(TaskFailed):
+            status = wire.STATUS_FAILED
+        else:
+            self.log.failure("unexpected failure of task {task_id}", failure, task_id=task_id)
+            status = wire.STATUS_FAILED
+        self._deliver(task_id, status, str(failure.value).encode("utf-8", "replace"))
+        return failure  # others may watch the same task
 
 
 def _too_large(size: int, limit: int) -> bytes:
@@ -361,6 +493,7 @@ class SchedulerFactory(Factory):
     """Builds a SchedulerProtocol for every connection, and pauses clients when the queue is full."""
 
     noisy = False
+    log = Logger()
 
     def __init__(
         self,
@@ -369,11 +502,18 @@ class SchedulerFactory(Factory):
         name: str = "taskmesh-scheduler",
         max_frame: int = wire.DEFAULT_MAX_FRAME,
         max_payload: int = wire.DEFAULT_MAX_PAYLOAD,
+        limits: ConnectionLimits | None = None,
+        frame_budget: int = DEFAULT_FRAME_BUDGET,
+        max_queries: int = DEFAULT_MAX_QUERIES,
+        max_jobs: int = DEFAULT_MAX_JOBS,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         if max_payload + wire.MAX_RECORD_OVERHEAD + wire.FRAME_OVERHEAD > max_frame:
             raise ValueError(
                 f"a payload limit of {max_payload} bytes does not fit in frames of {max_frame} bytes"
             )
+        if min(max_queries, max_jobs, max_connections) < 1:
+            raise ValueError("max_queries, max_jobs and max_connections must be at least 1")
         # A chunk travels in one frame: keep every chunk well inside it.
         core.fit_chunks_to(max_frame // 2)
         self.core = core
@@ -381,25 +521,80 @@ class SchedulerFactory(Factory):
         self.name = name
         self.max_frame = max_frame
         self.max_payload = max_payload
+        self.limits = (limits or ConnectionLimits()).with_max_frame(max_frame)
+        #: Bytes that unfinished frames may hold across every connection.
+        self.budget = PartialFrameBudget(frame_budget)
+        self.max_queries = max_queries
+        self.max_jobs = max_jobs
+        self.max_connections = max_connections
+        self.watchers = ResultWatchers(core)
         self.clients_paused = False
+        self.connections: set[SchedulerProtocol] = set()
         self._paused: set[SchedulerProtocol] = set()
+        self._refusing = False
+        self._heartbeats: LoopingCall | None = None
         core.on_queue_full = self._queue_full
 
     def buildProtocol(self, addr: Any) -> SchedulerProtocol:
         return SchedulerProtocol(self)
 
-    def client_left(self, client: SchedulerProtocol) -> None:
-        self._paused.discard(client)
+    def startFactory(self) -> None:
+        """Listening: idle clients get heartbeats, and are dropped once silent."""
+        interval = self.core.policy.heartbeat_interval
+        self._heartbeats = LoopingCall(self.check_clients)
+        self._heartbeats.clock = self.clock
+        self._heartbeats.start(interval, now=False)
+
+    def stopFactory(self) -> None:
+        if self._heartbeats is not None and self._heartbeats.running:
+            self._heartbeats.stop()
+        self._heartbeats = None
+
+    def connection_made(self, protocol: SchedulerProtocol) -> None:
+        """Count it; past the connection limit, close it at once (logged once per episode)."""
+        if len(self.connections) >= self.max_connections:
+            if not self._refusing:
+                self._refusing = True
+                self.log.warn(
+                    "{count} connections open, the limit (--max-connections): refusing new ones",
+                    count=len(self.connections),
+                )
+            protocol.fail(
+                wire.ERROR_LIMIT, f"the scheduler serves at most {self.max_connections} connections"
+            )
+            return
+        self.connections.add(protocol)
+
+    def connection_lost(self, protocol: SchedulerProtocol) -> None:
+        self.connections.discard(protocol)
+        self._paused.discard(protocol)
+        if self._refusing and len(self.connections) < self.max_connections * 0.9:
+            self._refusing = False
+            self.log.info("connections below the limit again: accepting new ones")
+
+    def check_clients(self) -> None:
+        """Heartbeat round for clients (the core does it for workers): drop the silent, greet the rest."""
+        policy = self.core.policy
+        limit = policy.heartbeat_interval * policy.heartbeat_tolerance
+        now = self.clock.seconds()
+        for protocol in list(self.connections):
+            if protocol.role != wire.ROLE_CLIENT or protocol.closing:
+                continue
+            silent = now - protocol.last_heard
+            if silent > limit:
+                protocol.fail(wire.ERROR_SILENT, f"no heartbeat for {silent:.1f} s")
+            else:
+                protocol.send(wire.Heartbeat())
 
     def pause(self, client: SchedulerProtocol) -> None:
         """Stop reading a client that submits while the queue is full: slowed, not dropped."""
         if client not in self._paused:
             self._paused.add(client)
-            client.transport.pauseProducing()
+            client.pause_reading("queue full")
 
     def _queue_full(self, full: bool) -> None:
         self.clients_paused = full
         if not full:
             paused, self._paused = self._paused, set()
             for client in paused:
-                client.transport.resumeProducing()
+                client.resume_reading("queue full")

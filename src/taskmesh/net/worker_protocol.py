@@ -18,14 +18,13 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from taskmesh import wire
 from taskmesh.core.worker import RunBlocking, Worker
 from taskmesh.handlers import HandlerRegistry
-from taskmesh.net.framing import FramedProtocol, PeerMisbehaved
+from taskmesh.net.framing import ConnectionLimits, FramedProtocol, PeerMisbehaved
 
 
 class WorkerProtocol(FramedProtocol):
@@ -34,12 +33,9 @@ class WorkerProtocol(FramedProtocol):
     log = Logger()
 
     def __init__(self, factory: WorkerFactory) -> None:
-        super().__init__(factory.clock, wire.DEFAULT_MAX_FRAME)
+        super().__init__(factory.clock, factory.limits)
         self.factory = factory
         self.core: Worker | None = None
-        self._heartbeat: LoopingCall | None = None
-        self._last_heard = 0.0
-        self._silence_limit = 0.0
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -52,10 +48,6 @@ class WorkerProtocol(FramedProtocol):
                 task_types=factory.handlers.names(),
             )
         )
-
-    def stringReceived(self, data: bytes) -> None:
-        self._last_heard = self.clock.seconds()
-        super().stringReceived(data)
 
     def message_received(self, message: wire.Message) -> None:
         core = self.core
@@ -89,9 +81,10 @@ class WorkerProtocol(FramedProtocol):
                 raise PeerMisbehaved(f"a worker does not expect {type(message).__name__} now")
 
     def _welcomed(self, welcome: wire.Welcome) -> None:
-        # The scheduler's limits bind both directions of this connection.
-        self.MAX_LENGTH = welcome.max_frame
-        self.send_limit = welcome.max_frame
+        # The scheduler's limits bind both directions of this connection
+        # (within our own: a scheduler cannot make us buffer more).
+        self.handshake_done()
+        self.set_max_frame(welcome.max_frame)
         factory = self.factory
         self.core = Worker(
             factory.handlers,
@@ -102,11 +95,7 @@ class WorkerProtocol(FramedProtocol):
             report_chunk=self._report_chunk,
         )
         if welcome.heartbeat_ms:
-            interval = welcome.heartbeat_ms / 1000
-            self._silence_limit = interval * max(1, welcome.tolerance)
-            self._heartbeat = LoopingCall(self._beat)
-            self._heartbeat.clock = self.clock
-            self._heartbeat.start(interval, now=False)
+            self.keep_alive(welcome.heartbeat_ms / 1000, welcome.tolerance)
         self.log.info(
             "connected to scheduler {scheduler} at {peer} as {name} with {slots} slots for {types}",
             scheduler=welcome.name,
@@ -123,19 +112,6 @@ class WorkerProtocol(FramedProtocol):
         self.closing = True
         self.transport.loseConnection()
         self.factory.refused(reason)
-
-    def _beat(self) -> None:
-        silent = self.clock.seconds() - self._last_heard
-        if silent > self._silence_limit:
-            self.log.warn(
-                "scheduler {peer} silent for {silent:.1f} s: reconnecting",
-                peer=self.peer,
-                silent=silent,
-            )
-            self.closing = True
-            self.transport.abortConnection()
-            return
-        self.send(wire.Heartbeat())
 
     def _report(self, task_id: int, status: int, value: bytes) -> None:
         self.queue(wire.Results, (task_id, status, value), len(value))
@@ -157,8 +133,6 @@ class WorkerProtocol(FramedProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
-        if self._heartbeat is not None and self._heartbeat.running:
-            self._heartbeat.stop()
         if self.core is not None:
             self.core.stop()
             self.log.info(
@@ -181,7 +155,10 @@ class WorkerFactory(Factory):
         name: str,
         run_blocking: RunBlocking,
         on_refused: Callable[[str], None] = lambda reason: None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
+        #: Our own bounds: a scheduler's welcome may lower, never raise, them.
+        self.limits = limits or ConnectionLimits()
         self.clock = clock
         self.handlers = handlers
         self.slots = slots

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import sqlite3
 
 from twisted.application.service import IService
@@ -9,6 +10,14 @@ from twisted.python import usage
 
 from taskmesh import wire
 from taskmesh.core.scheduler import Policy, Scheduler
+from taskmesh.net.framing import (
+    DEFAULT_FRAME_BUDGET,
+    DEFAULT_FRAME_TIMEOUT,
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_UNSENT,
+    ConnectionLimits,
+)
+from taskmesh.net.scheduler_protocol import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_JOBS, DEFAULT_MAX_QUERIES
 from taskmesh.service import SchedulerService
 from taskmesh.store import ITaskStore, MemoryStore, time_based_first_id
 from taskmesh.store.sqlite import SYNC_MODES, SqliteStore
@@ -124,6 +133,52 @@ class Options(usage.Options):
             "Largest task payload or result, in bytes.",
             positive_int,
         ],
+        # Bounds on every peer: what a broken or hostile one can make the scheduler hold.
+        [
+            "handshake-timeout",
+            None,
+            DEFAULT_HANDSHAKE_TIMEOUT,
+            "Seconds a new connection has to send its hello; then it is closed.",
+            positive_float,
+        ],
+        [
+            "frame-timeout",
+            None,
+            DEFAULT_FRAME_TIMEOUT,
+            "Seconds a frame that has started may take to arrive whole; then the connection is closed.",
+            positive_float,
+        ],
+        [
+            "frame-budget",
+            None,
+            DEFAULT_FRAME_BUDGET,
+            "Bytes that unfinished frames may hold across all connections; beyond, "
+            "a new large frame is refused with an error (try again) instead of buffered.",
+            positive_int,
+        ],
+        [
+            "max-unsent",
+            None,
+            DEFAULT_MAX_UNSENT,
+            "Bytes that may pile up unsent for a peer that does not read; beyond, it is dropped.",
+            positive_int,
+        ],
+        [
+            "max-queries",
+            None,
+            DEFAULT_MAX_QUERIES,
+            "Queries (results, states) one connection may have waiting at once.",
+            positive_int,
+        ],
+        ["max-jobs", None, DEFAULT_MAX_JOBS, "Maps one connection may have open at once.", positive_int],
+        [
+            "max-connections",
+            None,
+            None,
+            "Connections served at once; beyond, new ones are closed at once "
+            f"(default: {DEFAULT_MAX_CONNECTIONS}, or fewer if the file descriptor limit is lower).",
+            positive_int,
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -147,6 +202,14 @@ class Options(usage.Options):
             )
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+        if self["max-unsent"] < 2 * self["max-frame"]:
+            raise usage.UsageError("--max-unsent must be at least twice --max-frame")
+        self["limits"] = ConnectionLimits(
+            max_frame=self["max-frame"],
+            handshake_timeout=self["handshake-timeout"],
+            frame_timeout=self["frame-timeout"],
+            max_unsent=self["max-unsent"],
+        )
         release_default_pidfile(self)
 
 
@@ -172,4 +235,35 @@ def makeService(options: Options) -> IService:
         max_frame=options["max-frame"],
         max_payload=options["max-payload"],
         name=options["name"],
+        factory_options={
+            "limits": options["limits"],
+            "frame_budget": options["frame-budget"],
+            "max_queries": options["max-queries"],
+            "max_jobs": options["max-jobs"],
+            "max_connections": options["max-connections"] or connection_limit(),
+        },
     )
+
+
+#: File descriptors kept for everything but connections (the store, logs, pools).
+RESERVED_DESCRIPTORS = 64
+
+
+def connection_limit() -> int:
+    """
+    How many connections the scheduler can serve: the soft descriptor limit is
+    raised to the hard one (as servers do), and a few descriptors are kept
+    back, so that running out is refused politely and logged once, not met
+    as EMFILE on every accept.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        wanted = DEFAULT_MAX_CONNECTIONS + RESERVED_DESCRIPTORS
+        target = wanted if hard == resource.RLIM_INFINITY else min(hard, max(soft, wanted))
+        if target > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
+            except (ValueError, OSError):
+                pass
+    return max(1, min(DEFAULT_MAX_CONNECTIONS, soft - RESERVED_DESCRIPTORS))
