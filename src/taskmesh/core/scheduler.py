@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface
 
 from taskmesh.core.chunking import MAX_CHUNK, ChunkSizer
+from taskmesh.core.logsummary import RepeatedEvents
 from taskmesh.core.taskqueue import TaskQueue
 from taskmesh.core.tasks import Chunk, Group, Job, JobReport, Lease, Queued, Task
 from taskmesh.errors import TaskCancelled, TaskFailed
@@ -178,6 +179,8 @@ class Scheduler:
         #: Called with True when the queue goes beyond its bound, False when it has room again.
         self.on_queue_full: Callable[[bool], None] = lambda full: None
         self._loops: list[LoopingCall] = []
+        #: What a peer can repeat at will is summarised, not logged each time.
+        self._repeated = RepeatedEvents(self.log, clock)
         self.counts = {State.SUCCEEDED: 0, State.FAILED: 0, State.CANCELLED: 0}
 
     # -- life ----------------------------------------------------------------
@@ -224,6 +227,7 @@ class Scheduler:
             if loop.running:
                 loop.stop()
         self._loops.clear()
+        self._repeated.stop()
         if self._commit_call is not None and self._commit_call.active():
             self._commit_call.cancel()
         self._commit()
@@ -433,7 +437,9 @@ class Scheduler:
         for chunk_id, offset, outcomes in records:
             lease = leases.get(chunk_id)
             if not isinstance(lease, (Chunk, Group)):
-                self.log.info(
+                self._repeated.note(
+                    "late chunk answers",
+                    worker.name,
                     "dropped a late answer for chunk {chunk_id} from {name}, which no longer holds it",
                     chunk_id=chunk_id,
                     name=worker.name,
@@ -573,7 +579,9 @@ class Scheduler:
         for task_id, status, value in records:
             lease = leases.get(task_id)
             if not isinstance(lease, Task):  # a chunk or group is answered with ChunkResults
-                self.log.info(
+                self._repeated.note(
+                    "late results",
+                    worker.name,
                     "dropped a late result for task {task_id} from {name}, which no longer holds it",
                     task_id=task_id,
                     name=worker.name,

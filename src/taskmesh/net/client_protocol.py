@@ -196,7 +196,13 @@ class ClientProtocol(FramedProtocol):
                 self._jobs[job_id] = listener
                 answer.callback((job_id, flags))
             case wire.StatusReport(json=report) if self._status:
-                self._status.popleft().callback(json.loads(report))
+                try:
+                    status = json.loads(report)
+                except ValueError:
+                    status = None
+                if not isinstance(status, dict):
+                    raise PeerMisbehaved("the status report is not a JSON object")
+                self._status.popleft().callback(status)
             case wire.Welcome() if self.welcome is None:
                 if message.version != wire.PROTOCOL_VERSION:
                     raise PeerMisbehaved(

@@ -153,7 +153,10 @@ class FramedProtocol(Int32StringReceiver):
         self._keep_alive: LoopingCall | None = None
         #: Why reading from the peer is paused (flow control, backpressure).
         self._read_pauses: set[str] = set()
-        #: The transport's buffer is full: bytes written since, unsent.
+        #: Bytes queued for the end of this turn, and (while the transport's
+        #: buffer is full) bytes written since: together, what the peer has
+        #: not taken yet, bounded by ``limits.max_unsent``.
+        self._queued = 0
         self._peer_full = False
         self._unsent = 0
 
@@ -342,6 +345,10 @@ class FramedProtocol(Int32StringReceiver):
         if self.closing:
             return
         size += wire.RECORD_OVERHEAD
+        self._queued += size
+        if self._queued + self._unsent > self.limits.max_unsent:
+            self._overflow()
+            return
         segments = self._segments
         if not segments:
             self._flush_call = self.clock.callLater(0, self.flush)
@@ -360,6 +367,7 @@ class FramedProtocol(Int32StringReceiver):
                 self._flush_call.cancel()
             self._flush_call = None
         segments, self._segments = self._segments, []
+        self._queued = 0
         if self.closing:
             return
         try:
@@ -388,16 +396,23 @@ class FramedProtocol(Int32StringReceiver):
         self.transport.write(_PREFIX.pack(len(string)) + string)
         if self._peer_full:
             self._unsent += len(string) + 4
-            if self._unsent > self.limits.max_unsent and not self.closing:
-                self.log.warn(
-                    "dropping connection from {peer}: it does not read; over {limit} bytes unsent",
-                    peer=self.peer,
-                    limit=self.limits.max_unsent,
-                )
-                self.closed_because = f"it did not read: over {self.limits.max_unsent} bytes unsent"
-                self.closing = True
-                self._segments.clear()
-                self.transport.abortConnection()
+            if self._unsent > self.limits.max_unsent:
+                self._overflow()
+
+    def _overflow(self) -> None:
+        """More than ``max_unsent`` bytes are waiting for a peer that does not read: abort it."""
+        if self.closing:
+            return
+        self.log.warn(
+            "dropping connection from {peer}: it does not read; over {limit} bytes unsent",
+            peer=self.peer,
+            limit=self.limits.max_unsent,
+        )
+        self.closed_because = f"it did not read: over {self.limits.max_unsent} bytes unsent"
+        self.closing = True
+        self._segments.clear()
+        self._queued = 0
+        self.transport.abortConnection()
 
     # -- failing -------------------------------------------------------------
 

@@ -76,6 +76,9 @@ class SchedulerProtocol(FramedProtocol):
         #: Of those, the ones a query asked for, and queries waiting for a commit.
         self._queried: set[int] = set()
         self._queries_pending = 0
+        #: Tasks whose final outcome is queued for this turn: one record
+        #: answers every query for it that the client has sent so far.
+        self._outcomes_queued: set[int] = set()
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -254,8 +257,9 @@ class SchedulerProtocol(FramedProtocol):
             return
         watch = self.factory.watchers.watch
         answered: set[int] = set()
+        queued = self._outcomes_queued
         for task_id, wait in records:
-            if task_id in answered or (wait and task_id in self.watching):
+            if task_id in answered or task_id in queued or (wait and task_id in self.watching):
                 continue
             state = self.core.state_of(task_id)
             if state is None or wait:
@@ -268,9 +272,12 @@ class SchedulerProtocol(FramedProtocol):
                 self._send_result(task_id, wire.STATUS_PENDING, state.name.lower().encode())
 
     def outcome(self, task_id: int, status: int, value: bytes) -> None:
-        """A watched task has its outcome (from ResultWatchers)."""
+        """A task has its outcome (from ResultWatchers): one record for every wait on it."""
         self.watching.discard(task_id)
         self._queried.discard(task_id)
+        if not self._outcomes_queued:
+            self.clock.callLater(0, self._outcomes_queued.clear)
+        self._outcomes_queued.add(task_id)
         self._send_result(task_id, status, value)
 
     def _cancel(self, task_ids: list[int]) -> None:
