@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from handshakes import SECRET, SECRETS, shake, welcome_peer  # noqa: E402
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.error import ConnectionDone
@@ -58,6 +59,7 @@ messages = st.one_of(
         slots=st.integers(0, 5000),
         task_types=st.lists(types, **small).map(tuple),
         version=st.sampled_from([wire.PROTOCOL_VERSION, wire.PROTOCOL_VERSION, 0, 9]),
+        nonce=st.binary(min_size=32, max_size=32),
     ),
     st.builds(
         wire.Welcome,
@@ -67,8 +69,16 @@ messages = st.one_of(
         heartbeat_ms=u32,
         tolerance=st.integers(0, 0xFFFF),
         version=st.sampled_from([wire.PROTOCOL_VERSION, 3]),
+        prefetch=st.integers(0, 0xFFFF),
     ),
     st.builds(wire.Error, code=st.integers(0, 0xFFFF), message=names),
+    st.builds(
+        wire.Challenge,
+        name=names,
+        nonce=st.binary(min_size=32, max_size=32),
+        proof=st.binary(min_size=32, max_size=32),
+    ),
+    st.builds(wire.Proof, proof=st.binary(min_size=32, max_size=32)),
     st.just(wire.Heartbeat()),
     st.just(wire.StatusRequest()),
     st.builds(wire.StatusReport, json=st.sampled_from(["{}", "[]", "{", json.dumps({"tasks": {}})])),
@@ -171,14 +181,14 @@ class SchedulerRig:
     def __init__(self) -> None:
         self.clock = Clock()
         self.core = Scheduler(self.clock, policy=Policy(prefetch=1))
-        self.factory = SchedulerFactory(self.core, self.clock, "s", 1 << 16, 4096)
+        self.factory = SchedulerFactory(self.core, self.clock, SECRETS, "s", 1 << 16, 4096)
 
     def connect(self, hello: wire.Hello | None = None) -> tuple[Any, StringTransport]:
         protocol = self.factory.buildProtocol(None)
         transport = StringTransport()
         protocol.makeConnection(transport)
         if hello is not None:
-            protocol.dataReceived(struct.pack(">I", len(wire.encode(hello))) + wire.encode(hello))
+            shake(protocol, transport, hello)
         return protocol, transport
 
     def bystander_is_served(self, bystander: Any, transport: StringTransport) -> None:
@@ -219,14 +229,20 @@ def test_the_scheduler_survives_anything(role: str, chunks: list[bytes], sizes: 
 def test_a_worker_survives_any_scheduler(chunks: list[bytes], sizes: list[int]) -> None:
     clock = Clock()
     registry = HandlerRegistry([Sha256Handler(), SleepHandler(clock)])
-    factory = WorkerFactory(clock, registry, 2, "w", run_blocking=lambda cpu, function, argument: None)  # type: ignore[arg-type,return-value]
+    factory = WorkerFactory(
+        clock,
+        registry,
+        2,
+        "w",
+        run_blocking=lambda cpu, function, argument: None,
+        secret=SECRET,  # type: ignore[arg-type,return-value]
+    )
     with no_bugs_logged():
         protocol = factory.buildProtocol(None)
         transport = StringTransport()
         protocol.makeConnection(transport)
-        welcome = wire.encode(wire.Welcome("s", 1 << 16, 4096, 1000, 3))
-        if chunks[0][4:5] != b"\x02":  # half the time, fuzz the welcome itself
-            protocol.dataReceived(struct.pack(">I", len(welcome)) + welcome)
+        if chunks[0][4:5] not in (b"\x02", b"\x07"):  # else fuzz the handshake itself
+            welcome_peer(protocol, transport, wire.Welcome("s", 1 << 16, 4096, 1000, 3, prefetch=2))
         deliver(protocol, b"".join(chunks), sizes)
         clock.advance(0)
         told_why_if_dropped(protocol, transport)
@@ -239,11 +255,10 @@ def test_a_worker_survives_any_scheduler(chunks: list[bytes], sizes: list[int]) 
 def test_a_client_survives_any_scheduler(chunks: list[bytes], sizes: list[int], submit: bool) -> None:
     clock = Clock()
     with no_bugs_logged():
-        protocol = ClientProtocol(clock, "c")
+        protocol = ClientProtocol(clock, "c", secret=SECRET)
         transport = StringTransport()
         protocol.makeConnection(transport)
-        welcome = wire.encode(wire.Welcome("s", 1 << 16, 4096, 1000, 3))
-        protocol.dataReceived(struct.pack(">I", len(welcome)) + welcome)
+        welcome_peer(protocol, transport, wire.Welcome("s", 1 << 16, 4096, 1000, 3))
         pending = []
         if submit:
             pending = [protocol.submit("sha256", b"x"), protocol.query(1, True), protocol.status()]

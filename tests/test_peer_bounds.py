@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 
 import pytest
+from handshakes import SECRET, SECRETS, frame, frames, shake, welcome_peer  # noqa: E402
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -25,20 +26,6 @@ from taskmesh.net.framing import ConnectionLimits
 from taskmesh.net.scheduler_protocol import SchedulerFactory, SchedulerProtocol
 
 
-def frame(message: wire.Message) -> bytes:
-    body = wire.encode(message)
-    return struct.pack(">I", len(body)) + body
-
-
-def frames(data: bytes) -> list[wire.Message]:
-    messages = []
-    while data:
-        (length,) = struct.unpack(">I", data[:4])
-        messages.append(wire.decode(data[4 : 4 + length]))
-        data = data[4 + length :]
-    return messages
-
-
 class Rig:
     """A scheduler core and factory with chosen bounds; connections on StringTransports."""
 
@@ -47,7 +34,7 @@ class Rig:
         self.core = Scheduler(self.clock, policy=Policy(prefetch=0, heartbeat_interval=2.0))
         options: dict[str, object] = {"max_frame": 1 << 20, "max_payload": 1 << 16}
         options.update(factory_options)
-        self.factory = SchedulerFactory(self.core, self.clock, "s", **options)  # type: ignore[arg-type]
+        self.factory = SchedulerFactory(self.core, self.clock, SECRETS, "s", **options)  # type: ignore[arg-type]
 
     def connect(self) -> tuple[SchedulerProtocol, StringTransport]:
         protocol = self.factory.buildProtocol(None)
@@ -57,8 +44,12 @@ class Rig:
 
     def client(self) -> tuple[SchedulerProtocol, StringTransport]:
         protocol, transport = self.connect()
-        protocol.dataReceived(frame(wire.Hello(role=wire.ROLE_CLIENT, name="c")))
-        transport.clear()
+        shake(protocol, transport, wire.Hello(role=wire.ROLE_CLIENT, name="c"))
+        return protocol, transport
+
+    def worker(self, slots: int, types: tuple[str, ...]) -> tuple[SchedulerProtocol, StringTransport]:
+        protocol, transport = self.connect()
+        shake(protocol, transport, wire.Hello(role=wire.ROLE_WORKER, name="w", slots=slots, task_types=types))
         return protocol, transport
 
     def received(self, transport: StringTransport) -> list[wire.Message]:
@@ -200,8 +191,7 @@ def test_frames_that_finish_in_time_never_trip_the_frame_deadline() -> None:
 
 def test_a_peer_that_does_not_read_stops_being_read_and_is_aborted_past_max_unsent() -> None:
     rig = Rig(limits=ConnectionLimits(max_unsent=4 << 20), max_frame=1 << 20)
-    worker, worker_transport = rig.connect()
-    worker.dataReceived(frame(wire.Hello(role=wire.ROLE_WORKER, name="w", slots=4096, task_types=("t",))))
+    worker, worker_transport = rig.worker(4096, ("t",))
     client, client_transport = rig.client()
     client.pauseProducing()  # what the transport does when its buffer is full
     assert client_transport.producerState == "paused"  # its requests are not read meanwhile
@@ -274,10 +264,10 @@ def test_idle_clients_get_heartbeats_and_silent_ones_are_dropped() -> None:
 
 def test_the_client_keeps_the_connection_alive_and_drops_a_silent_scheduler() -> None:
     clock = Clock()
-    client = ClientProtocol(clock, "c")
+    client = ClientProtocol(clock, "c", secret=SECRET)
     transport = StringTransport()
     client.makeConnection(transport)
-    client.dataReceived(frame(wire.Welcome("s", 1 << 20, 1 << 16, heartbeat_ms=1000, tolerance=3)))
+    welcome_peer(client, transport, wire.Welcome("s", 1 << 20, 1 << 16, heartbeat_ms=1000, tolerance=3))
     transport.clear()
     clock.advance(1.0)
     assert frames(transport.value()) == [wire.Heartbeat()]
@@ -291,9 +281,10 @@ def test_the_client_keeps_the_connection_alive_and_drops_a_silent_scheduler() ->
 
 
 def test_a_scheduler_cannot_raise_the_clients_frame_limit() -> None:
-    client = ClientProtocol(Clock(), "c", limits=ConnectionLimits(max_frame=1 << 20))
-    client.makeConnection(StringTransport())
-    client.dataReceived(frame(wire.Welcome("s", 0xFFFFFFFF, 1 << 16)))
+    client = ClientProtocol(Clock(), "c", limits=ConnectionLimits(max_frame=1 << 20), secret=SECRET)
+    transport = StringTransport()
+    client.makeConnection(transport)
+    welcome_peer(client, transport, wire.Welcome("s", 0xFFFFFFFF, 1 << 16))
     assert client.send_limit == 1 << 20 and client.MAX_LENGTH == 1 << 20
 
 
@@ -399,8 +390,7 @@ def test_repeated_events_from_one_peer_are_summarised() -> None:
 
 def test_late_results_from_a_worker_cost_one_log_line_per_interval() -> None:
     rig = Rig()
-    worker, _ = rig.connect()
-    worker.dataReceived(frame(wire.Hello(role=wire.ROLE_WORKER, name="w", slots=1, task_types=("t",))))
+    worker, _ = rig.worker(1, ("t",))
     seen: list[LogEvent] = []
     globalLogPublisher.addObserver(seen.append)
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import struct
 
 import pytest
+from handshakes import SECRET, SECRETS, frame, frames, shake, welcome_peer  # noqa: E402
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -19,24 +20,31 @@ from taskmesh.core.scheduler import Policy, Scheduler, TaskFailed
 from taskmesh.handlers import HandlerRegistry, Sha256Handler, SleepHandler
 from taskmesh.net.client_protocol import ClientProtocol, SchedulerGone, TaskRejected
 from taskmesh.net.scheduler_protocol import SchedulerFactory, SchedulerProtocol
-from taskmesh.net.worker_protocol import WorkerFactory
+from taskmesh.net.worker_protocol import WorkerFactory, WorkerProtocol
 
 HELLO_DIGEST = b"dffd6021bb2bd5b0af676290809ec3a53191dd81c7f70a4b28688a362182986f"
 
 
-def frame(message: wire.Message) -> bytes:
-    body = wire.encode(message)
-    return struct.pack(">I", len(body)) + body
+def welcomed_client(welcome: wire.Welcome) -> tuple[ClientProtocol, StringTransport, Clock]:
+    """A client protocol that went through the real handshake with a scheduler saying ``welcome``."""
+    clock = Clock()
+    client = ClientProtocol(clock, "c", secret=SECRET)
+    transport = StringTransport()
+    client.makeConnection(transport)
+    welcome_peer(client, transport, welcome)
+    transport.clear()
+    return client, transport, clock
 
 
-def frames(data: bytes) -> list[wire.Message]:
-    """Split what a transport received into decoded messages."""
-    messages = []
-    while data:
-        (length,) = struct.unpack(">I", data[:4])
-        messages.append(wire.decode(data[4 : 4 + length]))
-        data = data[4 + length :]
-    return messages
+def welcomed_worker(
+    welcome: wire.Welcome, factory: WorkerFactory
+) -> tuple[WorkerProtocol, StringTransport, Clock]:
+    worker = factory.buildProtocol(None)
+    transport = StringTransport()
+    worker.makeConnection(transport)
+    welcome_peer(worker, transport, welcome)
+    transport.clear()
+    return worker, transport, factory.clock  # type: ignore[return-value]
 
 
 class Rig:
@@ -45,11 +53,11 @@ class Rig:
     def __init__(self, max_frame: int = 4096, max_payload: int = 1024) -> None:
         self.clock = Clock()
         self.core = Scheduler(self.clock, policy=Policy(prefetch=0))
-        self.factory = SchedulerFactory(self.core, self.clock, "s", max_frame, max_payload)
+        self.factory = SchedulerFactory(self.core, self.clock, SECRETS, "s", max_frame, max_payload)
 
     @property
     def welcome(self) -> wire.Welcome:
-        return wire.Welcome("s", self.factory.max_frame, self.factory.max_payload, 2000, 3)
+        return wire.Welcome("s", self.factory.max_frame, self.factory.max_payload, 2000, 3, prefetch=0)
 
     def connect(self) -> tuple[SchedulerProtocol, StringTransport]:
         protocol = self.factory.buildProtocol(None)
@@ -65,21 +73,14 @@ class Rig:
 
     def worker(self, slots: int = 1, types: tuple[str, ...] = ("sha256",)):  # type: ignore[no-untyped-def]
         protocol, transport = self.connect()
-        protocol.dataReceived(
-            frame(wire.Hello(role=wire.ROLE_WORKER, name="w", slots=slots, task_types=types))
-        )
-        self.expect_welcome(transport)
+        hello = wire.Hello(role=wire.ROLE_WORKER, name="w", slots=slots, task_types=types)
+        # The welcome goes out at once; batched records wait for the clock.
+        assert shake(protocol, transport, hello) == [self.welcome]
         return protocol, transport
-
-    def expect_welcome(self, transport: StringTransport) -> None:
-        """The welcome goes out at once; batched records wait for the clock."""
-        assert frames(transport.value()) == [self.welcome]
-        transport.clear()
 
     def client(self):  # type: ignore[no-untyped-def]
         protocol, transport = self.connect()
-        protocol.dataReceived(frame(wire.Hello(role=wire.ROLE_CLIENT, name="c")))
-        self.expect_welcome(transport)
+        assert shake(protocol, transport, wire.Hello(role=wire.ROLE_CLIENT, name="c")) == [self.welcome]
         return protocol, transport
 
 
@@ -94,16 +95,16 @@ def assert_dropped_with(rig: Rig, transport: StringTransport, code: int) -> str:
 def test_full_round_trip_fed_one_byte_at_a_time() -> None:
     rig = Rig()
     worker, worker_transport = rig.connect()
-    for byte in frame(wire.Hello(role=wire.ROLE_WORKER, name="w", slots=1, task_types=("sha256",))):
-        worker.dataReceived(bytes([byte]))
-    assert rig.received(worker_transport) == [rig.welcome]
+    hello = wire.Hello(role=wire.ROLE_WORKER, name="w", slots=1, task_types=("sha256",))
+    assert shake(worker, worker_transport, hello, bytewise=True) == [rig.welcome]
 
     client, client_transport = rig.connect()
-    stream = frame(wire.Hello(role=wire.ROLE_CLIENT, name="c"))
-    stream += frame(wire.Submit([(7, "sha256", b"Hello, World!", wire.DEFAULT_OPTIONS)]))
-    for byte in stream:
+    assert shake(client, client_transport, wire.Hello(role=wire.ROLE_CLIENT, name="c"), bytewise=True) == [
+        rig.welcome
+    ]
+    for byte in frame(wire.Submit([(7, "sha256", b"Hello, World!", wire.DEFAULT_OPTIONS)])):
         client.dataReceived(bytes([byte]))
-    assert rig.received(client_transport) == [rig.welcome, wire.Accepted([(7, 1, 0)])]
+    assert rig.received(client_transport) == [wire.Accepted([(7, 1, 0)])]
     assert rig.received(worker_transport) == [wire.Assign([(1, "sha256", b"Hello, World!")])]
     for byte in frame(wire.Results([(1, wire.STATUS_OK, HELLO_DIGEST)])):
         worker.dataReceived(bytes([byte]))
@@ -211,7 +212,8 @@ def test_bad_input_drops_only_that_connection(garbage: bytes, code: int) -> None
 def test_a_message_the_role_may_not_send_drops_the_connection(role_hello, message) -> None:  # type: ignore[no-untyped-def]
     rig = Rig()
     protocol, transport = rig.connect()
-    protocol.dataReceived(frame(role_hello) + frame(message))
+    shake(protocol, transport, role_hello)
+    protocol.dataReceived(frame(message))
     assert "may not send" in assert_dropped_with(rig, transport, wire.ERROR_UNEXPECTED)
 
 
@@ -259,15 +261,15 @@ def test_results_for_a_departed_client_are_not_sent_and_do_not_break_anything() 
 def test_client_worker_and_scheduler_in_memory() -> None:
     clock = Clock()
     core = Scheduler(clock)
-    factory = SchedulerFactory(core, clock)
+    factory = SchedulerFactory(core, clock, SECRETS)
     registry = HandlerRegistry([Sha256Handler(), SleepHandler(clock)])
-    worker_factory = WorkerFactory(clock, registry, 2, "w", run_blocking=lambda f, p: None)  # type: ignore[arg-type,return-value]
+    worker_factory = WorkerFactory(clock, registry, 2, "w", run_blocking=lambda f, p: None, secret=SECRET)  # type: ignore[arg-type,return-value]
 
     _, _, worker_pump = connectedServerAndClient(
         lambda: factory.buildProtocol(None), lambda: worker_factory.buildProtocol(None), clock=clock
     )
     client, _, client_pump = connectedServerAndClient(
-        lambda: factory.buildProtocol(None), lambda: ClientProtocol(clock, "c"), clock=clock
+        lambda: factory.buildProtocol(None), lambda: ClientProtocol(clock, "c", secret=SECRET), clock=clock
     )
 
     def pump() -> None:
@@ -291,12 +293,7 @@ def test_client_worker_and_scheduler_in_memory() -> None:
 
 
 def test_client_refuses_an_oversized_payload_before_sending() -> None:
-    clock = Clock()
-    client = ClientProtocol(clock, "c")
-    transport = StringTransport()
-    client.makeConnection(transport)
-    client.dataReceived(frame(wire.Welcome("s", 4096, 10)))
-    transport.clear()
+    client, transport, clock = welcomed_client(wire.Welcome("s", 4096, 10))
     box: list[Failure] = []
     client.submit("sha256", b"x" * 11).addErrback(box.append)
     clock.advance(0)
@@ -305,10 +302,7 @@ def test_client_refuses_an_oversized_payload_before_sending() -> None:
 
 
 def test_client_fails_every_pending_task_when_the_connection_drops() -> None:
-    clock = Clock()
-    client = ClientProtocol(clock, "c")
-    client.makeConnection(StringTransport())
-    client.dataReceived(frame(wire.Welcome("s", 4096, 1024)))
+    client, _, clock = welcomed_client(wire.Welcome("s", 4096, 1024))
     box: list[Failure] = []
     client.submit("sha256", b"x").addErrback(box.append)
     clock.advance(0)
@@ -334,11 +328,7 @@ def test_nagle_is_off_so_lone_replies_are_not_delayed() -> None:
 
 
 def test_a_bug_while_sending_drops_the_connection_instead_of_hanging() -> None:
-    clock = Clock()
-    client = ClientProtocol(clock, "c")
-    transport = StringTransport()
-    client.makeConnection(transport)
-    client.dataReceived(frame(wire.Welcome("s", 4096, 1024)))
+    client, transport, clock = welcomed_client(wire.Welcome("s", 4096, 1024))
     box: list[Failure] = []
     client.submit("sha256", b"x").addErrback(box.append)
     client.queue(wire.Submit, ("not", "a", "record"), 0)  # cannot be encoded
@@ -397,22 +387,16 @@ def test_an_error_as_first_frame_is_not_answered() -> None:
 
 def test_another_versions_hello_gets_a_version_error_whatever_follows() -> None:
     body = bytearray(wire.encode(wire.Hello(role=wire.ROLE_CLIENT, name="c")))
-    body[5:7] = (2).to_bytes(2, "big")
-    body += b"fields of version 2"
+    body[5:7] = (3).to_bytes(2, "big")
+    body += b"fields of version 3"
     rig = Rig()
     protocol, transport = rig.connect()
     protocol.dataReceived(len(body).to_bytes(4, "big") + bytes(body))
-    assert "version 2" in assert_dropped_with(rig, transport, wire.ERROR_VERSION)
+    assert "version 3" in assert_dropped_with(rig, transport, wire.ERROR_VERSION)
 
 
 def connected_client() -> tuple[ClientProtocol, StringTransport, Clock]:
-    clock = Clock()
-    client = ClientProtocol(clock, "c")
-    transport = StringTransport()
-    client.makeConnection(transport)
-    client.dataReceived(frame(wire.Welcome("s", 4096, 1024, 2000, 3)))
-    transport.clear()
-    return client, transport, clock
+    return welcomed_client(wire.Welcome("s", 4096, 1024, 2000, 3))
 
 
 def test_a_waiting_query_is_not_answered_by_a_pending_record() -> None:
@@ -454,7 +438,9 @@ def test_a_refused_worker_gives_up_instead_of_reconnecting() -> None:
     clock = Clock()
     refusals: list[str] = []
     registry = HandlerRegistry([Sha256Handler()])
-    factory = WorkerFactory(clock, registry, 1, "w", lambda f, p: None, on_refused=refusals.append)  # type: ignore[arg-type,return-value]
+    factory = WorkerFactory(
+        clock, registry, 1, "w", lambda f, p: None, on_refused=refusals.append, secret=SECRET
+    )  # type: ignore[arg-type,return-value]
     worker = factory.buildProtocol(None)
     transport = StringTransport()
     worker.makeConnection(transport)
@@ -465,12 +451,10 @@ def test_a_refused_worker_gives_up_instead_of_reconnecting() -> None:
 def test_a_worker_drops_a_silent_scheduler_and_heartbeats_a_live_one() -> None:
     clock = Clock()
     registry = HandlerRegistry([Sha256Handler()])
-    factory = WorkerFactory(clock, registry, 1, "w", lambda f, p: None)  # type: ignore[arg-type,return-value]
-    worker = factory.buildProtocol(None)
-    transport = StringTransport()
-    worker.makeConnection(transport)
-    worker.dataReceived(frame(wire.Welcome("s", 4096, 1024, heartbeat_ms=1000, tolerance=3)))
-    transport.clear()
+    factory = WorkerFactory(clock, registry, 1, "w", lambda f, p: None, secret=SECRET)  # type: ignore[arg-type,return-value]
+    worker, transport, _ = welcomed_worker(
+        wire.Welcome("s", 4096, 1024, heartbeat_ms=1000, tolerance=3), factory
+    )
     for _ in range(3):
         clock.advance(1)
     assert frames(transport.value()) == [wire.Heartbeat()] * 3
@@ -484,7 +468,7 @@ def test_a_worker_drops_a_silent_scheduler_and_heartbeats_a_live_one() -> None:
 def test_submitters_are_paused_while_the_queue_is_full_and_resumed_after() -> None:
     clock = Clock()
     core = Scheduler(clock, policy=Policy(prefetch=0, max_queued=3))
-    factory = SchedulerFactory(core, clock, "s", 4096, 1024)
+    factory = SchedulerFactory(core, clock, SECRETS, "s", 4096, 1024)
     rig = Rig()
     rig.clock, rig.core, rig.factory = clock, core, factory
     client, transport = rig.client()
@@ -503,12 +487,8 @@ def test_submitters_are_paused_while_the_queue_is_full_and_resumed_after() -> No
 def test_a_large_chunk_answer_leaves_in_parts_that_fit_the_frame_limit() -> None:
     clock = Clock()
     registry = HandlerRegistry([Sha256Handler()])
-    factory = WorkerFactory(clock, registry, 1, "w", lambda *a: None)  # type: ignore[arg-type,return-value]
-    worker = factory.buildProtocol(None)
-    transport = StringTransport()
-    worker.makeConnection(transport)
-    worker.dataReceived(frame(wire.Welcome("s", 1000, 400)))
-    transport.clear()
+    factory = WorkerFactory(clock, registry, 1, "w", lambda *a: None, secret=SECRET)  # type: ignore[arg-type,return-value]
+    worker, transport, _ = welcomed_worker(wire.Welcome("s", 1000, 400), factory)
     worker._report_chunk(7, [(wire.STATUS_OK, b"r" * 100)] * 12)
     clock.advance(0)
     data = transport.value()
@@ -538,5 +518,5 @@ def test_a_chunk_answer_over_the_payload_limit_fails_that_item() -> None:
 
 def test_the_factory_fits_chunks_to_its_frame_limit() -> None:
     core = Scheduler(Clock())
-    SchedulerFactory(core, Clock(), "s", max_frame=8192, max_payload=1024)
+    SchedulerFactory(core, Clock(), SECRETS, "s", max_frame=8192, max_payload=1024)
     assert core.policy.max_chunk_bytes == 4096

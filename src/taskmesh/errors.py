@@ -23,6 +23,10 @@ class SchedulerGone(Exception):
     """The connection to the scheduler ended before the answer came."""
 
 
+class AuthenticationFailed(Exception):
+    """The handshake failed: no secret, the wrong one, or not the scheduler meant; the message says which."""
+
+
 class TaskUnknown(LookupError):
     """No task has this id (never submitted, or its result was pruned)."""
 

@@ -27,13 +27,17 @@ from twisted.python.threadpool import ThreadPool
 from taskmesh import wire
 from taskmesh.core.scheduler import Scheduler
 from taskmesh.handlers import HandlerRegistry
+from taskmesh.net.auth import RoleSecrets
 from taskmesh.net.framing import describe_address
 from taskmesh.net.scheduler_protocol import SchedulerFactory
+from taskmesh.net.tls import ServerTLS
 from taskmesh.net.worker_protocol import WorkerFactory
 from taskmesh.store import ITaskStore
 
 #: Longest pause between two attempts to reach a scheduler that is down.
 DEFAULT_RECONNECT_MAX_DELAY = 5.0
+#: Longest pause before trying a scheduler again after it refused our secret.
+AUTH_RETRY_MAX_DELAY = 60.0
 #: Where a worker runs CPU-bound handlers: threads (one core between them,
 #: as Python runs), or processes (every core).
 POOLS = ("thread", "process")
@@ -58,15 +62,21 @@ class SchedulerService(Service):
         max_payload: int = wire.DEFAULT_MAX_PAYLOAD,
         name: str = "taskmesh-scheduler",
         factory_options: dict[str, Any] | None = None,
+        secrets: RoleSecrets | None = None,
+        tls: ServerTLS | None = None,
     ) -> None:
+        if secrets is None:
+            raise ValueError("a scheduler needs its secrets: nobody may connect without one")
         self.listen = listen
         self.core = core
         self.store = store
         self.endpoint = serverFromString(reactor, listen)
-        #: The bounds on every peer (see SchedulerFactory).
+        # factory_options: the bounds on every peer (see SchedulerFactory).
         self.factory = SchedulerFactory(
-            core, reactor, name, max_frame, max_payload, **(factory_options or {})
+            core, reactor, secrets, name, max_frame, max_payload, **(factory_options or {})
         )
+        #: What listens: the factory, inside TLS when certificates are given.
+        self.listening_factory = tls.wrap(self.factory) if tls is not None else self.factory
         self.port: IListeningPort | None = None
 
     def startService(self) -> None:
@@ -74,7 +84,7 @@ class SchedulerService(Service):
         super().startService()
         self.core.start()
         failures: list[Failure] = []
-        self.endpoint.listen(self.factory).addCallbacks(self._listening, failures.append)
+        self.endpoint.listen(self.listening_factory).addCallbacks(self._listening, failures.append)
         if failures:
             # TCP and UNIX endpoints fail at once: twistd reports this and exits.
             failures[0].raiseException()
@@ -108,6 +118,8 @@ class WorkerService(MultiService):
     keep every core busy.
     """
 
+    log = Logger()
+
     def __init__(
         self,
         reactor: Any,
@@ -117,17 +129,30 @@ class WorkerService(MultiService):
         name: str,
         reconnect_max_delay: float = DEFAULT_RECONNECT_MAX_DELAY,
         pool: str = "thread",
+        secret: bytes = b"",
     ) -> None:
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}")
+        if not secret:
+            raise ValueError("a worker needs the workers' secret")
         self.reactor = reactor
+        self._authentication_failures = 0
+        self._retry_call: Any = None
         self.threads = ThreadPool(minthreads=0, maxthreads=slots, name="taskmesh-blocking")
         self.processes: multiprocessing.pool.Pool | None = None
         self.pool = pool
         self.slots = slots
         self.factory = WorkerFactory(
-            reactor, handlers, slots, name, self.run_blocking, on_refused=self._refused
+            reactor,
+            handlers,
+            slots,
+            name,
+            self.run_blocking,
+            on_refused=self._refused,
+            secret=secret,
+            on_authentication_failed=self._authentication_failed,
+            on_welcomed=self._welcomed,
         )
         self.connection = ClientService(
             connect,
@@ -142,6 +167,28 @@ class WorkerService(MultiService):
         self.connection.stopService()
         if self.reactor.running:
             self.reactor.stop()
+
+    def _authentication_failed(self, reason: str) -> None:
+        """
+        A wrong secret stays wrong until someone fixes it: back off (1 s, 2 s,
+        ... up to a minute) instead of hammering the scheduler, and say why.
+        """
+        self._authentication_failures += 1
+        delay = min(AUTH_RETRY_MAX_DELAY, 2.0 ** (self._authentication_failures - 1))
+        self.log.error(
+            "authentication failed: {reason}; trying again in {delay:.0f} s", reason=reason, delay=delay
+        )
+        if self._retry_call is None or not self._retry_call.active():
+            stopping = self.connection.stopService()
+            self._retry_call = self.reactor.callLater(delay, self._retry, stopping)
+
+    def _retry(self, stopped: Deferred[None]) -> None:
+        self._retry_call = None
+        if self.running:
+            stopped.addCallback(lambda _: self.connection.startService())
+
+    def _welcomed(self) -> None:
+        self._authentication_failures = 0
 
     def run_blocking(self, cpu_bound: bool, function: Any, argument: Any) -> Deferred[Any]:
         """Run ``function(argument)`` off the reactor thread."""
@@ -166,6 +213,8 @@ class WorkerService(MultiService):
         super().startService()
 
     def stopService(self) -> Deferred[None]:
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
         stopping = maybeDeferred(super().stopService)
         stopping.addBoth(self._stop_pools)
         return stopping

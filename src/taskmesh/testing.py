@@ -19,6 +19,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -26,6 +27,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
+
+from taskmesh import wire
+from taskmesh.net.auth import PeerHandshake
+from taskmesh.net.credentials import peer_secret
 
 BIN = Path(sys.executable).parent
 TWISTD = str(BIN / "twistd")
@@ -173,6 +178,43 @@ class Process:
         """SIGKILL, and reap it."""
         self.signal(signal.SIGKILL)
         self.popen.wait(STOP_TIMEOUT)
+
+
+def read_frame(sock: socket.socket) -> bytes:
+    """One frame body from a blocking socket (raises ConnectionError if it closes first)."""
+
+    def exactly(count: int) -> bytes:
+        data = b""
+        while len(data) < count:
+            chunk = sock.recv(count - len(data))
+            if not chunk:
+                raise ConnectionError("the connection closed in the middle of a frame")
+            data += chunk
+        return data
+
+    (length,) = struct.unpack(">I", exactly(4))
+    return exactly(length)
+
+
+def raw_handshake(sock: socket.socket, hello: wire.Hello, secret: bytes) -> wire.Message:
+    """
+    The peer's side of the handshake on a plain blocking socket, for tests and
+    benchmarks that speak the protocol by hand.  Returns the scheduler's last
+    answer: the Welcome, or an Error.
+    """
+    handshake = PeerHandshake(secret, hello)
+    sock.sendall(struct.pack(">I", len(handshake.hello_body)) + handshake.hello_body)
+    challenge = wire.decode(read_frame(sock))
+    if not isinstance(challenge, wire.Challenge):
+        return challenge
+    proof = wire.encode(handshake.answer(challenge))
+    sock.sendall(struct.pack(">I", len(proof)) + proof)
+    return wire.decode(read_frame(sock))
+
+
+def user_secret() -> bytes:
+    """The secret a scheduler of this user on this machine uses by default (see credentials)."""
+    return peer_secret()
 
 
 class Mesh:

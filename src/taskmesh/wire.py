@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAGIC = b"TMSH"
 
 #: Frames larger than this are refused (the receiver answers with an error
@@ -72,6 +72,11 @@ ERROR_SILENT = 6  # no heartbeat for too long
 ERROR_TIMEOUT = 7  # the handshake, or a frame, did not finish in time
 ERROR_BUSY = 8  # the scheduler cannot take this now (unfinished-frame budget spent): try again later
 ERROR_LIMIT = 9  # a per-connection limit was passed (outstanding queries, open jobs, connections)
+ERROR_AUTH = 10  # the handshake's proof does not match: no secret, the wrong secret, or a replay
+
+#: Bytes of a handshake nonce, and of an HMAC-SHA256 proof.
+NONCE_SIZE = 32
+PROOF_SIZE = 32
 
 #: The largest task, chunk or job id, and job item index: what a signed 64-bit
 #: integer holds (SQLite's INTEGER), so every id fits every store.
@@ -84,6 +89,8 @@ KIND_ERROR = 0x03
 KIND_HEARTBEAT = 0x04
 KIND_STATUS_REQUEST = 0x05
 KIND_STATUS_REPORT = 0x06
+KIND_CHALLENGE = 0x07
+KIND_PROOF = 0x08
 KIND_SUBMIT = 0x10
 KIND_ACCEPTED = 0x11
 KIND_REJECTED = 0x12
@@ -103,9 +110,8 @@ KIND_CHUNK_RESULTS = 0x22
 _KIND = struct.Struct(">B")
 _COUNT = struct.Struct(">BI")  # kind, record count
 _HELLO_HEAD = struct.Struct(">B4sHBIH")  # kind, magic, version, role, slots, name length
-_WELCOME_HEAD = struct.Struct(
-    ">BHIIIHH"
-)  # kind, version, max frame, max payload, heartbeat ms, tolerance, name length
+# kind, version, max frame, max payload, heartbeat ms, tolerance, prefetch, name length
+_WELCOME_HEAD = struct.Struct(">BHIIIHHH")
 _ERROR_HEAD = struct.Struct(">BHH")  # kind, code, message length
 _U8 = struct.Struct(">B")
 _U16 = struct.Struct(">H")
@@ -152,6 +158,8 @@ class Hello:
     slots: int = 0
     task_types: tuple[str, ...] = ()
     version: int = PROTOCOL_VERSION
+    #: Fresh random bytes for the handshake's challenge (NONCE_SIZE of them).
+    nonce: bytes = bytes(NONCE_SIZE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +176,27 @@ class Welcome:
     heartbeat_ms: int = 0
     tolerance: int = 0
     version: int = PROTOCOL_VERSION
+    #: Tasks (or chunks) the scheduler may send a worker beyond its slots.
+    prefetch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """
+    The scheduler's answer to a hello: its name, a fresh nonce, and its proof
+    that it knows the role's secret (HMAC-SHA256 over the handshake so far).
+    """
+
+    name: str
+    nonce: bytes
+    proof: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Proof:
+    """The peer's proof that it knows the role's secret; the scheduler welcomes it, or refuses."""
+
+    proof: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +381,8 @@ class ChunkResults:
 Message = (
     Hello
     | Welcome
+    | Challenge
+    | Proof
     | Error
     | Heartbeat
     | StatusRequest
@@ -394,6 +425,12 @@ def _short(text: str, what: str, limit: int) -> bytes:
     return data
 
 
+def _exact(data: bytes, what: str, size: int) -> bytes:
+    if len(data) != size:
+        raise ValueError(f"{what} must be {size} bytes, not {len(data)}")
+    return data
+
+
 def encode_hello(message: Hello) -> bytes:
     name = _short(message.name, "name", 0xFFFF)
     parts = [
@@ -405,7 +442,25 @@ def encode_hello(message: Hello) -> bytes:
         encoded = _short(task_type, "task type", 0xFF)
         parts.append(_U8.pack(len(encoded)))
         parts.append(encoded)
+    parts.append(_exact(message.nonce, "a nonce", NONCE_SIZE))
     return b"".join(parts)
+
+
+def encode_challenge(message: Challenge) -> bytes:
+    name = _short(message.name, "name", 0xFFFF)
+    return b"".join(
+        (
+            _U8.pack(KIND_CHALLENGE),
+            _U16.pack(len(name)),
+            name,
+            _exact(message.nonce, "a nonce", NONCE_SIZE),
+            _exact(message.proof, "a proof", PROOF_SIZE),
+        )
+    )
+
+
+def encode_proof(message: Proof) -> bytes:
+    return _U8.pack(KIND_PROOF) + _exact(message.proof, "a proof", PROOF_SIZE)
 
 
 def encode_welcome(message: Welcome) -> bytes:
@@ -418,6 +473,7 @@ def encode_welcome(message: Welcome) -> bytes:
             message.max_payload,
             message.heartbeat_ms,
             message.tolerance,
+            message.prefetch,
             len(name),
         )
         + name
@@ -620,6 +676,8 @@ _ENCODERS: dict[type[Any], Callable[[Any], bytes]] = {
     ChunkResults: encode_chunk_results,
     Hello: encode_hello,
     Welcome: encode_welcome,
+    Challenge: encode_challenge,
+    Proof: encode_proof,
     Error: encode_error,
     Heartbeat: lambda message: bytes([KIND_HEARTBEAT]),
     StatusRequest: lambda message: bytes([KIND_STATUS_REQUEST]),
@@ -692,13 +750,38 @@ def _decode_hello(data: bytes) -> Hello:
     for _ in range(count):
         (length,) = reader.unpack(_U8)
         task_types.append(reader.text(length, "task type"))
+    nonce = reader.take(NONCE_SIZE)
     reader.finish()
-    return Hello(role=role, name=name, slots=slots, task_types=tuple(task_types), version=version)
+    return Hello(
+        role=role, name=name, slots=slots, task_types=tuple(task_types), version=version, nonce=nonce
+    )
+
+
+def _decode_challenge(data: bytes) -> Challenge:
+    reader = _Reader(data, 1)
+    (name_length,) = reader.unpack(_U16)
+    name = reader.text(name_length, "name")
+    nonce = reader.take(NONCE_SIZE)
+    proof = reader.take(PROOF_SIZE)
+    reader.finish()
+    return Challenge(name=name, nonce=nonce, proof=proof)
+
+
+def _decode_proof(data: bytes) -> Proof:
+    reader = _Reader(data, 1)
+    proof = reader.take(PROOF_SIZE)
+    reader.finish()
+    return Proof(proof)
 
 
 def _decode_welcome(data: bytes) -> Welcome:
     reader = _Reader(data, 0)
-    _, version, max_frame, max_payload, heartbeat_ms, tolerance, name_length = reader.unpack(_WELCOME_HEAD)
+    if len(data) >= 3 and _U16.unpack_from(data, 1)[0] != PROTOCOL_VERSION:
+        # Another version's welcome: its version is what the peer needs to refuse it.
+        return Welcome(name="", max_frame=0, max_payload=0, version=_U16.unpack_from(data, 1)[0])
+    _, version, max_frame, max_payload, heartbeat_ms, tolerance, prefetch, name_length = reader.unpack(
+        _WELCOME_HEAD
+    )
     name = reader.text(name_length, "name")
     reader.finish()
     return Welcome(
@@ -708,6 +791,7 @@ def _decode_welcome(data: bytes) -> Welcome:
         heartbeat_ms=heartbeat_ms,
         tolerance=tolerance,
         version=version,
+        prefetch=prefetch,
     )
 
 
@@ -1024,6 +1108,8 @@ _DECODERS: dict[int, Callable[[bytes], Message]] = {
     KIND_CHUNK_RESULTS: _decode_chunk_results,
     KIND_HELLO: _decode_hello,
     KIND_WELCOME: _decode_welcome,
+    KIND_CHALLENGE: _decode_challenge,
+    KIND_PROOF: _decode_proof,
     KIND_ERROR: _decode_error,
     KIND_HEARTBEAT: _decode_empty(Heartbeat()),
     KIND_STATUS_REQUEST: _decode_empty(StatusRequest()),

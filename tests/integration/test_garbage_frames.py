@@ -17,6 +17,7 @@ import pytest
 from conftest import HELLO, HELLO_DIGEST, TIMEOUT, Mesh, wait_until
 
 from taskmesh import wire
+from taskmesh.testing import raw_handshake, user_secret
 
 FRAMES = 300
 SEED = 300  # the same frames every run; change it to explore
@@ -31,8 +32,8 @@ def frame(body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
-def hello(role: int, name: str) -> bytes:
-    return frame(wire.encode(wire.Hello(role=role, name=name, slots=1, task_types=("sha256",))))
+def hello(role: int, name: str) -> wire.Hello:
+    return wire.Hello(role=role, name=name, slots=1, task_types=("sha256",))
 
 
 # Valid bodies of the shapes wire.py describes: sent as they are (mostly out
@@ -77,12 +78,13 @@ def garbage(rng: random.Random) -> tuple[str, bytes]:
     return "valid", frame(rng.choice(VALID_BODIES))
 
 
-def conversations(rng: random.Random) -> list[tuple[str, bytes, bytes, int]]:
-    """(what, a valid prelude, the garbage, frames in it): 300 garbage frames in all."""
+def conversations(rng: random.Random) -> list[tuple[str, wire.Hello | None, bytes, int]]:
+    """(what, a hello for a real handshake first or None, the garbage, its frames): 300 frames in all."""
     plans = []
     sent = 0
     while sent < FRAMES:
-        prelude, what = b"", ""
+        prelude: wire.Hello | None = None
+        what = ""
         if rng.random() < 0.3:  # a valid hello first, then garbage
             role = rng.choice([wire.ROLE_CLIENT, wire.ROLE_WORKER])
             prelude, what = hello(role, f"fuzz-{len(plans)}"), f"{wire.ROLE_NAMES[role]}-hello+"
@@ -97,32 +99,18 @@ def conversations(rng: random.Random) -> list[tuple[str, bytes, bytes, int]]:
     return plans
 
 
-def read_frame(s: socket.socket, deadline: float) -> bytes:
-    """Read exactly one frame (the Welcome after a hello)."""
-    data = b""
-    while len(data) < 4 or len(data) < 4 + struct.unpack(">I", data[:4])[0]:
-        if time.monotonic() > deadline:
-            pytest.fail(f"no complete frame within {TIMEOUT:g} s; got {data!r}")
-        chunk = s.recv(1)
-        if not chunk:
-            pytest.fail(f"the scheduler closed before a complete frame; got {data!r}")
-        data += chunk
-    return data
-
-
-def converse(port: int, prelude: bytes, garbage: bytes) -> bytes:
+def converse(port: int, prelude: wire.Hello | None, garbage: bytes, secret: bytes) -> bytes:
     """
-    Send the prelude and read its answer, then send the garbage, close our
-    side and read what the scheduler says until it closes too.  (The answer
-    to the prelude is read first because twistd takes our close as the end
-    of the connection, dropping answers it has not written yet.)
+    Go through the real handshake with the prelude's hello, if any, then send
+    the garbage, close our side and read what the scheduler says until it
+    closes too.  (The welcome is read first because twistd takes our close as
+    the end of the connection, dropping answers it has not written yet.)
     """
     deadline = time.monotonic() + TIMEOUT
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
         received = b""
-        if prelude:
-            s.sendall(prelude)
-            received = read_frame(s, deadline)
+        if prelude is not None:
+            received = frame(wire.encode(raw_handshake(s, prelude, secret)))
         try:
             s.sendall(garbage)
             s.shutdown(socket.SHUT_WR)
@@ -159,7 +147,8 @@ def test_garbage_costs_only_its_own_connection(mesh: Mesh) -> None:
     assert sum(count for *_, count in plans) == FRAMES
 
     with ThreadPoolExecutor(8) as pool:  # several connections at a time
-        received = pool.map(lambda plan: converse(mesh.port, plan[1], plan[2]), plans)
+        secret = user_secret()
+        received = pool.map(lambda plan: converse(mesh.port, plan[1], plan[2], secret), plans)
         answers = [(plan[0], messages(data)) for plan, data in zip(plans, received)]
 
     for what, answer in answers:

@@ -19,6 +19,7 @@ import pytest
 from conftest import HELLO, HELLO_DIGEST, TIMEOUT, Mesh, wait_until
 
 from taskmesh import wire
+from taskmesh.testing import raw_handshake, user_secret
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +98,10 @@ def test_a_trickled_frame_is_cut_off_and_others_are_served_meanwhile(mesh: Mesh)
     mesh.scheduler("scheduler", "--frame-timeout", "2")
     mesh.workers("w1")
     with raw(mesh) as sock:
-        sock.sendall(frame(wire.Hello(role=wire.ROLE_CLIENT, name="trickle")))
+        assert isinstance(
+            raw_handshake(sock, wire.Hello(role=wire.ROLE_CLIENT, name="trickle"), user_secret()),
+            wire.Welcome,
+        )
         sock.sendall(struct.pack(">I", 1 << 20))
         deadline = time.monotonic() + TIMEOUT
         closed = False
@@ -134,7 +138,7 @@ def test_unfinished_frames_are_bounded_by_the_budget(mesh: Mesh) -> None:
     with ExitStack() as stack:
         for _ in range(20):
             sock = stack.enter_context(raw(mesh))
-            sock.sendall(frame(wire.Hello(role=wire.ROLE_CLIENT, name="hoarder")))
+            raw_handshake(sock, wire.Hello(role=wire.ROLE_CLIENT, name="hoarder"), user_secret())
             try:
                 sock.sendall(struct.pack(">I", 16 << 20) + part)
             except (BrokenPipeError, ConnectionResetError):
@@ -167,7 +171,7 @@ def test_a_client_that_never_reads_is_dropped_and_the_scheduler_stays_bounded(me
     assert mesh.run_submit("--type", "repeat", "60000").popen.returncode == 0  # warm up
     before = rss_kib(scheduler.pid)
     with raw(mesh, receive_buffer=4096) as sock:
-        sock.sendall(frame(wire.Hello(role=wire.ROLE_CLIENT, name="deaf")))
+        raw_handshake(sock, wire.Hello(role=wire.ROLE_CLIENT, name="deaf"), user_secret())
         for start in range(0, 400, 100):
             sock.sendall(
                 frame(
@@ -193,7 +197,7 @@ def test_asking_again_and_again_for_a_large_result_costs_one_answer_a_turn(mesh:
     assert mesh.run_submit("--type", "repeat", "60000").popen.returncode == 0
     before = rss_kib(scheduler.pid)
     with raw(mesh, receive_buffer=4096) as sock:
-        sock.sendall(frame(wire.Hello(role=wire.ROLE_CLIENT, name="asker")))
+        raw_handshake(sock, wire.Hello(role=wire.ROLE_CLIENT, name="asker"), user_secret())
         sock.sendall(b"".join(frame(wire.Query([(task_id, True)] * 200)) for _ in range(10)))
         still_serves(mesh)
         grown_mib = (rss_kib(scheduler.pid) - before) / 1024
@@ -206,9 +210,8 @@ def test_no_traceback_in_the_logs_after_all_that(mesh: Mesh) -> None:
     with ExitStack() as stack:
         for body in (b"", b"\x7f", b"\x14\x00\x00\x00\x01" + b"\xff" * 9):
             sock = stack.enter_context(raw(mesh))
-            sock.sendall(
-                frame(wire.Hello(role=wire.ROLE_CLIENT, name="odd")) + struct.pack(">I", len(body)) + body
-            )
+            raw_handshake(sock, wire.Hello(role=wire.ROLE_CLIENT, name="odd"), user_secret())
+            sock.sendall(struct.pack(">I", len(body)) + body)
             read_until_closed(sock)
     still_serves(mesh)
     wait_until(lambda: "Traceback" not in mesh.scheduler_process.log, 1, "a clean log")  # type: ignore[union-attr]

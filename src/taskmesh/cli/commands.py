@@ -23,10 +23,23 @@ from taskmesh import __version__
 from taskmesh.cli.progress import ProgressBar
 from taskmesh.client.mapping import DEFAULT_WINDOW, run_map
 from taskmesh.client.twisted_client import DEFAULT_CONNECT_TIMEOUT, Client, task_options
-from taskmesh.errors import SchedulerGone, TaskFailed, TaskPending, TaskRejected, TaskUnknown
+from taskmesh.errors import (
+    AuthenticationFailed,
+    SchedulerGone,
+    TaskFailed,
+    TaskPending,
+    TaskRejected,
+    TaskUnknown,
+)
 from taskmesh.handlers import DEFAULT_TASK_TYPE
 from taskmesh.net.address import DEFAULT_ADDRESS, parse_address
-from taskmesh.tap import positive_float, positive_int
+from taskmesh.tap import (
+    PEER_SECURITY_FLAGS,
+    PEER_SECURITY_PARAMETERS,
+    peer_security,
+    positive_float,
+    positive_int,
+)
 from taskmesh.wire import check_task_type
 
 EXIT_OK = 0
@@ -34,6 +47,7 @@ EXIT_TASK_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_NOT_FINISHED = 4
+EXIT_AUTHENTICATION = 5
 
 #: Pause between attempts to reach a scheduler again while waiting for a result.
 RECONNECT_DELAY = 0.5
@@ -49,13 +63,16 @@ class ConnectionOptions(usage.Options):
             "Seconds to keep trying to reach the scheduler.",
             positive_float,
         ],
+        *PEER_SECURITY_PARAMETERS,
     ]
+    optFlags = [*PEER_SECURITY_FLAGS]
 
     def postOptions(self) -> None:
         try:
             parse_address(self["connect"])
         except ValueError as e:
             raise usage.UsageError(f"--connect: {e}") from None
+        self["secret"], self["tls-options"] = peer_security(self)
 
 
 def task_id_argument(text: str) -> int:
@@ -231,7 +248,11 @@ async def connect(options: ConnectionOptions, reactor: Any) -> Client:
             on_no_worker=lambda task_type: warn(
                 f"no connected worker runs task type {task_type!r} yet; the task waits for one"
             ),
+            secret=options["secret"],
+            tls=options["tls-options"],
         )
+    except AuthenticationFailed as e:
+        raise CommandFailed(str(e), EXIT_AUTHENTICATION) from None
     except (ConnectError, SchedulerGone) as e:
         raise CommandFailed(
             f"cannot reach the scheduler at {options['connect']}: {e}", EXIT_UNREACHABLE
@@ -250,8 +271,8 @@ async def reconnect(options: ConnectionOptions, reactor: Any) -> Client:
     while True:
         try:
             return await connect(options, reactor)
-        except CommandFailed:
-            if reactor.seconds() >= deadline:
+        except CommandFailed as e:
+            if e.status == EXIT_AUTHENTICATION or reactor.seconds() >= deadline:
                 raise
         await task.deferLater(reactor, RECONNECT_DELAY, lambda: None)
 

@@ -24,6 +24,8 @@ from taskmesh.errors import SchedulerGone, TaskCancelled, TaskFailed, TaskPendin
 from taskmesh.handlers import DEFAULT_TASK_TYPE
 from taskmesh.net.address import DEFAULT_ADDRESS, client_endpoint
 from taskmesh.net.client_protocol import ClientProtocol, outcome_error
+from taskmesh.net.credentials import peer_secret
+from taskmesh.net.tls import ClientTLS
 
 __all__ = [
     "Client",
@@ -84,20 +86,33 @@ class Client:
         reactor: Any = None,
         timeout: float = DEFAULT_CONNECT_TIMEOUT,
         on_no_worker: Callable[[str], None] = lambda task_type: None,
+        *,
+        secret: str | bytes | None = None,
+        secret_file: str | None = None,
+        tls: ClientTLS | None = None,
     ) -> Client:
         """
         Connect and shake hands.  ``address`` is ``host:port`` or an endpoint
         string.  ``on_no_worker(task_type)`` is called when a task is accepted
         but no connected worker runs its type yet (it waits for one).
+
+        The clients' secret is ``secret``, else ``TASKMESH_SECRET``, else the
+        file ``secret_file``, else the one a scheduler of this user created on
+        this machine; AuthenticationFailed if the scheduler refuses it or
+        cannot prove it knows it.  ``tls`` connects a ``host:port`` over TLS.
         """
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
             reactor = global_reactor
+        if secret is None:
+            key = peer_secret(secret_file)
+        else:
+            key = secret.encode("utf-8") if isinstance(secret, str) else secret
         protocol = ClientProtocol(
-            reactor, name=f"{socket.gethostname()}-{os.getpid()}", on_no_worker=on_no_worker
+            reactor, name=f"{socket.gethostname()}-{os.getpid()}", on_no_worker=on_no_worker, secret=key
         )
-        connecting = connectProtocol(client_endpoint(reactor, address), protocol)
+        connecting = connectProtocol(client_endpoint(reactor, address, tls), protocol)
         connecting.addTimeout(timeout, reactor)
         await connecting
         ready = protocol.ready

@@ -33,6 +33,10 @@ ReportChunk = Callable[[int, list[tuple[int, bytes]]], None]
 RunBlocking = Callable[[bool, Callable[[Any], Any], Any], Deferred[Any]]
 
 
+class OverCapacity(ValueError):
+    """The scheduler assigned more than slots plus prefetch."""
+
+
 class TaskWork(NamedTuple):
     """One task to run."""
 
@@ -107,11 +111,15 @@ class Worker:
         run_blocking: RunBlocking,
         max_result: int,
         report_chunk: ReportChunk = lambda chunk_id, outcomes: None,
+        capacity: int | None = None,
     ) -> None:
         if slots < 1:
             raise ValueError("a worker needs at least one slot")
         self._handlers = handlers
         self._slots = slots
+        #: The most work the scheduler may give at once (slots + its prefetch);
+        #: a scheduler that sends more is refused (it could exhaust us).
+        self._capacity = capacity
         self._report = report
         self._report_chunk = report_chunk
         self._run_blocking = run_blocking
@@ -134,13 +142,25 @@ class Worker:
 
     def assign(self, records: list[tuple[int, str, bytes]]) -> None:
         """Tasks from the scheduler: start what fits in the slots, queue the rest."""
+        self._check_capacity(len(records))
         self._waiting.extend([TaskWork(*record) for record in records])
         self._start_waiting()
 
     def assign_chunks(self, records: list[tuple[int, str, list[bytes]]]) -> None:
         """Chunks from the scheduler: each takes one slot for all its items."""
+        self._check_capacity(len(records))
         self._waiting.extend([ChunkWork(*record) for record in records])
         self._start_waiting()
+
+    def _check_capacity(self, more: int) -> None:
+        """Cancelled work that still runs (a thread cannot be stopped) holds no lease: not counted."""
+        if self._capacity is None:
+            return
+        held = len(self._waiting) + self._running - len(self._cancelled) + more
+        if held > self._capacity:
+            raise OverCapacity(
+                f"the scheduler sent more work than this worker's {self._capacity} slots and prefetch"
+            )
 
     def cancel(self, task_ids: list[int]) -> None:
         """

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.endpoints import HostnameEndpoint, clientFromString
+from twisted.internet.endpoints import HostnameEndpoint, clientFromString, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
+
+from taskmesh.net.tls import ClientTLS
 
 DEFAULT_PORT = 9001
 DEFAULT_ADDRESS = f"localhost:{DEFAULT_PORT}"
@@ -49,10 +51,18 @@ def parse_address(address: str) -> tuple[str, int] | None:
     return host, int(port_text)
 
 
-def client_endpoint(reactor: Any, address: str) -> IStreamClientEndpoint:
-    """The endpoint to reach ``address`` (see ``parse_address``)."""
+def client_endpoint(reactor: Any, address: str, tls: ClientTLS | None = None) -> IStreamClientEndpoint:
+    """
+    The endpoint to reach ``address`` (see ``parse_address``); with ``tls``, a
+    ``host:port`` is reached over TLS (an endpoint string says for itself).
+    """
     parsed = parse_address(address)
     if parsed is None:
+        if tls is not None:
+            raise ValueError("TLS options go with host:port; an endpoint string says tls: for itself")
         return clientFromString(reactor, address.strip())
     host, port = parsed
-    return HostnameEndpoint(reactor, host, port)
+    endpoint = HostnameEndpoint(reactor, host, port)
+    if tls is None:
+        return endpoint
+    return wrapClientTLS(tls.creator(host), endpoint)

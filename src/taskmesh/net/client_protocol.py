@@ -22,7 +22,9 @@ from twisted.python.failure import Failure
 
 from taskmesh import wire
 from taskmesh.errors import SchedulerGone, TaskCancelled, TaskFailed, TaskPending, TaskRejected, TaskUnknown
-from taskmesh.net.framing import ConnectionLimits, FramedProtocol, PeerMisbehaved
+from taskmesh.net.auth import AuthenticationFailed
+from taskmesh.net.framing import ConnectionLimits, PeerMisbehaved
+from taskmesh.net.peer import PeerProtocol
 
 
 #: What a result record means for someone waiting on it.
@@ -41,7 +43,7 @@ def outcome_error(task_id: int, status: int, value: bytes) -> Exception:
 JobListener = Callable[[list[tuple[int, int, bytes]]], None]
 
 
-class ClientProtocol(FramedProtocol):
+class ClientProtocol(PeerProtocol):
     """Submits tasks, queries and cancels them, over one connection."""
 
     log = Logger()
@@ -52,8 +54,9 @@ class ClientProtocol(FramedProtocol):
         name: str,
         on_no_worker: Callable[[str], None] = lambda task_type: None,
         limits: ConnectionLimits | None = None,
+        secret: bytes = b"",
     ) -> None:
-        super().__init__(clock, limits or ConnectionLimits())
+        super().__init__(clock, limits or ConnectionLimits(), secret)
         self.name = name
         #: Fires with the scheduler's Welcome once the handshake is done.
         self.ready: Deferred[wire.Welcome] = Deferred()
@@ -76,10 +79,13 @@ class ClientProtocol(FramedProtocol):
         # job id -> results callback
         self._jobs: dict[int, JobListener] = {}
         self._error: str | None = None
+        self._auth_failure: str | None = None
 
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self.send(wire.Hello(role=wire.ROLE_CLIENT, name=self.name))
+    def hello(self) -> wire.Hello:
+        return wire.Hello(role=wire.ROLE_CLIENT, name=self.name)
+
+    def authentication_failed(self, reason: str) -> None:
+        self._auth_failure = reason
 
     # -- requests ------------------------------------------------------------
 
@@ -203,7 +209,11 @@ class ClientProtocol(FramedProtocol):
                 if not isinstance(status, dict):
                     raise PeerMisbehaved("the status report is not a JSON object")
                 self._status.popleft().callback(status)
-            case wire.Welcome() if self.welcome is None:
+            case wire.Challenge() if self.welcome is None and not self.challenge_answered:
+                self.answer_challenge(message)
+            case wire.Welcome() if self.welcome is None and (
+                self.challenge_answered or message.version != wire.PROTOCOL_VERSION
+            ):
                 if message.version != wire.PROTOCOL_VERSION:
                     raise PeerMisbehaved(
                         f"the scheduler speaks protocol version {message.version}; "
@@ -218,9 +228,10 @@ class ClientProtocol(FramedProtocol):
             case wire.Heartbeat() if self.welcome is not None:
                 pass
             case wire.Error():
+                if self.welcome is None:
+                    self.refused_by_scheduler(message)
                 self._error = message.message
-                self.closing = True
-                self.transport.loseConnection()
+                self.close()
             case _:
                 raise PeerMisbehaved(f"a client does not expect {type(message).__name__} now")
 
@@ -267,7 +278,10 @@ class ClientProtocol(FramedProtocol):
         super().connectionLost(reason)
         why = self._error or self.closed_because or reason.getErrorMessage()
         if not self.ready.called:
-            self.ready.errback(SchedulerGone(f"connection to the scheduler lost: {why}"))
+            if self._auth_failure is not None:
+                self.ready.errback(AuthenticationFailed(self._auth_failure))
+            else:
+                self.ready.errback(SchedulerGone(f"connection to the scheduler lost: {why}"))
         waiting: list[Deferred[Any]] = [entry[1] for entry in self._requests.values()]
         for waiters in self._waiters.values():
             waiting.extend(waiters)

@@ -145,6 +145,7 @@ class FramedProtocol(Int32StringReceiver):
         self.closed_because: str | None = None
         #: When the peer last sent anything (heartbeats count).
         self.last_heard = clock.seconds()
+        self.frame = b""
         self._segments: list[_Segment] = []
         self._flush_call: IDelayedCall | None = None
         self._handshake_call: IDelayedCall | None = None
@@ -303,6 +304,8 @@ class FramedProtocol(Int32StringReceiver):
     def stringReceived(self, data: bytes) -> None:
         if self.closing:
             return
+        #: The frame being handled, as received (the handshake's proofs cover the hello's bytes).
+        self.frame = data
         try:
             message = wire.decode(data)
         except wire.ProtocolError as e:

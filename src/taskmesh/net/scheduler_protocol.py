@@ -34,6 +34,7 @@ from zope.interface import implementer
 from taskmesh import wire
 from taskmesh.core.scheduler import IWorkerChannel, Job, Scheduler, WorkerState
 from taskmesh.errors import TaskCancelled, TaskFailed
+from taskmesh.net.auth import AuthenticationFailed, RoleSecrets, SchedulerHandshake
 from taskmesh.net.frames import PartialFrameBudget
 from taskmesh.net.framing import DEFAULT_FRAME_BUDGET, ConnectionLimits, FramedProtocol, PeerMisbehaved
 from taskmesh.store.interface import State
@@ -71,6 +72,8 @@ class SchedulerProtocol(FramedProtocol):
         self.worker: WorkerState | None = None
         #: This client's open jobs, by id.
         self.jobs: dict[int, Job] = {}
+        self._handshake = SchedulerHandshake(factory.secrets, factory.name)
+        self._hello_seen: wire.Hello | None = None
         #: Tasks whose outcome this connection waits for (ResultWatchers has the other side).
         self.watching: set[int] = set()
         #: Of those, the ones a query asked for, and queries waiting for a commit.
@@ -92,11 +95,16 @@ class SchedulerProtocol(FramedProtocol):
         elif self.role == wire.ROLE_CLIENT:
             self._client_message(message)
         else:
+            # The handshake: nothing else is accepted before it completes.
             match message:
-                case wire.Hello():
+                case wire.Hello() if not self._handshake.challenged:
                     self._hello(message)
+                case wire.Proof() if self._handshake.challenged:
+                    self._proved(message)
                 case wire.Error():
                     self._peer_error(message)
+                case _ if self._handshake.challenged:
+                    raise PeerMisbehaved(f"expected the proof, got {type(message).__name__}")
                 case _:
                     raise PeerMisbehaved(f"expected a hello first, got {type(message).__name__}")
 
@@ -182,6 +190,17 @@ class SchedulerProtocol(FramedProtocol):
                 raise PeerMisbehaved(f"a worker needs 1 to {MAX_WORKER_SLOTS} slots, not {hello.slots}")
             if not hello.task_types:
                 raise PeerMisbehaved("a worker must announce at least one task type")
+        self._hello_seen = hello
+        self.send(self._handshake.challenge(hello, self.frame))
+
+    def _proved(self, proof: wire.Proof) -> None:
+        hello = self._hello_seen
+        assert hello is not None
+        try:
+            self._handshake.check(proof)
+        except AuthenticationFailed as e:
+            self.fail(wire.ERROR_AUTH, str(e))
+            return
         self.handshake_done()
         self.role = hello.role
         self.name = hello.name or self.peer
@@ -193,6 +212,7 @@ class SchedulerProtocol(FramedProtocol):
                 max_payload=self.factory.max_payload,
                 heartbeat_ms=round(policy.heartbeat_interval * 1000),
                 tolerance=policy.heartbeat_tolerance,
+                prefetch=policy.prefetch,
             )
         )
         if hello.role == wire.ROLE_WORKER:
@@ -506,6 +526,7 @@ class SchedulerFactory(Factory):
         self,
         core: Scheduler,
         clock: IReactorTime,
+        secrets: RoleSecrets,
         name: str = "taskmesh-scheduler",
         max_frame: int = wire.DEFAULT_MAX_FRAME,
         max_payload: int = wire.DEFAULT_MAX_PAYLOAD,
@@ -525,6 +546,8 @@ class SchedulerFactory(Factory):
         core.fit_chunks_to(max_frame // 2)
         self.core = core
         self.clock = clock
+        #: Who may connect: the secret of each role.
+        self.secrets = secrets
         self.name = name
         self.max_frame = max_frame
         self.max_payload = max_payload

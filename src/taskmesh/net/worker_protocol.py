@@ -22,51 +22,62 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from taskmesh import wire
-from taskmesh.core.worker import RunBlocking, Worker
+from taskmesh.core.worker import OverCapacity, RunBlocking, Worker
 from taskmesh.handlers import HandlerRegistry
-from taskmesh.net.framing import ConnectionLimits, FramedProtocol, PeerMisbehaved
+from taskmesh.net.framing import ConnectionLimits, PeerMisbehaved
+from taskmesh.net.peer import PeerProtocol
 
 
-class WorkerProtocol(FramedProtocol):
+class WorkerProtocol(PeerProtocol):
     """Speaks for one worker to one scheduler, for one connection."""
 
     log = Logger()
 
     def __init__(self, factory: WorkerFactory) -> None:
-        super().__init__(factory.clock, factory.limits)
+        super().__init__(factory.clock, factory.limits, factory.secret)
         self.factory = factory
         self.core: Worker | None = None
 
-    def connectionMade(self) -> None:
-        super().connectionMade()
+    def hello(self) -> wire.Hello:
         factory = self.factory
-        self.send(
-            wire.Hello(
-                role=wire.ROLE_WORKER,
-                name=factory.name,
-                slots=factory.slots,
-                task_types=factory.handlers.names(),
-            )
+        return wire.Hello(
+            role=wire.ROLE_WORKER,
+            name=factory.name,
+            slots=factory.slots,
+            task_types=factory.handlers.names(),
         )
+
+    def authentication_failed(self, reason: str) -> None:
+        self.factory.authentication_failed(reason)
 
     def message_received(self, message: wire.Message) -> None:
         core = self.core
         match message:
             case wire.Assign(records=records) if core is not None:
-                core.assign(records)
+                try:
+                    core.assign(records)
+                except OverCapacity as e:
+                    raise PeerMisbehaved(str(e)) from None
             case wire.AssignChunks(records=records) if core is not None:
-                core.assign_chunks(records)
+                try:
+                    core.assign_chunks(records)
+                except OverCapacity as e:
+                    raise PeerMisbehaved(str(e)) from None
             case wire.Cancel(records=task_ids) if core is not None:
                 core.cancel(task_ids)
             case wire.Heartbeat() if core is not None:
                 pass
-            case wire.Welcome() if core is None:
-                if message.version != wire.PROTOCOL_VERSION:
-                    self._refused(
-                        f"it speaks protocol version {message.version}, this worker {wire.PROTOCOL_VERSION}"
-                    )
-                    return
+            case wire.Challenge() if core is None and not self.challenge_answered:
+                self.answer_challenge(message)
+            case wire.Welcome() if core is None and message.version != wire.PROTOCOL_VERSION:
+                self._refused(
+                    f"it speaks protocol version {message.version}, this worker {wire.PROTOCOL_VERSION}"
+                )
+            case wire.Welcome() if core is None and self.challenge_answered:
                 self._welcomed(message)
+            case wire.Error() if core is None and message.code == wire.ERROR_AUTH:
+                self.refused_by_scheduler(message)
+                self.close()
             case wire.Error() if core is None:
                 # Refused at the handshake (version, slots, types): trying
                 # again would only be refused again.
@@ -93,7 +104,9 @@ class WorkerProtocol(FramedProtocol):
             factory.run_blocking,
             max_result=welcome.max_payload,
             report_chunk=self._report_chunk,
+            capacity=factory.slots + welcome.prefetch,
         )
+        factory.welcomed()
         if welcome.heartbeat_ms:
             self.keep_alive(welcome.heartbeat_ms / 1000, welcome.tolerance)
         self.log.info(
@@ -156,7 +169,16 @@ class WorkerFactory(Factory):
         run_blocking: RunBlocking,
         on_refused: Callable[[str], None] = lambda reason: None,
         limits: ConnectionLimits | None = None,
+        secret: bytes = b"",
+        on_authentication_failed: Callable[[str], None] = lambda reason: None,
+        on_welcomed: Callable[[], None] = lambda: None,
     ) -> None:
+        #: The workers' secret, proved (never sent) in every handshake.
+        self.secret = secret
+        #: Called when the handshake fails on either side (the service backs off).
+        self.authentication_failed = on_authentication_failed
+        #: Called once a scheduler has welcomed this worker.
+        self.welcomed = on_welcomed
         #: Our own bounds: a scheduler's welcome may lower, never raise, them.
         self.limits = limits or ConnectionLimits()
         self.clock = clock

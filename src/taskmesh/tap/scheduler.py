@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import resource
 import sqlite3
+from pathlib import Path
 
 from twisted.application.service import IService
 from twisted.python import usage
 
 from taskmesh import wire
 from taskmesh.core.scheduler import Policy, Scheduler
+from taskmesh.net.auth import RoleSecrets
+from taskmesh.net.credentials import SECRET_VARIABLE, SecretError, read_secret_file, scheduler_secret
 from taskmesh.net.framing import (
     DEFAULT_FRAME_BUDGET,
     DEFAULT_FRAME_TIMEOUT,
@@ -18,6 +21,7 @@ from taskmesh.net.framing import (
     ConnectionLimits,
 )
 from taskmesh.net.scheduler_protocol import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_JOBS, DEFAULT_MAX_QUERIES
+from taskmesh.net.tls import ServerTLS
 from taskmesh.service import SchedulerService
 from taskmesh.store import ITaskStore, MemoryStore, time_based_first_id
 from taskmesh.store.sqlite import SYNC_MODES, SqliteStore
@@ -172,6 +176,34 @@ class Options(usage.Options):
         ],
         ["max-jobs", None, DEFAULT_MAX_JOBS, "Maps one connection may have open at once.", positive_int],
         [
+            "secret-file",
+            None,
+            None,
+            f"File holding the secret of workers and clients (default: {SECRET_VARIABLE} if set, else "
+            "$XDG_CONFIG_HOME/taskmesh/secret or ~/.config/taskmesh/secret, created with a random "
+            "secret on first start).",
+        ],
+        [
+            "client-secret-file",
+            None,
+            None,
+            "A separate secret for clients (then the main one is for workers).",
+        ],
+        [
+            "worker-secret-file",
+            None,
+            None,
+            "A separate secret for workers (then the main one is for clients).",
+        ],
+        ["tls-cert", None, None, "Serve TLS with this certificate (PEM; it may hold the key too)."],
+        ["tls-key", None, None, "The private key (PEM) of --tls-cert, if it is not in the same file."],
+        [
+            "tls-client-ca",
+            None,
+            None,
+            "With --tls-cert: require every worker and client to present a certificate signed by this CA.",
+        ],
+        [
             "max-connections",
             None,
             None,
@@ -202,6 +234,11 @@ class Options(usage.Options):
             )
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+        if (self["tls-key"] or self["tls-client-ca"]) and not self["tls-cert"]:
+            raise usage.UsageError("--tls-key and --tls-client-ca go with --tls-cert")
+        self["tls-options"] = (
+            ServerTLS(self["tls-cert"], self["tls-key"], self["tls-client-ca"]) if self["tls-cert"] else None
+        )
         if self["max-unsent"] < 2 * self["max-frame"]:
             raise usage.UsageError("--max-unsent must be at least twice --max-frame")
         self["limits"] = ConnectionLimits(
@@ -225,6 +262,7 @@ def open_store(path: str, sync: str) -> ITaskStore:
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
+    secrets = role_secrets(options)
     store = open_store(options["store"], options["sync"])
     core = Scheduler(reactor, store, options["policy"])
     return SchedulerService(
@@ -242,7 +280,24 @@ def makeService(options: Options) -> IService:
             "max_jobs": options["max-jobs"],
             "max_connections": options["max-connections"] or connection_limit(),
         },
+        secrets=secrets,
+        tls=options["tls-options"],
     )
+
+
+def role_secrets(options: Options) -> RoleSecrets:
+    """Each role's secret: the main one, unless a role has its own file."""
+    try:
+        main = scheduler_secret(options["secret-file"])
+        client = (
+            read_secret_file(Path(options["client-secret-file"])) if options["client-secret-file"] else main
+        )
+        worker = (
+            read_secret_file(Path(options["worker-secret-file"])) if options["worker-secret-file"] else main
+        )
+    except SecretError as e:
+        raise SystemExit(f"taskmesh-scheduler: {e}") from None
+    return RoleSecrets(client=client, worker=worker)
 
 
 #: File descriptors kept for everything but connections (the store, logs, pools).

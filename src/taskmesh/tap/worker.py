@@ -12,7 +12,14 @@ from taskmesh.handlers import HandlerError, default_registry, load_import_path
 from taskmesh.net.address import DEFAULT_ADDRESS, client_endpoint, parse_address
 from taskmesh.net.scheduler_protocol import MAX_WORKER_SLOTS
 from taskmesh.service import DEFAULT_RECONNECT_MAX_DELAY, POOLS, WorkerService
-from taskmesh.tap import positive_float, positive_int, release_default_pidfile
+from taskmesh.tap import (
+    PEER_SECURITY_FLAGS,
+    PEER_SECURITY_PARAMETERS,
+    peer_security,
+    positive_float,
+    positive_int,
+    release_default_pidfile,
+)
 
 
 class Options(usage.Options):
@@ -46,9 +53,11 @@ class Options(usage.Options):
             "Where CPU-bound handlers (such as pbkdf2) run: 'thread', or 'process' "
             "for a pool of --concurrency processes that keeps every core busy.",
         ],
+        *PEER_SECURITY_PARAMETERS,
     ]
     optFlags = [
         ["no-plugins", None, "Do not load task types from Twisted plugins."],
+        *PEER_SECURITY_FLAGS,
     ]
 
     def __init__(self) -> None:
@@ -74,6 +83,7 @@ class Options(usage.Options):
             raise usage.UsageError(f"--concurrency must be at most {MAX_WORKER_SLOTS}")
         if self["name"] is None:
             self["name"] = f"{socket.gethostname()}-{os.getpid()}"
+        self["secret"], self["tls-options"] = peer_security(self)
         release_default_pidfile(self)
 
 
@@ -83,10 +93,11 @@ def makeService(options: Options) -> IService:
     handlers = default_registry(reactor, options["handler-objects"], use_plugins=not options["no-plugins"])
     return WorkerService(
         reactor,
-        client_endpoint(reactor, options["connect"]),
+        client_endpoint(reactor, options["connect"], options["tls-options"]),
         handlers,
         slots=options["concurrency"],
         name=options["name"],
         reconnect_max_delay=options["reconnect-max-delay"],
         pool=options["pool"],
+        secret=options["secret"],
     )
