@@ -171,17 +171,22 @@ class FramedProtocol(Int32StringReceiver):
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)
-        self.transport.registerProducer(self, True)
         timeout = self.limits.handshake_timeout
         if timeout is not None:
             self._handshake_call = self.clock.callLater(timeout, self._handshake_timed_out, timeout)
 
     def handshake_done(self) -> None:
-        """The hello (or welcome) came: the handshake deadline no longer applies."""
+        """
+        The handshake is over: its deadline no longer applies, and from now on
+        the transport tells us when the peer stops reading.  (Not before: a
+        TLS transport pauses its producer until its own handshake is done, and
+        pausing our reads then would stall that handshake.)
+        """
         if self._handshake_call is not None:
             if self._handshake_call.active():
                 self._handshake_call.cancel()
             self._handshake_call = None
+        self.transport.registerProducer(self, True)
 
     def set_max_frame(self, max_frame: int) -> None:
         """Both directions follow the limit the scheduler announced (within our own)."""
