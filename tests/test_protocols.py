@@ -540,3 +540,42 @@ def test_the_factory_fits_chunks_to_its_frame_limit() -> None:
     core = Scheduler(Clock())
     SchedulerFactory(core, Clock(), "s", max_frame=8192, max_payload=1024)
     assert core.policy.max_chunk_bytes == 4096
+
+
+def test_a_worker_keeps_its_connection_whatever_its_handlers_raise() -> None:
+    """Issue 10: exceptions that used to drop the worker's connection now fail only their task."""
+    from test_worker_core import HOSTILE, Hostile
+
+    clock = Clock()
+    core = Scheduler(clock)
+    factory = SchedulerFactory(core, clock)
+    registry = HandlerRegistry([Sha256Handler(), Hostile("inline"), Hostile("deferred", deferred=True)])
+    worker_factory = WorkerFactory(clock, registry, 1, "w", run_blocking=lambda *a: None)  # type: ignore[arg-type,return-value]
+    _, worker, worker_pump = connectedServerAndClient(
+        lambda: factory.buildProtocol(None), lambda: worker_factory.buildProtocol(None), clock=clock
+    )
+    client, _, client_pump = connectedServerAndClient(
+        lambda: factory.buildProtocol(None), lambda: ClientProtocol(clock, "c"), clock=clock
+    )
+
+    def pump() -> None:
+        for _ in range(6):
+            clock.advance(0)
+            worker_pump.flush()
+            client_pump.flush()
+
+    pump()
+    outcomes: list[object] = []
+    for kind in sorted(HOSTILE):
+        for task_type in ("inline", "deferred"):
+            client.submit(task_type, kind.encode()).addBoth(outcomes.append)
+    client.submit("sha256", b"Hello, World!").addBoth(outcomes.append)
+    pump()
+    *failures, digest = outcomes
+    assert digest == HELLO_DIGEST
+    assert len(failures) == 2 * len(HOSTILE)
+    for failure in failures:
+        assert isinstance(failure, Failure) and failure.check(TaskFailed)
+        str(failure.value).encode("utf-8")  # readable: valid UTF-8 whatever the exception's text
+    assert not worker.transport.disconnecting
+    assert len(core.stats()["workers"]) == 1

@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from taskmesh.codec import describe_error, format_traceback, type_name
 from taskmesh.handlers import HandlerRegistry, ITaskHandler
 from taskmesh.wire import STATUS_FAILED, STATUS_OK
 
@@ -51,27 +52,20 @@ class ChunkWork(NamedTuple):
 
 #: Outcomes of a chunk's items, in order: (status, value).
 Outcomes = list[tuple[int, bytes]]
-
-#: A failure reason longer than this is cut: it is for a person to read, and
-#: must never make a frame too large.
-MAX_REASON = 4096
-
-
-def describe_error(error: BaseException | None) -> str:
-    """The reason a submitter reads: the exception's type and message."""
-    if error is None:
-        return "failed without an exception"
-    text = str(error)
-    reason = f"{type(error).__name__}: {text}" if text else type(error).__name__
-    return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 1] + "…"
+#: What running one item gives: (status, value, the traceback to log for a failure, or None).
+Done = tuple[int, bytes, str | None]
 
 
 def outcome_of(result: object, max_result: int) -> tuple[int, bytes]:
-    """A handler's return value as (status, value)."""
+    """A handler's return value as (status, value); never raises."""
     if isinstance(result, str):
-        result = result.encode("utf-8")
+        try:
+            result = result.encode("utf-8")
+        except UnicodeEncodeError as e:
+            reason = f"handler returned text that UTF-8 cannot encode ({describe_error(e)})"
+            return STATUS_FAILED, reason.encode("utf-8")
     if not isinstance(result, bytes):
-        reason = f"handler returned {type(result).__name__}, not bytes or str"
+        reason = f"handler returned {type_name(result)}, not bytes or str"
         return STATUS_FAILED, reason.encode("utf-8")
     if len(result) > max_result:
         reason = f"result of {len(result)} bytes exceeds the {max_result}-byte limit"
@@ -79,23 +73,42 @@ def outcome_of(result: object, max_result: int) -> tuple[int, bytes]:
     return STATUS_OK, result
 
 
-def run_items(handler: ITaskHandler, max_result: int, payloads: list[bytes]) -> list[tuple[int, bytes]]:
+def failed(error: BaseException | None) -> Done:
+    """A handler's exception (any BaseException) as a failed outcome, with its traceback to log."""
+    if error is None:
+        return STATUS_FAILED, describe_error(error).encode("utf-8"), None
+    return STATUS_FAILED, describe_error(error).encode("utf-8"), format_traceback(error)
+
+
+def run_one(handler: ITaskHandler, max_result: int, payload: bytes) -> Done:
     """
-    A chunk of a blocking handler's items, in a pool thread or process: one
-    call, one hop, for the whole chunk.  Module-level, so a process pool can
-    pickle it.
+    One item of a blocking handler, in a pool thread or process: whatever the
+    handler raises (SystemExit and KeyboardInterrupt too: in a pool they
+    would kill the thread or process and the task would never be answered)
+    becomes its failure.  Module-level, so a process pool can pickle it.
     """
-    outcomes = []
-    for payload in payloads:
-        try:
-            outcomes.append(outcome_of(handler.run(payload), max_result))
-        except Exception as e:
-            outcomes.append((STATUS_FAILED, describe_error(e).encode("utf-8")))
-    return outcomes
+    try:
+        status, value = outcome_of(handler.run(payload), max_result)
+    except BaseException as e:
+        return failed(e)
+    return status, value, None
+
+
+def run_items(handler: ITaskHandler, max_result: int, payloads: list[bytes]) -> list[Done]:
+    """A chunk of a blocking handler's items in one call: one hop for the whole chunk."""
+    return [run_one(handler, max_result, payload) for payload in payloads]
 
 
 class Worker:
-    """Runs the tasks and chunks one scheduler connection assigns."""
+    """
+    Runs the tasks and chunks one scheduler connection assigns.
+
+    Whatever a handler does (raise any BaseException, return something that
+    is not a result, raise from its exception's ``__str__``), its task fails
+    with a readable reason and the connection stays up: the core never lets
+    a handler's misbehaviour escape into the protocol, where it would drop
+    the connection and every task this worker holds.
+    """
 
     log = Logger()
 
@@ -182,112 +195,135 @@ class Worker:
                 else:
                     self._report(work.id, STATUS_FAILED, reason)
             elif isinstance(work, ChunkWork):
-                self._run_chunk(work.id, handler, work.payloads)
+                self._run_chunk(work, handler)
             else:
-                self._run(work.id, handler, work.payload)
+                self._run(work, handler)
 
-    def _run(self, task_id: int, handler: ITaskHandler, payload: bytes) -> None:
-        if handler.blocking:
-            self._hold(task_id, self._run_blocking(_cpu_bound(handler), handler.run, payload))
-            return
+    def _run(self, work: TaskWork, handler: ITaskHandler) -> None:
         try:
-            result = handler.run(payload)
-        except Exception as e:
-            self._report(task_id, STATUS_FAILED, describe_error(e).encode("utf-8"))
+            if handler.blocking:
+                running = self._run_blocking(
+                    _cpu_bound(handler), partial(run_one, handler, self._max_result), work.payload
+                )
+                self._hold(work, running, pooled=True)
+                return
+            result = handler.run(work.payload)
+            if isinstance(result, Deferred):
+                self._hold(work, result, pooled=False)
+                return
+        except BaseException as e:
+            self._done(work, failed(e))
             return
-        if isinstance(result, Deferred):
-            self._hold(task_id, result)
-        else:
-            self._report(task_id, *outcome_of(result, self._max_result))
+        self._done(work, (*outcome_of(result, self._max_result), None))
 
-    def _hold(self, task_id: int, running: Deferred[Any]) -> None:
-        """A task that finishes later holds its slot until then."""
+    def _hold(self, work: TaskWork, running: Deferred[Any], pooled: bool) -> None:
+        """
+        A task that finishes later holds its slot until then.  ``pooled``: the
+        Deferred fires with ``run_one``'s outcome, else with the handler's result.
+        """
         self._running += 1
-        self._pending[task_id] = running
-        running.addBoth(self._finished, task_id)
+        self._pending[work.id] = running
+        running.addBoth(self._finished, work, pooled)
 
-    def _finished(self, outcome: object, task_id: int) -> None:
+    def _finished(self, outcome: object, work: TaskWork, pooled: bool) -> None:
         self._running -= 1
-        self._pending.pop(task_id, None)
+        self._pending.pop(work.id, None)
         if self._stopped:
             return
-        if task_id in self._cancelled:
-            self._cancelled.discard(task_id)
+        if work.id in self._cancelled:
+            self._cancelled.discard(work.id)
         elif isinstance(outcome, Failure):
-            self._report(task_id, STATUS_FAILED, describe_error(outcome.value).encode("utf-8"))
+            self._done(work, failed(outcome.value))
+        elif pooled:
+            self._done(work, cast(Done, outcome))
         else:
-            self._report(task_id, *outcome_of(outcome, self._max_result))
+            self._done(work, (*outcome_of(outcome, self._max_result), None))
         self._start_waiting()
+
+    def _done(self, work: TaskWork, done: Done) -> None:
+        status, value, trace = done
+        if trace is not None:
+            self._log_failure(work.type, f"task {work.id}", value, trace)
+        self._report(work.id, status, value)
+
+    def _log_failure(self, task_type: str, what: str, reason: bytes, trace: str) -> None:
+        self.log.error(
+            "{what} ({task_type}) failed: {reason}\n{traceback}",
+            what=what,
+            task_type=task_type,
+            reason=reason.decode("utf-8", "replace"),
+            traceback=trace,
+        )
 
     # -- chunks --------------------------------------------------------------
 
-    def _run_chunk(self, chunk_id: int, handler: ITaskHandler, payloads: list[bytes]) -> None:
-        if handler.blocking:
-            function = partial(run_items, handler, self._max_result)
-            running = self._run_blocking(_cpu_bound(handler), function, payloads)
-            self._running += 1
-            self._pending[chunk_id] = running
-            running.addBoth(self._chunk_finished, chunk_id, len(payloads))
-            return
+    def _run_chunk(self, work: ChunkWork, handler: ITaskHandler) -> None:
         self._running += 1
-        self._continue_chunk(chunk_id, handler, payloads, 0, [], resumed=False)
+        try:
+            if handler.blocking:
+                function = partial(run_items, handler, self._max_result)
+                running = self._run_blocking(_cpu_bound(handler), function, work.payloads)
+            else:
+                running = None
+        except BaseException as e:
+            self._chunk_finished([failed(e)] * len(work.payloads), work, resumed=False)
+            return
+        if running is None:
+            self._continue_chunk(work, handler, 0, [], resumed=False)
+            return
+        self._pending[work.id] = running
+        running.addBoth(self._chunk_finished, work)
 
     def _continue_chunk(
-        self,
-        chunk_id: int,
-        handler: ITaskHandler,
-        payloads: list[bytes],
-        position: int,
-        outcomes: list[tuple[int, bytes]],
-        resumed: bool,
+        self, work: ChunkWork, handler: ITaskHandler, position: int, outcomes: list[Done], resumed: bool
     ) -> None:
         """Run items inline until one returns a Deferred (then resume when it fires) or all are done."""
         max_result = self._max_result
+        payloads = work.payloads
         while position < len(payloads):
-            if self._stopped or chunk_id in self._cancelled:
+            if self._stopped or work.id in self._cancelled:
                 break
             try:
                 result = handler.run(payloads[position])
-            except Exception as e:
-                outcomes.append((STATUS_FAILED, describe_error(e).encode("utf-8")))
+            except BaseException as e:
+                outcomes.append(failed(e))
                 position += 1
                 continue
             if isinstance(result, Deferred):
-                self._pending[chunk_id] = result
-                result.addBoth(self._chunk_item_done, chunk_id, handler, payloads, position, outcomes)
+                self._pending[work.id] = result
+                result.addBoth(self._chunk_item_done, work, handler, position, outcomes)
                 return
-            outcomes.append(outcome_of(result, max_result))
+            outcomes.append((*outcome_of(result, max_result), None))
             position += 1
-        self._chunk_finished(outcomes, chunk_id, len(payloads), resumed)
+        self._chunk_finished(outcomes, work, resumed)
 
     def _chunk_item_done(
-        self,
-        result: object,
-        chunk_id: int,
-        handler: ITaskHandler,
-        payloads: list[bytes],
-        position: int,
-        outcomes: list[tuple[int, bytes]],
+        self, result: object, work: ChunkWork, handler: ITaskHandler, position: int, outcomes: list[Done]
     ) -> None:
-        self._pending.pop(chunk_id, None)
+        self._pending.pop(work.id, None)
         if isinstance(result, Failure):
-            outcomes.append((STATUS_FAILED, describe_error(result.value).encode("utf-8")))
+            outcomes.append(failed(result.value))
         else:
-            outcomes.append(outcome_of(result, self._max_result))
-        self._continue_chunk(chunk_id, handler, payloads, position + 1, outcomes, resumed=True)
+            outcomes.append((*outcome_of(result, self._max_result), None))
+        self._continue_chunk(work, handler, position + 1, outcomes, resumed=True)
 
-    def _chunk_finished(self, outcomes: object, chunk_id: int, items: int, resumed: bool = True) -> None:
+    def _chunk_finished(self, outcomes: object, work: ChunkWork, resumed: bool = True) -> None:
         self._running -= 1
-        self._pending.pop(chunk_id, None)
+        self._pending.pop(work.id, None)
         if self._stopped:
             return
-        if chunk_id in self._cancelled:
-            self._cancelled.discard(chunk_id)
-        elif isinstance(outcomes, Failure):  # the pool itself failed
-            reason = describe_error(outcomes.value).encode("utf-8")
-            self._report_chunk(chunk_id, [(STATUS_FAILED, reason)] * items)
+        if work.id in self._cancelled:
+            self._cancelled.discard(work.id)
         else:
-            self._report_chunk(chunk_id, cast(Outcomes, outcomes))
+            if isinstance(outcomes, Failure):  # the pool itself failed
+                done = failed(outcomes.value)
+                outcomes = [done] * len(work.payloads)
+            answers: Outcomes = []
+            for index, (status, value, trace) in enumerate(cast(list[Done], outcomes)):
+                if trace is not None:
+                    self._log_failure(work.type, f"item {index} of chunk {work.id}", value, trace)
+                answers.append((status, value))
+            self._report_chunk(work.id, answers)
         if resumed:
             self._start_waiting()
 
