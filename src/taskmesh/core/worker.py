@@ -1,14 +1,26 @@
 """
 The worker core: a sans-I/O state machine for one connection to a scheduler.
 
-It takes assignments (single tasks, and chunks of a job's items), runs at
-most ``slots`` of them at a time through the task handlers, and reports each
-outcome through callables the protocol gives it.  Quick handlers run inline
-(no thread hop, no Deferred when they return a plain value); blocking ones go
-to ``run_blocking``, which the worker service backs with a thread pool, or a
-process pool for handlers that declare themselves CPU-bound, so the reactor
-never waits on them.  A chunk holds one slot and runs its items one after
-another; each item succeeds or fails on its own.
+It takes assignments (single tasks, groups of queued tasks, and chunks of a
+job's items), runs at most ``slots`` of them at a time through the task
+handlers, and reports each outcome through callables the protocol gives it.
+Quick handlers run inline (no thread hop, no Deferred when they return a
+plain value); blocking ones go to ``run_blocking``, which the worker service
+backs with a thread pool, or a process pool for handlers that declare
+themselves CPU-bound, so the reactor never waits on them.  A chunk holds one
+slot and runs its items one after another; each item succeeds or fails on
+its own.
+
+Around every handler call the core sets the task's ``TaskContext`` (what
+``taskmesh.current_task()`` returns), and it sends what tasks report with
+``report_progress``: the latest report of each running task, at most every
+``PROGRESS_INTERVAL`` seconds.
+
+Whatever a handler raises becomes its task's outcome: ``taskmesh.Retry``
+asks the scheduler for another attempt (STATUS_RETRY); anything else (any
+BaseException) fails the task, with a plain reason for a bytes handler and a
+structured failure (type, message, traceback) for a task function, and is
+logged with its traceback.
 """
 
 from __future__ import annotations
@@ -19,17 +31,38 @@ from functools import partial
 from typing import Any, NamedTuple, cast
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from taskmesh.codec import describe_error, format_traceback, type_name
+from taskmesh.codec import (
+    describe_error,
+    encode_failure,
+    failure_summary,
+    format_task_traceback,
+    format_traceback,
+    type_name,
+)
+from taskmesh.context import PROGRESS_INTERVAL, TaskContext, ThreadReporter, enter, leave
+from taskmesh.errors import Retry
 from taskmesh.handlers import HandlerRegistry, ITaskHandler
-from taskmesh.wire import STATUS_FAILED, STATUS_OK
+from taskmesh.wire import (
+    STATUS_FAILED,
+    STATUS_OK,
+    STATUS_RETRY,
+    GroupRecord,
+    ProgressRecord,
+    TaskRecord,
+    retry_value,
+)
 
 #: report(task id, status, value): value is the result or a UTF-8 reason.
 Report = Callable[[int, int, bytes], None]
 #: report_chunk(chunk id, [(status, value) per item, in order])
 ReportChunk = Callable[[int, list[tuple[int, bytes]]], None]
+#: report_progress([(task id, done, total, note), ...])
+ReportProgress = Callable[[list[ProgressRecord]], None]
 #: run_blocking(cpu_bound, function, argument) -> Deferred firing with function(argument).
 RunBlocking = Callable[[bool, Callable[[Any], Any], Any], Deferred[Any]]
 
@@ -40,19 +73,30 @@ class TaskWork(NamedTuple):
     id: int
     type: str
     payload: bytes
+    attempt: int = 1
+    #: 0: not told (an Assign rather than an AssignTasks).
+    max_attempts: int = 0
+    #: When the attempt times out, in the clock's seconds; None: no timeout.
+    deadline: float | None = None
 
 
 class ChunkWork(NamedTuple):
-    """Items to run one after another in one slot, answered together (a chunk or a group)."""
+    """
+    Items to run one after another in one slot, answered together: a job's
+    chunk (``members`` None: its items are not tasks) or a group of tasks
+    (``members``: (task id, attempt, max attempts) of each item).
+    """
 
     id: int
     type: str
     payloads: list[bytes]
+    members: list[tuple[int, int, int]] | None = None
 
 
 #: Outcomes of a chunk's items, in order: (status, value).
 Outcomes = list[tuple[int, bytes]]
-#: What running one item gives: (status, value, the traceback to log for a failure, or None).
+#: What running one item gives: (status, value, the traceback to log for a
+#: failure, or None).
 Done = tuple[int, bytes, str | None]
 
 
@@ -73,30 +117,63 @@ def outcome_of(result: object, max_result: int) -> tuple[int, bytes]:
     return STATUS_OK, result
 
 
-def failed(error: BaseException | None) -> Done:
-    """A handler's exception (any BaseException) as a failed outcome, with its traceback to log."""
+def failed(error: BaseException | None, handler: object = None, max_result: int = 1 << 20) -> Done:
+    """
+    What a handler raised (any BaseException) as its outcome, with the
+    traceback to log: a retry for ``taskmesh.Retry``, else a failure.  A task
+    function's failure is structured (type, message, traceback); a bytes
+    handler's is its ``Type: message``.  Both fit in ``max_result`` bytes.
+    """
     if error is None:
         return STATUS_FAILED, describe_error(error).encode("utf-8"), None
-    return STATUS_FAILED, describe_error(error).encode("utf-8"), format_traceback(error)
+    structured = bool(getattr(handler, "structured_failures", False))
+    if isinstance(error, Retry):
+        # The reason a retry gives, should its attempts be spent: the error
+        # it was raised from, if any, else the retry's own.
+        cause = error.__cause__ if error.__cause__ is not None else error
+        reason, _ = _failure_value(cause, structured, max_result - 4)
+        return STATUS_RETRY, retry_value(error.delay, reason), None
+    value, trace = _failure_value(error, structured, max_result)
+    return STATUS_FAILED, value, trace
 
 
-def run_one(handler: ITaskHandler, max_result: int, payload: bytes) -> Done:
+def _failure_value(error: BaseException, structured: bool, limit: int) -> tuple[bytes, str]:
+    if structured:
+        trace = format_task_traceback(error)
+        return encode_failure(error, limit, trace), trace
+    reason = describe_error(error).encode("utf-8")
+    if len(reason) > limit:
+        reason = reason[:limit].decode("utf-8", "ignore").encode("utf-8")
+    return reason, format_traceback(error)
+
+
+def run_one(handler: ITaskHandler, max_result: int, context: TaskContext, payload: bytes) -> Done:
     """
-    One item of a blocking handler, in a pool thread or process: whatever the
-    handler raises (SystemExit and KeyboardInterrupt too: in a pool they
-    would kill the thread or process and the task would never be answered)
-    becomes its failure.  Module-level, so a process pool can pickle it.
+    One item of a blocking handler, in a pool thread or process, as the
+    current task ``context``: whatever the handler raises (SystemExit and
+    KeyboardInterrupt too: in a pool they would kill the thread or process
+    and the task would never be answered) becomes its outcome.
+    Module-level, so a process pool can pickle it.
     """
+    token = enter(context)
     try:
         status, value = outcome_of(handler.run(payload), max_result)
     except BaseException as e:
-        return failed(e)
+        return failed(e, handler, max_result)
+    finally:
+        leave(token)
     return status, value, None
 
 
-def run_items(handler: ITaskHandler, max_result: int, payloads: list[bytes]) -> list[Done]:
+def run_items(
+    handler: ITaskHandler, max_result: int, contexts: list[TaskContext], payloads: list[bytes]
+) -> list[Done]:
     """A chunk of a blocking handler's items in one call: one hop for the whole chunk."""
-    return [run_one(handler, max_result, payload) for payload in payloads]
+    return [run_one(handler, max_result, context, payload) for context, payload in zip(contexts, payloads)]
+
+
+def _direct(function: Callable[[], None]) -> None:
+    function()
 
 
 class Worker:
@@ -120,6 +197,9 @@ class Worker:
         run_blocking: RunBlocking,
         max_result: int,
         report_chunk: ReportChunk = lambda chunk_id, outcomes: None,
+        report_progress: ReportProgress = lambda records: None,
+        clock: IReactorTime | None = None,
+        call_from_thread: Callable[[Callable[[], None]], None] = _direct,
     ) -> None:
         if slots < 1:
             raise ValueError("a worker needs at least one slot")
@@ -127,8 +207,10 @@ class Worker:
         self._slots = slots
         self._report = report
         self._report_chunk = report_chunk
+        self._report_progress = report_progress
         self._run_blocking = run_blocking
         self._max_result = max_result
+        self._clock: IReactorTime = clock if clock is not None else Clock()
         self._waiting: deque[TaskWork | ChunkWork] = deque()
         self._running = 0
         # Running work that returned a Deferred (or runs in a pool), so a
@@ -136,6 +218,14 @@ class Worker:
         self._pending: dict[int, Deferred[Any]] = {}
         self._cancelled: set[int] = set()
         self._stopped = False
+        # progress: tasks whose reports are heard (running ones), the latest
+        # report of each waiting to be sent, and the send that is due.
+        self._active: set[int] = set()
+        self._progress: dict[int, ProgressRecord] = {}
+        self._progress_call: IDelayedCall | None = None
+        self._progress_sent = float("-inf")
+        #: Where tasks in pool threads report (a process pool's get their process's own).
+        self._thread_reporter = ThreadReporter(call_from_thread, self.post_progress)
 
     @property
     def running(self) -> int:
@@ -146,13 +236,46 @@ class Worker:
         return len(self._waiting)
 
     def assign(self, records: list[tuple[int, str, bytes]]) -> None:
-        """Tasks from the scheduler: start what fits in the slots, queue the rest."""
+        """Tasks from the scheduler (Assign): start what fits in the slots, queue the rest."""
         self._waiting.extend([TaskWork(*record) for record in records])
         self._start_waiting()
 
+    def assign_tasks(self, records: list[TaskRecord]) -> None:
+        """Tasks with their attempt, attempts and timeout (AssignTasks)."""
+        now = self._clock.seconds()
+        self._waiting.extend(
+            [
+                TaskWork(
+                    task_id,
+                    task_type,
+                    payload,
+                    attempt,
+                    max_attempts,
+                    now + timeout_ms / 1000 if timeout_ms else None,
+                )
+                for task_id, task_type, payload, attempt, max_attempts, timeout_ms in records
+            ]
+        )
+        self._start_waiting()
+
     def assign_chunks(self, records: list[tuple[int, str, list[bytes]]]) -> None:
-        """Chunks from the scheduler: each takes one slot for all its items."""
+        """Chunks of jobs from the scheduler: each takes one slot for all its items."""
         self._waiting.extend([ChunkWork(*record) for record in records])
+        self._start_waiting()
+
+    def assign_groups(self, records: list[GroupRecord]) -> None:
+        """Groups of tasks: each takes one slot and is answered as a chunk."""
+        self._waiting.extend(
+            [
+                ChunkWork(
+                    group_id,
+                    task_type,
+                    [payload for _, _, _, payload in members],
+                    [(task_id, attempt, max_attempts) for task_id, attempt, max_attempts, _ in members],
+                )
+                for group_id, task_type, members in records
+            ]
+        )
         self._start_waiting()
 
     def cancel(self, task_ids: list[int]) -> None:
@@ -176,10 +299,64 @@ class Worker:
         """
         The connection is gone: the scheduler has requeued everything this
         session held, so drop what has not started and discard the outcomes
-        of what is still running.
+        (and progress) of what is still running.
         """
         self._stopped = True
         self._waiting.clear()
+        self._progress.clear()
+        if self._progress_call is not None and self._progress_call.active():
+            self._progress_call.cancel()
+        self._progress_call = None
+
+    # -- progress ------------------------------------------------------------
+
+    def post_progress(self, task_id: int, done: float, total: float, note: str) -> None:
+        """
+        A running task's progress (from ``report_progress``, in the reactor's
+        thread): kept as its task's latest, and sent with the others at most
+        every PROGRESS_INTERVAL seconds.  A task that is not running here
+        (finished, cancelled, another connection's) is not heard.
+        """
+        if self._stopped or task_id not in self._active:
+            return
+        self._progress[task_id] = (task_id, done, total, note)
+        if self._progress_call is None:
+            wait = max(0.0, self._progress_sent + PROGRESS_INTERVAL - self._clock.seconds())
+            self._progress_call = self._clock.callLater(wait, self._send_progress)
+
+    def _send_progress(self) -> None:
+        self._progress_call = None
+        self._progress_sent = self._clock.seconds()
+        if self._progress:
+            records = list(self._progress.values())
+            self._progress.clear()
+            self._report_progress(records)
+
+    def _forget(self, task_id: int) -> None:
+        """A task is done here: its progress is no longer heard, nor sent."""
+        self._active.discard(task_id)
+        if self._progress:
+            self._progress.pop(task_id, None)
+
+    def _context(self, work: TaskWork, pooled: bool) -> TaskContext:
+        return TaskContext(
+            work.id,
+            work.type,
+            work.attempt,
+            work.max_attempts or None,
+            work.deadline,
+            self._thread_reporter if pooled else self.post_progress,
+        )
+
+    def _item_contexts(self, work: ChunkWork, pooled: bool) -> list[TaskContext]:
+        if work.members is None:  # a job's items: no ids, no attempts
+            context = TaskContext(None, work.type)
+            return [context] * len(work.payloads)
+        reporter = self._thread_reporter if pooled else self.post_progress
+        return [
+            TaskContext(task_id, work.type, attempt, max_attempts or None, None, reporter)
+            for task_id, attempt, max_attempts in work.members
+        ]
 
     # -- running -------------------------------------------------------------
 
@@ -200,40 +377,47 @@ class Worker:
                 self._run(work, handler)
 
     def _run(self, work: TaskWork, handler: ITaskHandler) -> None:
+        self._active.add(work.id)
+        token = None
         try:
             if handler.blocking:
-                running = self._run_blocking(
-                    _cpu_bound(handler), partial(run_one, handler, self._max_result), work.payload
+                function = partial(run_one, handler, self._max_result, self._context(work, pooled=True))
+                self._hold(
+                    work, self._run_blocking(_cpu_bound(handler), function, work.payload), handler, True
                 )
-                self._hold(work, running, pooled=True)
                 return
+            token = enter(self._context(work, pooled=False))
             result = handler.run(work.payload)
             if isinstance(result, Deferred):
-                self._hold(work, result, pooled=False)
+                self._hold(work, result, handler, False)
                 return
         except BaseException as e:
-            self._done(work, failed(e))
+            self._done(work, failed(e, handler, self._max_result))
             return
+        finally:
+            if token is not None:
+                leave(token)
         self._done(work, (*outcome_of(result, self._max_result), None))
 
-    def _hold(self, work: TaskWork, running: Deferred[Any], pooled: bool) -> None:
+    def _hold(self, work: TaskWork, running: Deferred[Any], handler: ITaskHandler, pooled: bool) -> None:
         """
         A task that finishes later holds its slot until then.  ``pooled``: the
         Deferred fires with ``run_one``'s outcome, else with the handler's result.
         """
         self._running += 1
         self._pending[work.id] = running
-        running.addBoth(self._finished, work, pooled)
+        running.addBoth(self._finished, work, handler, pooled)
 
-    def _finished(self, outcome: object, work: TaskWork, pooled: bool) -> None:
+    def _finished(self, outcome: object, work: TaskWork, handler: ITaskHandler, pooled: bool) -> None:
         self._running -= 1
         self._pending.pop(work.id, None)
         if self._stopped:
             return
         if work.id in self._cancelled:
             self._cancelled.discard(work.id)
+            self._forget(work.id)
         elif isinstance(outcome, Failure):
-            self._done(work, failed(outcome.value))
+            self._done(work, failed(outcome.value, handler, self._max_result))
         elif pooled:
             self._done(work, cast(Done, outcome))
         else:
@@ -241,41 +425,57 @@ class Worker:
         self._start_waiting()
 
     def _done(self, work: TaskWork, done: Done) -> None:
-        status, value, trace = done
-        if trace is not None:
-            self._log_failure(work.type, f"task {work.id}", value, trace)
-        self._report(work.id, status, value)
+        self._forget(work.id)
+        self._log_outcome(work.type, f"task {work.id}", done)
+        self._report(work.id, done[0], done[1])
 
-    def _log_failure(self, task_type: str, what: str, reason: bytes, trace: str) -> None:
-        self.log.error(
-            "{what} ({task_type}) failed: {reason}\n{traceback}",
-            what=what,
-            task_type=task_type,
-            reason=reason.decode("utf-8", "replace"),
-            traceback=trace,
-        )
+    def _log_outcome(self, task_type: str, what: str, done: Done) -> None:
+        status, value, trace = done
+        if status == STATUS_OK:
+            return
+        if status == STATUS_RETRY:
+            self.log.info("{what} ({task_type}) asked for a retry", what=what, task_type=task_type)
+        elif trace is not None:
+            self.log.error(
+                "{what} ({task_type}) failed: {reason}\n{traceback}",
+                what=what,
+                task_type=task_type,
+                reason=failure_summary(value),
+                traceback=trace,
+            )
 
     # -- chunks --------------------------------------------------------------
 
     def _run_chunk(self, work: ChunkWork, handler: ITaskHandler) -> None:
         self._running += 1
+        if work.members is not None:
+            self._active.update(task_id for task_id, _, _ in work.members)
         try:
             if handler.blocking:
-                function = partial(run_items, handler, self._max_result)
+                function = partial(
+                    run_items, handler, self._max_result, self._item_contexts(work, pooled=True)
+                )
                 running = self._run_blocking(_cpu_bound(handler), function, work.payloads)
             else:
                 running = None
         except BaseException as e:
-            self._chunk_finished([failed(e)] * len(work.payloads), work, resumed=False)
+            done = failed(e, handler, self._max_result)
+            self._chunk_finished([done] * len(work.payloads), work, resumed=False)
             return
         if running is None:
-            self._continue_chunk(work, handler, 0, [], resumed=False)
+            self._continue_chunk(work, handler, self._item_contexts(work, pooled=False), 0, [], False)
             return
         self._pending[work.id] = running
-        running.addBoth(self._chunk_finished, work)
+        running.addBoth(self._chunk_finished, work, handler)
 
     def _continue_chunk(
-        self, work: ChunkWork, handler: ITaskHandler, position: int, outcomes: list[Done], resumed: bool
+        self,
+        work: ChunkWork,
+        handler: ITaskHandler,
+        contexts: list[TaskContext],
+        position: int,
+        outcomes: list[Done],
+        resumed: bool,
     ) -> None:
         """Run items inline until one returns a Deferred (then resume when it fires) or all are done."""
         max_result = self._max_result
@@ -283,46 +483,62 @@ class Worker:
         while position < len(payloads):
             if self._stopped or work.id in self._cancelled:
                 break
+            token = enter(contexts[position])
             try:
                 result = handler.run(payloads[position])
             except BaseException as e:
-                outcomes.append(failed(e))
+                outcomes.append(failed(e, handler, max_result))
                 position += 1
                 continue
+            finally:
+                leave(token)
             if isinstance(result, Deferred):
                 self._pending[work.id] = result
-                result.addBoth(self._chunk_item_done, work, handler, position, outcomes)
+                result.addBoth(self._chunk_item_done, work, handler, contexts, position, outcomes)
                 return
             outcomes.append((*outcome_of(result, max_result), None))
             position += 1
-        self._chunk_finished(outcomes, work, resumed)
+        self._chunk_finished(outcomes, work, handler, resumed)
 
     def _chunk_item_done(
-        self, result: object, work: ChunkWork, handler: ITaskHandler, position: int, outcomes: list[Done]
+        self,
+        result: object,
+        work: ChunkWork,
+        handler: ITaskHandler,
+        contexts: list[TaskContext],
+        position: int,
+        outcomes: list[Done],
     ) -> None:
         self._pending.pop(work.id, None)
         if isinstance(result, Failure):
-            outcomes.append(failed(result.value))
+            outcomes.append(failed(result.value, handler, self._max_result))
         else:
             outcomes.append((*outcome_of(result, self._max_result), None))
-        self._continue_chunk(work, handler, position + 1, outcomes, resumed=True)
+        self._continue_chunk(work, handler, contexts, position + 1, outcomes, resumed=True)
 
-    def _chunk_finished(self, outcomes: object, work: ChunkWork, resumed: bool = True) -> None:
+    def _chunk_finished(
+        self, outcomes: object, work: ChunkWork, handler: object = None, resumed: bool = True
+    ) -> None:
         self._running -= 1
         self._pending.pop(work.id, None)
+        if work.members is not None:
+            for task_id, _, _ in work.members:
+                self._forget(task_id)
         if self._stopped:
             return
         if work.id in self._cancelled:
             self._cancelled.discard(work.id)
         else:
             if isinstance(outcomes, Failure):  # the pool itself failed
-                done = failed(outcomes.value)
+                done = failed(outcomes.value, handler, self._max_result)
                 outcomes = [done] * len(work.payloads)
             answers: Outcomes = []
-            for index, (status, value, trace) in enumerate(cast(list[Done], outcomes)):
-                if trace is not None:
-                    self._log_failure(work.type, f"item {index} of chunk {work.id}", value, trace)
-                answers.append((status, value))
+            members = work.members
+            for index, done in enumerate(cast(list[Done], outcomes)):
+                if done[0] != STATUS_OK:
+                    what = f"task {members[index][0]}" if members else f"item {index} of job chunk {work.id}"
+                    self._log_outcome(work.type, what, done)
+                answers.append((done[0], done[1]))
             self._report_chunk(work.id, answers)
         if resumed:
             self._start_waiting()
