@@ -21,20 +21,24 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from taskmesh import wire
-from taskmesh.errors import SchedulerGone, TaskCancelled, TaskFailed, TaskPending, TaskRejected, TaskUnknown
+from taskmesh.codec import task_failed
+from taskmesh.errors import SchedulerGone, TaskPending, TaskProgress, TaskRejected, TaskUnknown
 from taskmesh.net.framing import FramedProtocol, PeerMisbehaved
 
 
 #: What a result record means for someone waiting on it.
 def outcome_error(task_id: int, status: int, value: bytes) -> Exception:
-    text = value.decode("utf-8", "replace")
     if status == wire.STATUS_FAILED:
-        return TaskFailed(text)
+        return task_failed(value)
     if status == wire.STATUS_CANCELLED:
-        return TaskCancelled(text)
+        return task_failed(value, cancelled=True)
     if status == wire.STATUS_PENDING:
-        return TaskPending(task_id, text)
-    return TaskUnknown(f"task {task_id}: {text}")
+        state, progress = wire.parse_pending(value)
+        if progress is None:
+            return TaskPending(task_id, state)
+        done, total, note = progress
+        return TaskPending(task_id, state, TaskProgress(done, total or None, note))
+    return TaskUnknown(f"task {task_id}: {value.decode('utf-8', 'replace')}")
 
 
 #: Called with [(index, status, value), ...] as a job's items finish.

@@ -60,10 +60,14 @@ class WorkerProtocol(FramedProtocol):
     def message_received(self, message: wire.Message) -> None:
         core = self.core
         match message:
-            case wire.Assign(records=records) if core is not None:
-                core.assign(records)
+            case wire.AssignTasks(records=task_records) if core is not None:
+                core.assign_tasks(task_records)
+            case wire.AssignGroups(records=groups) if core is not None:
+                core.assign_groups(groups)
             case wire.AssignChunks(records=records) if core is not None:
                 core.assign_chunks(records)
+            case wire.Assign(records=plain) if core is not None:
+                core.assign(plain)
             case wire.Cancel(records=task_ids) if core is not None:
                 core.cancel(task_ids)
             case wire.Heartbeat() if core is not None:
@@ -100,7 +104,11 @@ class WorkerProtocol(FramedProtocol):
             factory.run_blocking,
             max_result=welcome.max_payload,
             report_chunk=self._report_chunk,
+            report_progress=self._report_progress,
+            clock=self.clock,
+            call_from_thread=factory.call_from_thread,
         )
+        factory.connected(self)
         if welcome.heartbeat_ms:
             interval = welcome.heartbeat_ms / 1000
             self._silence_limit = interval * max(1, welcome.tolerance)
@@ -140,6 +148,11 @@ class WorkerProtocol(FramedProtocol):
     def _report(self, task_id: int, status: int, value: bytes) -> None:
         self.queue(wire.Results, (task_id, status, value), len(value))
 
+    def _report_progress(self, records: list[wire.ProgressRecord]) -> None:
+        for record in records:
+            # A Progress record is 26 bytes and its note (queue adds 13 of them).
+            self.queue(wire.Progress, record, len(record[3].encode("utf-8")) + 13)
+
     def _report_chunk(self, chunk_id: int, outcomes: list[tuple[int, bytes]]) -> None:
         """A chunk's answers, in parts that each fit well inside a frame."""
         budget = self.send_limit // 2
@@ -159,6 +172,7 @@ class WorkerProtocol(FramedProtocol):
         super().connectionLost(reason)
         if self._heartbeat is not None and self._heartbeat.running:
             self._heartbeat.stop()
+        self.factory.disconnected(self)
         if self.core is not None:
             self.core.stop()
             self.log.info(
@@ -181,6 +195,7 @@ class WorkerFactory(Factory):
         name: str,
         run_blocking: RunBlocking,
         on_refused: Callable[[str], None] = lambda reason: None,
+        call_from_thread: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
         self.clock = clock
         self.handlers = handlers
@@ -189,6 +204,25 @@ class WorkerFactory(Factory):
         self.run_blocking = run_blocking
         #: Called when the scheduler refuses this worker at the handshake.
         self.refused = on_refused
+        #: How a pool thread hands a call to the reactor (``reactor.callFromThread``).
+        self.call_from_thread = call_from_thread or (lambda function: function())
+        #: The connection that has been welcomed, if any: where progress from
+        #: the process pool goes.
+        self.current: WorkerProtocol | None = None
+
+    def connected(self, protocol: WorkerProtocol) -> None:
+        self.current = protocol
+
+    def disconnected(self, protocol: WorkerProtocol) -> None:
+        if self.current is protocol:
+            self.current = None
+
+    def post_progress(self, records: list[wire.ProgressRecord]) -> None:
+        """Progress from tasks in the process pool (in the reactor thread)."""
+        protocol = self.current
+        if protocol is not None and protocol.core is not None:
+            for record in records:
+                protocol.core.post_progress(*record)
 
     def buildProtocol(self, addr: Any) -> WorkerProtocol:
         return WorkerProtocol(self)
