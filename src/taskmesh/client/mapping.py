@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from twisted.internet.defer import Deferred
 
 from taskmesh import wire
+from taskmesh.codec import failure_summary
 from taskmesh.errors import SchedulerGone
 from taskmesh.net.client_protocol import ClientProtocol
 
@@ -92,7 +93,7 @@ class _OrderedOutput:
             if not ok:
                 summary.failed += 1
                 if len(summary.failures) < FAILURES_KEPT:
-                    summary.failures.append((index, value.decode("utf-8", "replace")))
+                    summary.failures.append((index, failure_summary(value)))
             summary.done += 1
             write(index, ok, value)
             index += 1
