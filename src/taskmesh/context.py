@@ -107,39 +107,38 @@ class TaskContext:
         )
 
 
-_current: ContextVar[TaskContext | None] = ContextVar("taskmesh_current_task", default=None)
+#: What the worker core sets for each task: the TaskContext's arguments, as
+#: a tuple.  A worker runs tens of thousands of tasks a second, most of which
+#: never ask who they are: the TaskContext is made only when one does.
+ContextSpec = tuple[int | None, str, int, int | None, float | None, Reporter | None]
+
+_current: ContextVar[ContextSpec | None] = ContextVar("taskmesh_current_task", default=None)
+#: The context variable itself, for the worker core's hot loop.
+CURRENT = _current
 
 
 def current_task() -> TaskContext | None:
     """The task running in this context (thread, coroutine, process), or None outside any task."""
-    return _current.get()
+    spec = _current.get()
+    return None if spec is None else TaskContext(*spec)
 
 
 def report_progress(done: float, total: float | None = None, note: str = "") -> None:
     """``current_task().report_progress(...)``; outside a task (a function called directly), a no-op."""
-    context = _current.get()
-    if context is None:
+    spec = _current.get()
+    if spec is None:
         check_progress(done, total, note)
         return
-    context.report_progress(done, total, note)
+    TaskContext(*spec).report_progress(done, total, note)
 
 
-def enter(context: TaskContext) -> Any:
-    """Make ``context`` the current task; returns the token that ``leave`` takes."""
-    return _current.set(context)
+def enter(spec: ContextSpec) -> Any:
+    """Make ``spec``'s task the current one; returns the token that ``leave`` takes."""
+    return _current.set(spec)
 
 
 def leave(token: Any) -> None:
     _current.reset(token)
-
-
-def run_in_context(context: TaskContext, function: Callable[..., Any], *args: Any) -> Any:
-    """``function(*args)`` with ``context`` as the current task (in a pool thread or process)."""
-    token = _current.set(context)
-    try:
-        return function(*args)
-    finally:
-        _current.reset(token)
 
 
 class ThreadReporter:

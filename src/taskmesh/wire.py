@@ -652,7 +652,7 @@ def encode_chunk_results(message: ChunkResults) -> bytes:
     return b"".join(parts)
 
 
-_TASK_CONTEXT = struct.Struct(">HHI")  # attempt, max attempts, timeout ms
+_TASK_TAIL = struct.Struct(">HHII")  # attempt, max attempts, timeout ms, payload length
 _MEMBER_HEAD = struct.Struct(">QHHI")  # task id, attempt, max attempts, payload length
 _PROGRESS_REC = struct.Struct(">QddH")  # task id, done, total, note length
 
@@ -661,14 +661,12 @@ def encode_assign_tasks(message: AssignTasks) -> bytes:
     parts = [_COUNT.pack(KIND_ASSIGN_TASKS, len(message.records))]
     append = parts.append
     pack = _ASSIGN_REC.pack
-    pack_context = _TASK_CONTEXT.pack
-    pack_len = _U32.pack
+    pack_tail = _TASK_TAIL.pack
     for task_id, task_type, payload, attempt, max_attempts, timeout_ms in message.records:
         encoded_type = task_type.encode("utf-8")
         append(pack(task_id, len(encoded_type)))
         append(encoded_type)
-        append(pack_context(attempt, max_attempts, timeout_ms))
-        append(pack_len(len(payload)))
+        append(pack_tail(attempt, max_attempts, timeout_ms, len(payload)))
         append(payload)
     return b"".join(parts)
 
@@ -1140,39 +1138,72 @@ def _decode_chunk_results(data: bytes) -> ChunkResults:
 
 
 def _decode_assign_tasks(data: bytes) -> AssignTasks:
-    reader = _Reader(data, 0)
-    _, count = reader.unpack(_COUNT)
+    """A worker's hot path, as _decode_assign: unpacked in place, no cursor object."""
+    if len(data) < _COUNT.size:
+        raise ProtocolError("frame too short for its header")
+    _, count = _COUNT.unpack_from(data, 0)
+    offset = _COUNT.size
+    size = len(data)
+    unpack = _ASSIGN_REC.unpack_from
+    unpack_tail = _TASK_TAIL.unpack_from
     records: list[TaskRecord] = []
     append = records.append
     for _ in range(count):
-        task_id, type_length = reader.unpack(_ASSIGN_REC)
-        task_type = _type_name(reader.take(type_length))
-        attempt, max_attempts, timeout_ms = reader.unpack(_TASK_CONTEXT)
+        if offset + 9 > size:
+            raise ProtocolError("frame ends in the middle of a record")
+        task_id, type_length = unpack(data, offset)
+        type_end = offset + 9 + type_length
+        if type_end + 12 > size:
+            raise ProtocolError("frame ends in the middle of a record")
+        task_type = _type_name(data[offset + 9 : type_end])
+        attempt, max_attempts, timeout_ms, payload_length = unpack_tail(data, type_end)
         if attempt == 0:
             raise ProtocolError("a task's attempt counts from 1, not 0")
-        (payload_length,) = reader.unpack(_U32)
-        append((task_id, task_type, reader.take(payload_length), attempt, max_attempts, timeout_ms))
-    reader.finish()
+        start = type_end + 12
+        offset = start + payload_length
+        if offset > size:
+            raise ProtocolError("a payload runs past the end of the frame")
+        append((task_id, task_type, data[start:offset], attempt, max_attempts, timeout_ms))
+    if offset != size:
+        raise ProtocolError(f"{size - offset} unexpected bytes after the records")
     return AssignTasks(records)
 
 
 def _decode_assign_groups(data: bytes) -> AssignGroups:
-    reader = _Reader(data, 0)
-    _, count = reader.unpack(_COUNT)
+    """A worker's hot path too (quick tasks travel in groups): unpacked in place."""
+    if len(data) < _COUNT.size:
+        raise ProtocolError("frame too short for its header")
+    _, count = _COUNT.unpack_from(data, 0)
+    offset = _COUNT.size
+    size = len(data)
+    unpack_member = _MEMBER_HEAD.unpack_from
     records: list[GroupRecord] = []
     for _ in range(count):
-        (group_id,) = reader.unpack(_U64)
-        (type_length,) = reader.unpack(_U8)
-        task_type = _type_name(reader.take(type_length))
-        (items,) = reader.unpack(_U32)
-        members = []
+        if offset + 9 > size:
+            raise ProtocolError("frame ends in the middle of a record")
+        group_id, type_length = _ASSIGN_REC.unpack_from(data, offset)
+        type_end = offset + 9 + type_length
+        if type_end + 4 > size:
+            raise ProtocolError("frame ends in the middle of a record")
+        task_type = _type_name(data[offset + 9 : type_end])
+        (items,) = _U32.unpack_from(data, type_end)
+        offset = type_end + 4
+        members: list[tuple[int, int, int, bytes]] = []
+        append = members.append
         for _ in range(items):
-            task_id, attempt, max_attempts, length = reader.unpack(_MEMBER_HEAD)
+            if offset + 16 > size:
+                raise ProtocolError("frame ends in the middle of a group's task")
+            task_id, attempt, max_attempts, length = unpack_member(data, offset)
             if attempt == 0:
                 raise ProtocolError("a task's attempt counts from 1, not 0")
-            members.append((task_id, attempt, max_attempts, reader.take(length)))
+            start = offset + 16
+            offset = start + length
+            if offset > size:
+                raise ProtocolError("a payload runs past the end of the frame")
+            append((task_id, attempt, max_attempts, data[start:offset]))
         records.append((group_id, task_type, members))
-    reader.finish()
+    if offset != size:
+        raise ProtocolError(f"{size - offset} unexpected bytes after the records")
     return AssignGroups(records)
 
 

@@ -143,13 +143,17 @@ class Client:
         task function takes them from its decorator, or from
         ``add.options(...)`` passed in its place.
         """
-        if isinstance(task, str | bytes):
+        if isinstance(task, (str, bytes)):  # noqa: UP038  (a tuple is quicker here)
+            if not kwargs and len(args) < 2:  # the common case, without a second call
+                task_type = args[0] if args else DEFAULT_TASK_TYPE
+                return self._protocol.submit(
+                    wire.check_task_type(task_type), _as_bytes(task), wire.DEFAULT_OPTIONS
+                )
             return self._submit_payload(task, *args, **kwargs)
         function = as_task(task)
-        running = self._protocol.submit(
-            function.name, function.call_payload(args, kwargs), function.submit_options
+        return self._protocol.submit(
+            function.name, function.call_payload(args, kwargs), function.submit_options, decode_result
         )
-        return running.addCallback(decode_result)
 
     def _submit_payload(
         self,

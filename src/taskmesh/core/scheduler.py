@@ -507,8 +507,10 @@ class Scheduler:
             if member.worker is not worker or member.state is not State.RUNNING:
                 continue  # cancelled while the group ran
             member.worker = None
-            self._progress.pop(member.id, None)
-            self._outcome(member, status, value)
+            if status == STATUS_OK:
+                self._finish(member, State.SUCCEEDED, value)
+            else:
+                self._outcome(member, status, value)
 
     def _maybe_done(self, job: Job) -> None:
         if job.ended and not job.outstanding:
@@ -618,18 +620,18 @@ class Scheduler:
                 # A single task's time includes a round trip: an upper bound,
                 # enough to tell quick types (worth grouping) from slow ones.
                 self._group_size(task.type).observe(1, now - task.leased_at)
-            self._outcome(task, status, value)
+                self._finish(task, State.SUCCEEDED, value)
+            else:
+                self._outcome(task, status, value)
         self._fill(worker)
 
     def _outcome(self, task: Task, status: int, value: bytes) -> None:
         """
-        A worker's answer for a task: success; a retry the task asked for
-        (within its attempts, after the delay it asked for or the backoff);
-        a failure, retried only with ``retry_on_error``.
+        A worker's answer for a task other than success: a retry the task
+        asked for (within its attempts, after the delay it asked for or the
+        backoff); a failure, retried only with ``retry_on_error``.
         """
-        if status == STATUS_OK:
-            self._finish(task, State.SUCCEEDED, value)
-        elif status == STATUS_RETRY:
+        if status == STATUS_RETRY:
             delay, reason = split_retry(value)
             self._attempt_failed(task, reason, delay, asked=True)
         elif task.options.retry_on_error:

@@ -11,8 +11,9 @@ themselves CPU-bound, so the reactor never waits on them.  A chunk holds one
 slot and runs its items one after another; each item succeeds or fails on
 its own.
 
-Around every handler call the core sets the task's ``TaskContext`` (what
-``taskmesh.current_task()`` returns), and it sends what tasks report with
+Around every handler call the core sets the task's context (a
+``ContextSpec``, from which ``taskmesh.current_task()`` makes its
+``TaskContext``), and it sends what tasks report with
 ``report_progress``: the latest report of each running task, at most every
 ``PROGRESS_INTERVAL`` seconds.
 
@@ -44,7 +45,7 @@ from taskmesh.codec import (
     format_traceback,
     type_name,
 )
-from taskmesh.context import PROGRESS_INTERVAL, TaskContext, ThreadReporter, enter, leave
+from taskmesh.context import CURRENT, PROGRESS_INTERVAL, ContextSpec, ThreadReporter, enter, leave
 from taskmesh.errors import Retry
 from taskmesh.handlers import HandlerRegistry, ITaskHandler
 from taskmesh.wire import (
@@ -147,7 +148,7 @@ def _failure_value(error: BaseException, structured: bool, limit: int) -> tuple[
     return reason, format_traceback(error)
 
 
-def run_one(handler: ITaskHandler, max_result: int, context: TaskContext, payload: bytes) -> Done:
+def run_one(handler: ITaskHandler, max_result: int, context: ContextSpec, payload: bytes) -> Done:
     """
     One item of a blocking handler, in a pool thread or process, as the
     current task ``context``: whatever the handler raises (SystemExit and
@@ -166,7 +167,7 @@ def run_one(handler: ITaskHandler, max_result: int, context: TaskContext, payloa
 
 
 def run_items(
-    handler: ITaskHandler, max_result: int, contexts: list[TaskContext], payloads: list[bytes]
+    handler: ITaskHandler, max_result: int, contexts: list[ContextSpec], payloads: list[bytes]
 ) -> list[Done]:
     """A chunk of a blocking handler's items in one call: one hop for the whole chunk."""
     return [run_one(handler, max_result, context, payload) for context, payload in zip(contexts, payloads)]
@@ -220,7 +221,12 @@ class Worker:
         self._stopped = False
         # progress: tasks whose reports are heard (running ones), the latest
         # report of each waiting to be sent, and the send that is due.
-        self._active: set[int] = set()
+        #: Running groups' tasks (by group id), whose progress is heard
+        #: besides that of the single tasks in ``_pending``.
+        self._groups: dict[int, list[tuple[int, int, int]]] = {}
+        self._group_members: set[int] | None = None
+        #: The single task whose handler is being called inline, if any.
+        self._starting: int | None = None
         self._progress: dict[int, ProgressRecord] = {}
         self._progress_call: IDelayedCall | None = None
         self._progress_sent = float("-inf")
@@ -317,7 +323,7 @@ class Worker:
         every PROGRESS_INTERVAL seconds.  A task that is not running here
         (finished, cancelled, another connection's) is not heard.
         """
-        if self._stopped or task_id not in self._active:
+        if self._stopped or not self._is_running(task_id):
             return
         self._progress[task_id] = (task_id, done, total, note)
         if self._progress_call is None:
@@ -332,14 +338,30 @@ class Worker:
             self._progress.clear()
             self._report_progress(records)
 
+    def _is_running(self, task_id: int) -> bool:
+        """
+        Whether a task is running here: a single task that has not finished
+        in the turn it started (only those can report progress that gets
+        sent), or a task of a running group.
+        """
+        if task_id in self._pending or task_id == self._starting:
+            return True
+        if not self._groups:
+            return False
+        members = self._group_members
+        if members is None:
+            members = self._group_members = {
+                member for group in self._groups.values() for member, _, _ in group
+            }
+        return task_id in members
+
     def _forget(self, task_id: int) -> None:
-        """A task is done here: its progress is no longer heard, nor sent."""
-        self._active.discard(task_id)
+        """A task is done here: its progress is no longer sent."""
         if self._progress:
             self._progress.pop(task_id, None)
 
-    def _context(self, work: TaskWork, pooled: bool) -> TaskContext:
-        return TaskContext(
+    def _context(self, work: TaskWork, pooled: bool) -> ContextSpec:
+        return (
             work.id,
             work.type,
             work.attempt,
@@ -348,13 +370,13 @@ class Worker:
             self._thread_reporter if pooled else self.post_progress,
         )
 
-    def _item_contexts(self, work: ChunkWork, pooled: bool) -> list[TaskContext]:
+    def _item_contexts(self, work: ChunkWork, pooled: bool) -> list[ContextSpec]:
+        task_type = work.type
         if work.members is None:  # a job's items: no ids, no attempts
-            context = TaskContext(None, work.type)
-            return [context] * len(work.payloads)
+            return [(None, task_type, 1, None, None, None)] * len(work.payloads)
         reporter = self._thread_reporter if pooled else self.post_progress
         return [
-            TaskContext(task_id, work.type, attempt, max_attempts or None, None, reporter)
+            (task_id, task_type, attempt, max_attempts or None, None, reporter)
             for task_id, attempt, max_attempts in work.members
         ]
 
@@ -377,7 +399,6 @@ class Worker:
                 self._run(work, handler)
 
     def _run(self, work: TaskWork, handler: ITaskHandler) -> None:
-        self._active.add(work.id)
         token = None
         try:
             if handler.blocking:
@@ -387,6 +408,7 @@ class Worker:
                 )
                 return
             token = enter(self._context(work, pooled=False))
+            self._starting = work.id
             result = handler.run(work.payload)
             if isinstance(result, Deferred):
                 self._hold(work, result, handler, False)
@@ -397,6 +419,7 @@ class Worker:
         finally:
             if token is not None:
                 leave(token)
+                self._starting = None
         self._done(work, (*outcome_of(result, self._max_result), None))
 
     def _hold(self, work: TaskWork, running: Deferred[Any], handler: ITaskHandler, pooled: bool) -> None:
@@ -425,8 +448,10 @@ class Worker:
         self._start_waiting()
 
     def _done(self, work: TaskWork, done: Done) -> None:
-        self._forget(work.id)
-        self._log_outcome(work.type, f"task {work.id}", done)
+        if self._progress:
+            self._progress.pop(work.id, None)
+        if done[0] != STATUS_OK:
+            self._log_outcome(work.type, f"task {work.id}", done)
         self._report(work.id, done[0], done[1])
 
     def _log_outcome(self, task_type: str, what: str, done: Done) -> None:
@@ -449,7 +474,8 @@ class Worker:
     def _run_chunk(self, work: ChunkWork, handler: ITaskHandler) -> None:
         self._running += 1
         if work.members is not None:
-            self._active.update(task_id for task_id, _, _ in work.members)
+            self._groups[work.id] = work.members
+            self._group_members = None
         try:
             if handler.blocking:
                 function = partial(
@@ -472,7 +498,7 @@ class Worker:
         self,
         work: ChunkWork,
         handler: ITaskHandler,
-        contexts: list[TaskContext],
+        contexts: list[ContextSpec],
         position: int,
         outcomes: list[Done],
         resumed: bool,
@@ -480,23 +506,31 @@ class Worker:
         """Run items inline until one returns a Deferred (then resume when it fires) or all are done."""
         max_result = self._max_result
         payloads = work.payloads
+        run = handler.run
+        # The hot loop of quick tasks (a group of sha256 digests, say): the
+        # context variable's own methods, and bytes results taken as they are.
+        set_context = CURRENT.set
+        reset_context = CURRENT.reset
         while position < len(payloads):
             if self._stopped or work.id in self._cancelled:
                 break
-            token = enter(contexts[position])
+            token = set_context(contexts[position])
             try:
-                result = handler.run(payloads[position])
+                result = run(payloads[position])
             except BaseException as e:
                 outcomes.append(failed(e, handler, max_result))
                 position += 1
                 continue
             finally:
-                leave(token)
-            if isinstance(result, Deferred):
+                reset_context(token)
+            if type(result) is bytes and len(result) <= max_result:
+                outcomes.append((STATUS_OK, result, None))
+            elif isinstance(result, Deferred):
                 self._pending[work.id] = result
                 result.addBoth(self._chunk_item_done, work, handler, contexts, position, outcomes)
                 return
-            outcomes.append((*outcome_of(result, max_result), None))
+            else:
+                outcomes.append((*outcome_of(result, max_result), None))
             position += 1
         self._chunk_finished(outcomes, work, handler, resumed)
 
@@ -505,7 +539,7 @@ class Worker:
         result: object,
         work: ChunkWork,
         handler: ITaskHandler,
-        contexts: list[TaskContext],
+        contexts: list[ContextSpec],
         position: int,
         outcomes: list[Done],
     ) -> None:
@@ -522,8 +556,11 @@ class Worker:
         self._running -= 1
         self._pending.pop(work.id, None)
         if work.members is not None:
-            for task_id, _, _ in work.members:
-                self._forget(task_id)
+            self._groups.pop(work.id, None)
+            self._group_members = None
+            if self._progress:
+                for task_id, _, _ in work.members:
+                    self._progress.pop(task_id, None)
         if self._stopped:
             return
         if work.id in self._cancelled:

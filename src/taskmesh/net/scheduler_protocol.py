@@ -348,7 +348,7 @@ class SchedulerProtocol(FramedProtocol):
         self.queue(wire.AssignTasks, record, len(payload) + len(task_type) + 8)
 
     def assign_group(self, group_id: int, task_type: str, members: list[tuple[int, int, int, bytes]]) -> None:
-        size = sum(len(payload) for _, _, _, payload in members) + 16 * len(members) + len(task_type)
+        size = sum([len(member[3]) for member in members]) + 16 * len(members) + len(task_type)
         self.queue(wire.AssignGroups, (group_id, task_type, members), size)
 
     def assign_chunk(self, chunk_id: int, task_type: str, payloads: list[bytes]) -> None:
