@@ -202,12 +202,12 @@ def test_a_peer_that_does_not_read_stops_being_read_and_is_aborted_past_max_unse
     assigned = [
         record
         for message in frames(worker_transport.value())
-        if isinstance(message, wire.Assign)
+        if isinstance(message, wire.AssignTasks)
         for record in message.records
     ]
     assert len(assigned) == 100
     for start in range(0, 100, 10):
-        results = [(task_id, wire.STATUS_OK, payload) for task_id, _, _ in assigned[start : start + 10]]
+        results = [(record[0], wire.STATUS_OK, payload) for record in assigned[start : start + 10]]
         worker.dataReceived(frame(wire.Results(results)))
     rig.clock.advance(0)
     assert not worker_transport.disconnecting

@@ -9,6 +9,7 @@ import struct
 
 import pytest
 from handshakes import SECRET, SECRETS, frame, frames, shake, welcome_peer  # noqa: E402
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -105,7 +106,7 @@ def test_full_round_trip_fed_one_byte_at_a_time() -> None:
     for byte in frame(wire.Submit([(7, "sha256", b"Hello, World!", wire.DEFAULT_OPTIONS)])):
         client.dataReceived(bytes([byte]))
     assert rig.received(client_transport) == [wire.Accepted([(7, 1, 0)])]
-    assert rig.received(worker_transport) == [wire.Assign([(1, "sha256", b"Hello, World!")])]
+    assert rig.received(worker_transport) == [wire.AssignTasks([(1, "sha256", b"Hello, World!", 1, 3, 0)])]
     for byte in frame(wire.Results([(1, wire.STATUS_OK, HELLO_DIGEST)])):
         worker.dataReceived(bytes([byte]))
     assert rig.received(client_transport) == [wire.Results([(1, wire.STATUS_OK, HELLO_DIGEST)])]
@@ -231,10 +232,10 @@ def test_a_worker_that_disconnects_gives_its_tasks_back() -> None:
     client, client_transport = rig.client()
     client.dataReceived(frame(wire.Submit([(1, "sha256", b"Hello, World!", wire.DEFAULT_OPTIONS)])))
     rig.received(client_transport)
-    assert rig.received(first_transport) == [wire.Assign([(1, "sha256", b"Hello, World!")])]
+    assert rig.received(first_transport) == [wire.AssignTasks([(1, "sha256", b"Hello, World!", 1, 3, 0)])]
     first.connectionLost(Failure(ConnectionDone()))
     second, second_transport = rig.worker()
-    assert rig.received(second_transport) == [wire.Assign([(1, "sha256", b"Hello, World!")])]
+    assert rig.received(second_transport) == [wire.AssignTasks([(1, "sha256", b"Hello, World!", 1, 3, 0)])]
 
 
 def test_results_for_a_departed_client_are_not_sent_and_do_not_break_anything() -> None:
@@ -520,3 +521,170 @@ def test_the_factory_fits_chunks_to_its_frame_limit() -> None:
     core = Scheduler(Clock())
     SchedulerFactory(core, Clock(), SECRETS, "s", max_frame=8192, max_payload=1024)
     assert core.policy.max_chunk_bytes == 4096
+
+
+def test_a_worker_keeps_its_connection_whatever_its_handlers_raise() -> None:
+    """Issue 10: exceptions that used to drop the worker's connection now fail only their task."""
+    from test_worker_core import HOSTILE, Hostile
+
+    clock = Clock()
+    core = Scheduler(clock)
+    factory = SchedulerFactory(core, clock, SECRETS)
+    registry = HandlerRegistry([Sha256Handler(), Hostile("inline"), Hostile("deferred", deferred=True)])
+    worker_factory = WorkerFactory(clock, registry, 1, "w", run_blocking=lambda *a: None, secret=SECRET)  # type: ignore[arg-type,return-value]
+    _, worker, worker_pump = connectedServerAndClient(
+        lambda: factory.buildProtocol(None), lambda: worker_factory.buildProtocol(None), clock=clock
+    )
+    client, _, client_pump = connectedServerAndClient(
+        lambda: factory.buildProtocol(None), lambda: ClientProtocol(clock, "c", secret=SECRET), clock=clock
+    )
+
+    def pump() -> None:
+        for _ in range(6):
+            clock.advance(0)
+            worker_pump.flush()
+            client_pump.flush()
+
+    pump()
+    outcomes: list[object] = []
+    for kind in sorted(HOSTILE):
+        for task_type in ("inline", "deferred"):
+            client.submit(task_type, kind.encode()).addBoth(outcomes.append)
+    client.submit("sha256", b"Hello, World!").addBoth(outcomes.append)
+    pump()
+    *failures, digest = outcomes
+    assert digest == HELLO_DIGEST
+    assert len(failures) == 2 * len(HOSTILE)
+    for failure in failures:
+        assert isinstance(failure, Failure) and failure.check(TaskFailed)
+        str(failure.value).encode("utf-8")  # readable: valid UTF-8 whatever the exception's text
+    assert not worker.transport.disconnecting
+    assert len(core.stats()["workers"]) == 1
+
+
+def test_task_functions_through_all_three_roles_in_memory() -> None:
+    """Arguments, results, progress seen while running, Retry and a traceback, over the real protocols."""
+    import taskmesh
+    from taskmesh import Client
+    from taskmesh.errors import TaskPending
+    from taskmesh.functions import task
+
+    clock = Clock()
+    gate: Deferred[None] = Deferred()
+
+    @task(blocking=False)
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @task
+    async def slow(n: int) -> int:
+        taskmesh.report_progress(1, n, "first")
+        await gate
+        return n
+
+    @task(blocking=False)
+    def flaky() -> int:
+        context = taskmesh.current_task()
+        assert context is not None
+        if context.attempt < 2:
+            raise taskmesh.Retry(delay=0.5)
+        return context.attempt
+
+    @task(blocking=False)
+    def broken() -> None:
+        raise KeyError("missing")
+
+    core = Scheduler(clock)
+    factory = SchedulerFactory(core, clock, SECRETS)
+    registry = HandlerRegistry([add, slow, flaky, broken])
+    worker_factory = WorkerFactory(clock, registry, 4, "w", run_blocking=lambda *a: None, secret=SECRET)  # type: ignore[arg-type,return-value]
+    _, _, worker_pump = connectedServerAndClient(
+        lambda: factory.buildProtocol(None), lambda: worker_factory.buildProtocol(None), clock=clock
+    )
+    protocol, _, client_pump = connectedServerAndClient(
+        lambda: factory.buildProtocol(None), lambda: ClientProtocol(clock, "c", secret=SECRET), clock=clock
+    )
+
+    def pump() -> None:
+        for _ in range(8):
+            clock.advance(0)
+            worker_pump.flush()
+            client_pump.flush()
+
+    pump()
+    client = Client(protocol)
+    box: list[object] = []
+    client.submit(add, 2, 3).addBoth(box.append)
+    slow_id: list[int] = []
+    client.enqueue(slow, 3).addCallback(slow_id.append)
+    client.submit(flaky).addBoth(box.append)
+    client.submit(broken).addBoth(box.append)
+    pump()
+    assert box[0] == 5
+    assert isinstance(box[1], Failure) and box[1].check(TaskFailed)
+    error = box[1].value
+    assert (error.type, error.message) == ("KeyError", "'missing'")
+    assert "raise KeyError" in error.traceback
+
+    pending: list[object] = []
+    Deferred.fromCoroutine(client.result(slow_id[0], wait=False)).addErrback(pending.append)
+    pump()
+    (failure,) = pending
+    assert isinstance(failure, Failure) and failure.check(TaskPending)
+    assert failure.value.state == "running"
+    assert failure.value.progress == taskmesh.TaskProgress(1.0, 3.0, "first")
+    assert core.stats()["progress"][0]["note"] == "first"
+
+    clock.advance(0.5)  # flaky's retry
+    pump()
+    assert box[2] == 2
+    gate.callback(None)
+    pump()
+    done: list[object] = []
+    Deferred.fromCoroutine(client.result(slow_id[0], json=True)).addBoth(done.append)
+    pump()
+    assert done == [3]
+
+
+def test_a_task_function_s_map_in_memory() -> None:
+    from taskmesh import Client
+    from taskmesh.functions import task
+
+    clock = Clock()
+
+    @task(blocking=False)
+    def add(x: int, y: int = 10) -> int:
+        return x + y
+
+    core = Scheduler(clock)
+    factory = SchedulerFactory(core, clock, SECRETS)
+    worker_factory = WorkerFactory(
+        clock, HandlerRegistry([add]), 2, "w", run_blocking=lambda *a: None, secret=SECRET
+    )  # type: ignore[arg-type,return-value]
+    _, _, worker_pump = connectedServerAndClient(
+        lambda: factory.buildProtocol(None), lambda: worker_factory.buildProtocol(None), clock=clock
+    )
+    protocol, _, client_pump = connectedServerAndClient(
+        lambda: factory.buildProtocol(None), lambda: ClientProtocol(clock, "c", secret=SECRET), clock=clock
+    )
+
+    def run(coroutine: object) -> list[object]:
+        box: list[object] = []
+        Deferred.fromCoroutine(coroutine).addBoth(box.append)  # type: ignore[arg-type]
+        for _ in range(20):
+            clock.advance(0)
+            worker_pump.flush()
+            client_pump.flush()
+        return box
+
+    client = Client(protocol)
+    (results,) = run(client.map(add, [(1, 2), 5, (3, "x")]))
+    assert isinstance(results, list) and results[:2] == [3, 15]  # a tuple is the arguments, else one argument
+    assert isinstance(results[2], TaskFailed) and results[2].type == "TypeError"
+    (refused,) = run(client.map(add, [(1, 2, 3)]))
+    assert isinstance(refused, Failure) and refused.check(TypeError)  # checked before anything is sent
+    written: list[tuple[int, bool, object]] = []
+    (summary,) = run(client.map_stream(add, [(1,), (1, 2, 3), (2,)], lambda *answer: written.append(answer)))
+    assert [(index, ok) for index, ok, _ in written] == [(0, True), (1, False), (2, True)]
+    assert "too many" in str(written[1][2])  # that item failed alone, unsent
+    assert summary.failed == 1  # type: ignore[attr-defined]

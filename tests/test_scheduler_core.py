@@ -26,13 +26,30 @@ class FakeChannel:
 
     def __init__(self) -> None:
         self.assigned: list[tuple[int, str, bytes]] = []
+        #: task id -> (attempt, max attempts, timeout) it was last assigned with
+        self.contexts: dict[int, tuple[int, int, float | None]] = {}
         self.chunks: list[tuple[int, str, list[bytes]]] = []
+        self.groups: dict[int, list[tuple[int, int, int, bytes]]] = {}
         self.cancelled: list[int] = []
         self.heartbeats = 0
         self.dropped: str | None = None
 
-    def assign(self, task_id: int, task_type: str, payload: bytes) -> None:
+    def assign(
+        self,
+        task_id: int,
+        task_type: str,
+        payload: bytes,
+        attempt: int,
+        max_attempts: int,
+        timeout: float | None,
+    ) -> None:
         self.assigned.append((task_id, task_type, payload))
+        self.contexts[task_id] = (attempt, max_attempts, timeout)
+
+    def assign_group(self, group_id: int, task_type: str, members: list[tuple[int, int, int, bytes]]) -> None:
+        # A group is answered as a chunk: recorded with them, by its payloads.
+        self.chunks.append((group_id, task_type, [payload for _, _, _, payload in members]))
+        self.groups[group_id] = members
 
     def assign_chunk(self, chunk_id: int, task_type: str, payloads: list[bytes]) -> None:
         self.chunks.append((chunk_id, task_type, payloads))
@@ -502,3 +519,115 @@ def test_tasks_with_a_timeout_are_not_grouped() -> None:
     channel, worker = rig.join(slots=2)
     assert channel.ids() == [timed.id]
     assert channel.chunks[0][2] == [t.payload for t in plain]
+
+
+# -- what a task knows about itself, asks for, and reports (task functions) -----
+
+
+def retry(delay: float | None, reason: bytes = b"Retry: not yet") -> bytes:
+    from taskmesh.wire import retry_value
+
+    return retry_value(delay, reason)
+
+
+def test_a_worker_is_told_each_attempt_s_number_attempts_and_timeout() -> None:
+    rig = Rig(retry_delay=1.0, max_attempts=4)
+    task = rig.submit(timeout=5.0)
+    other = rig.submit(max_attempts=7)
+    channel, worker = rig.join(slots=2)
+    assert channel.contexts[task.id] == (1, 4, 5.0)
+    assert channel.contexts[other.id] == (1, 7, None)
+    rig.clock.advance(5)  # times out
+    rig.clock.advance(1)
+    assert channel.contexts[task.id] == (2, 4, 5.0)  # the second attempt knows it is
+
+
+def test_a_task_that_asks_for_a_retry_runs_again_after_its_delay_without_retry_on_error() -> None:
+    from taskmesh.wire import STATUS_RETRY
+
+    rig = Rig(retry_delay=30.0)
+    task = rig.submit(max_attempts=3)
+    channel, worker = rig.join()
+    rig.core.complete(worker, [(task.id, STATUS_RETRY, retry(2.0))])
+    assert rig.core.stats()["tasks"]["waiting_to_retry"] == 1
+    rig.clock.advance(1.9)
+    assert channel.ids() == [task.id]
+    rig.clock.advance(0.1)  # the delay it asked for, not the backoff
+    assert channel.ids() == [task.id, task.id]
+    assert channel.contexts[task.id][0] == 2
+    rig.core.complete(worker, [(task.id, STATUS_RETRY, retry(None))])
+    rig.clock.advance(59.9)
+    assert len(channel.assigned) == 2  # None: the backoff (30 s doubled)
+    rig.clock.advance(0.1)
+    assert len(channel.assigned) == 3
+    rig.core.complete(worker, [(task.id, STATUS_RETRY, retry(0.0))])  # third attempt: spent
+    rig.turn()
+    assert rig.failed_with(task) == "Retry: not yet (attempt 3 of 3; giving up)"
+
+
+def test_a_structured_failure_keeps_its_structure_with_the_scheduler_s_note() -> None:
+    from taskmesh.codec import encode_failure, parse_failure
+    from taskmesh.wire import STATUS_RETRY
+
+    rig = Rig()
+    task = rig.submit(max_attempts=1)
+    channel, worker = rig.join()
+    rig.core.complete(worker, [(task.id, STATUS_RETRY, retry(0, encode_failure(KeyError("k"), 1 << 20)))])
+    rig.turn()
+    failure = parse_failure(rig.core.watch(task.id).value)  # type: ignore[union-attr]
+    assert failure is not None and failure.type == "KeyError" and failure.note == "attempt 1 of 1; giving up"
+
+
+def test_a_group_tells_each_task_its_attempt() -> None:
+    rig = Rig(prefetch=0)
+    channel, worker = rig.join(slots=1)
+    # Teach the core that sha256 is quick, so queued ones travel as groups.
+    warm = rig.submit()
+    rig.core.complete(worker, [(warm.id, STATUS_OK, b"d")])
+    blocker = rig.submit()
+    tasks = [rig.submit() for _ in range(3)]
+    rig.core.complete(worker, [(blocker.id, STATUS_OK, b"d")])
+    (group_id, members), *_ = channel.groups.items()
+    assert [(task_id, attempt) for task_id, attempt, _, _ in members] == [(t.id, 1) for t in tasks]
+
+
+def test_progress_is_kept_for_a_running_task_and_dropped_when_it_leaves() -> None:
+    rig = Rig(prefetch=0)
+    task = rig.submit()
+    queued = rig.submit()
+    channel, worker = rig.join(slots=1, name="w")
+    other_channel, other = rig.join(slots=1, types=("sleep",), name="other")
+    rig.core.progress(worker, [(task.id, 3.0, 10.0, "three")])
+    rig.core.progress(other, [(task.id, 9.0, 10.0, "not its task")])
+    rig.core.progress(worker, [(queued.id, 1.0, 1.0, "not running")])
+    assert rig.core.progress_of(task.id) == (3.0, 10.0, "three")
+    assert rig.core.progress_of(queued.id) is None
+    assert rig.core.stats()["progress"] == [
+        {"id": task.id, "type": "sha256", "done": 3.0, "total": 10.0, "note": "three"}
+    ]
+    rig.core.complete(worker, [(task.id, STATUS_OK, b"d")])
+    assert rig.core.progress_of(task.id) is None
+    rig.core.progress(worker, [(task.id, 4.0, 10.0, "late")])
+    assert rig.core.progress_of(task.id) is None and rig.core.stats()["progress"] == []
+
+
+def test_progress_is_forgotten_when_the_worker_is_lost() -> None:
+    rig = Rig()
+    task = rig.submit()
+    channel, worker = rig.join()
+    rig.core.progress(worker, [(task.id, 1.0, 0.0, "")])
+    rig.core.remove_worker(worker, "gone")
+    assert rig.core.progress_of(task.id) is None
+
+
+def test_a_map_item_that_asks_for_a_retry_fails() -> None:
+    from taskmesh.wire import STATUS_RETRY
+
+    rig = Rig()
+    answers: list[tuple[int, int, bytes]] = []
+    job = rig.core.open_job("sha256", lambda job, records: answers.extend(records), chunk_size=1)
+    channel, worker = rig.join()
+    rig.core.add_job_items(job, 0, [b"a"])
+    ((chunk_id, _, _),) = channel.chunks
+    rig.core.complete_chunks(worker, [(chunk_id, 0, [(STATUS_RETRY, retry(1.0))])])
+    assert answers == [(0, STATUS_FAILED, b"Retry: not yet (a map's items are not retried)")]

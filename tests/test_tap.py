@@ -103,3 +103,48 @@ def test_worker_loads_a_handler_by_import_path() -> None:
     options = worker_tap.Options()
     options.parseOptions(["--handler", "taskmesh.handlers:Sha256Handler", "--no-plugins"])
     assert len(options["handler-objects"]) == 1
+
+
+TASKS_MODULE = """
+import taskmesh
+
+@taskmesh.task
+def double(x):
+    return 2 * x
+
+@taskmesh.task(cpu_bound=True)
+def crunch(n):
+    return n
+"""
+
+
+def test_worker_loads_task_modules_from_its_current_folder(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import sys
+
+    package = tmp_path / "myapp"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "tasks.py").write_text(TASKS_MODULE)
+    (package / "handlers.py").write_text("def shout(text):\n    return text.upper()\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    try:
+        options = worker_tap.Options()
+        options.parseOptions(["--tasks", "myapp.tasks", "--handler", "myapp.handlers:shout", "--no-plugins"])
+        assert sys.path[0] == str(tmp_path)  # no PYTHONPATH needed
+        service = worker_tap.makeService(options)
+        assert set(service.factory.handlers.names()) == {
+            "crunch",
+            "double",
+            "pbkdf2",
+            "sha256",
+            "shout",
+            "sleep",
+        }
+        with pytest.raises(usage.UsageError, match="--tasks: cannot import"):
+            worker_tap.Options().parseOptions(["--tasks", "myapp.nothing"])
+        with pytest.raises(usage.UsageError, match="no @taskmesh.task"):
+            worker_tap.Options().parseOptions(["--tasks", "myapp.handlers"])
+    finally:
+        for name in ("myapp", "myapp.tasks", "myapp.handlers"):
+            sys.modules.pop(name, None)

@@ -181,3 +181,72 @@ def test_the_largest_ids_and_indexes_are_accepted() -> None:
         wire.JobEnd(job_id=1, total=wire.MAX_ID),
     ):
         assert wire.decode(wire.encode(message)) == message
+
+
+# -- task functions: context in assignments, progress, retries (issue 13) ----------
+
+TASK_MESSAGES = [
+    wire.AssignTasks(
+        [(10, "add", b"[2,3]", 1, 3, 0), (2**64 - 1, "sleep", b"1", 0xFFFF, 0xFFFF, 0xFFFFFFFF)]
+    ),
+    wire.AssignTasks([]),
+    wire.AssignGroups([(5, "add", [(6, 1, 3, b"[1,2]"), (7, 2, 3, b"")]), (8, "x", [])]),
+    wire.Progress([(6, 1.0, 3.0, "step 1 ✓"), (7, 0.5, 0.0, "")]),
+    wire.Results([(10, wire.STATUS_RETRY, wire.retry_value(1.5, b"Retry: later"))]),
+    wire.ChunkResults([(5, 0, [(wire.STATUS_RETRY, wire.retry_value(None, b"E")), (wire.STATUS_OK, b"1")])]),
+]
+
+
+@pytest.mark.parametrize("message", TASK_MESSAGES, ids=lambda m: type(m).__name__)
+def test_task_function_messages_round_trip_and_refuse_truncation(message: wire.Message) -> None:
+    data = wire.encode(message)
+    assert wire.decode(data) == message
+    for cut in range(len(data)):
+        with pytest.raises(wire.ProtocolError):
+            wire.decode(data[:cut])
+    with pytest.raises(wire.ProtocolError):
+        wire.decode(data + b"\x00")
+
+
+def test_an_assignment_s_attempt_counts_from_one() -> None:
+    for message in (
+        wire.AssignTasks([(1, "t", b"", 0, 3, 0)]),
+        wire.AssignGroups([(1, "t", [(2, 0, 3, b"")])]),
+    ):
+        with pytest.raises(wire.ProtocolError, match="attempt"):
+            wire.decode(wire.encode(message))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0])
+def test_progress_numbers_are_range_checked(bad: float) -> None:
+    for record in [(1, bad, 1.0, ""), (1, 1.0, bad, "")]:
+        data = bytearray(wire.encode(wire.Progress([(1, 0.0, 0.0, "")])))
+        struct.pack_into(">dd", data, 5 + 8, record[1], record[2])
+        with pytest.raises(wire.ProtocolError, match="progress"):
+            wire.decode(bytes(data))
+
+
+def test_a_progress_note_is_bounded() -> None:
+    with pytest.raises(ValueError):
+        wire.encode(wire.Progress([(1, 0.0, 0.0, "x" * (wire.MAX_PROGRESS_NOTE + 1))]))
+    data = bytearray(wire.encode(wire.Progress([(1, 0.0, 0.0, "")])))
+    struct.pack_into(">H", data, 5 + 24, wire.MAX_PROGRESS_NOTE + 1)
+    with pytest.raises(wire.ProtocolError, match="note"):
+        wire.decode(bytes(data) + b"x" * (wire.MAX_PROGRESS_NOTE + 1))
+
+
+def test_a_retry_value_carries_its_delay_then_its_reason() -> None:
+    assert wire.split_retry(wire.retry_value(2.5, b"why")) == (2.5, b"why")
+    assert wire.split_retry(wire.retry_value(None, b"")) == (None, b"")
+    assert wire.split_retry(wire.retry_value(10**9, b""))[0] == (wire.RETRY_BACKOFF - 1) / 1000
+    with pytest.raises(ValueError):
+        wire.split_retry(b"abc")
+
+
+def test_a_pending_value_is_the_state_then_the_progress() -> None:
+    assert wire.pending_value("queued") == b"queued"
+    value = wire.pending_value("running", (3.0, 10.0, "three ✓"))
+    assert value.startswith(b"running {")
+    assert wire.parse_pending(value) == ("running", (3.0, 10.0, "three ✓"))
+    assert wire.parse_pending(b"running") == ("running", None)
+    assert wire.parse_pending(b"running {broken") == ("running", None)

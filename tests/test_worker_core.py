@@ -223,3 +223,145 @@ def test_pbkdf2_rounds_and_default() -> None:
     assert handler.run(b"a:b") == hashlib.pbkdf2_hmac("sha256", b"a:b", b"taskmesh", 100_000).hex().encode()
     with pytest.raises(ValueError, match="rounds"):
         handler.run(b"0:pw")
+
+
+# -- handlers that misbehave (issue 10: workers survive any handler) --------------
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+class Surrogate(Exception):
+    """An exception whose text UTF-8 cannot encode."""
+
+    def __init__(self) -> None:
+        super().__init__("bad \udc80 byte")
+
+
+class Custom(BaseException):
+    """Neither an Exception nor one of Python's own BaseExceptions."""
+
+
+HOSTILE: dict[str, Any] = {
+    "surrogate": (Surrogate, "Surrogate: bad \\udc80 byte"),
+    "unprintable": (Unprintable, "Unprintable: <str() of the exception raised RuntimeError>"),
+    "system-exit": (lambda: SystemExit(3), "SystemExit: 3"),
+    "keyboard-interrupt": (KeyboardInterrupt, "KeyboardInterrupt"),
+    "generator-exit": (GeneratorExit, "GeneratorExit"),
+    "custom-base": (lambda: Custom("odd"), "Custom: odd"),
+    "huge": (lambda: ValueError("x" * 10_000_000), None),
+}
+
+
+@implementer(ITaskHandler)
+class Hostile:
+    """Raises the exception its payload names: inline, from a Deferred, or in a pool."""
+
+    def __init__(self, name: str, blocking: bool = False, deferred: bool = False) -> None:
+        self.name = name
+        self.blocking = blocking
+        self.deferred = deferred
+
+    def run(self, payload: bytes) -> Any:
+        error = HOSTILE[payload.decode()][0]()
+        if self.deferred:
+            from twisted.internet.defer import fail
+
+            return fail(error)
+        raise error
+
+
+def hostile_harness() -> Harness:
+    h = Harness()
+    for handler in (
+        Hostile("inline"),
+        Hostile("deferred", deferred=True),
+        Hostile("pooled", blocking=True),
+    ):
+        h.worker._handlers.add(handler)
+    return h
+
+
+def check_reason(value: bytes, expected: str | None) -> None:
+    text = value.decode("utf-8")  # always valid UTF-8
+    if expected is None:
+        assert text.startswith("ValueError: xxx") and len(text) <= 4096
+    else:
+        assert text == expected
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+@pytest.mark.parametrize("task_type", ["inline", "deferred"])
+def test_whatever_an_inline_handler_raises_fails_its_task_and_the_next_one_runs(
+    kind: str, task_type: str
+) -> None:
+    h = hostile_harness()
+    h.worker.assign([(1, task_type, kind.encode()), (2, "sha256", b"Hello, World!")])
+    (first, second) = h.reports
+    assert first[:2] == (1, STATUS_FAILED)
+    check_reason(first[2], HOSTILE[kind][1])
+    assert second == (2, STATUS_OK, HELLO_DIGEST)
+    assert h.worker.running == 0
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_whatever_a_blocking_handler_raises_is_reported_and_its_slot_freed(kind: str) -> None:
+    h = hostile_harness()
+    h.worker.assign([(1, "pooled", kind.encode()), (2, "sha256", b"Hello, World!")])
+    ((function, argument, waiting),) = h.blocking_calls
+    outcome = function(argument)  # what the pool thread (or process) runs: it never raises
+    waiting.callback(outcome)
+    first, second = h.reports
+    assert first[:2] == (1, STATUS_FAILED)
+    check_reason(first[2], HOSTILE[kind][1])
+    assert second == (2, STATUS_OK, HELLO_DIGEST)
+
+
+@pytest.mark.parametrize("task_type", ["inline", "deferred", "pooled"])
+def test_every_item_of_a_chunk_of_a_misbehaving_handler_fails_on_its_own(task_type: str) -> None:
+    h = hostile_harness()
+    kinds = sorted(HOSTILE)
+    h.worker.assign_chunks([(5, task_type, [kind.encode() for kind in kinds])])
+    if task_type == "pooled":
+        ((function, argument, waiting),) = h.blocking_calls
+        waiting.callback(function(argument))
+    ((chunk_id, outcomes),) = h.chunk_reports
+    assert chunk_id == 5 and len(outcomes) == len(kinds)
+    for kind, (status, value) in zip(kinds, outcomes):
+        assert status == STATUS_FAILED
+        check_reason(value, HOSTILE[kind][1])
+
+
+def test_a_pool_that_fails_fails_the_task_instead_of_hanging_it() -> None:
+    h = hostile_harness()
+    h.worker.assign([(1, "pooled", b"surrogate")])
+    ((_, _, waiting),) = h.blocking_calls
+    waiting.errback(Surrogate())  # e.g. the process pool could not pickle the call
+    assert h.reports == [(1, STATUS_FAILED, b"Surrogate: bad \\udc80 byte")]
+    assert h.worker.running == 0
+
+
+def test_text_results_utf8_cannot_encode_fail_readably() -> None:
+    h = Harness()
+    h.returns.value = "lone \udc80"
+    h.worker.assign([(1, "returns", b"")])
+    ((task_id, status, value),) = h.reports
+    assert (task_id, status) == (1, STATUS_FAILED)
+    assert value.decode("utf-8").startswith("handler returned text that UTF-8 cannot encode")
+
+
+def test_a_failure_is_logged_with_its_traceback() -> None:
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        h = Harness()
+        h.worker.assign([(1, "explodes", b"x")])
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    (text,) = [formatEvent(e) for e in events if "failed" in formatEvent(e)]
+    assert "task 1 (explodes) failed: ValueError: payload x" in text
+    assert "Traceback (most recent call last)" in text and 'raise ValueError("payload "' in text

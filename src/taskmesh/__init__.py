@@ -2,7 +2,14 @@
 taskmesh: a distributed task scheduler on Twisted.
 
 A scheduler queues tasks from clients and hands them to workers over TCP;
-``taskmesh.Client`` is the Python API for submitting them.
+``taskmesh.Client`` is the Python API for submitting them, and
+``@taskmesh.task`` makes a Python function a task type:
+
+    @taskmesh.task
+    def add(x, y):
+        return x + y
+
+    total = await client.submit(add, 2, 3)   # 5, computed on a worker
 """
 
 from taskmesh._version import __version__
@@ -15,16 +22,27 @@ from taskmesh.client import (
     TaskRejected,
     TaskUnknown,
 )
+from taskmesh.context import TaskContext, current_task, report_progress
+from taskmesh.errors import Retry, TaskProgress
+from taskmesh.functions import TaskFunction, remote, task
 from taskmesh.handlers import ITaskHandler
 
 __all__ = [
     "Client",
     "ITaskHandler",
+    "Retry",
     "SchedulerGone",
     "TaskCancelled",
+    "TaskContext",
     "TaskFailed",
+    "TaskFunction",
     "TaskPending",
+    "TaskProgress",
     "TaskRejected",
     "TaskUnknown",
     "__version__",
+    "current_task",
+    "remote",
+    "report_progress",
+    "task",
 ]

@@ -1,14 +1,63 @@
 """
 The errors a person meets, in one place: every layer raises these, so a
 failure reads the same whether it came from the core, a connection or a
-client.
+client.  ``Retry`` is the one a task raises itself.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Any, NamedTuple
+
 
 class TaskFailed(Exception):
-    """A task ended without a result; the message says why, for a person."""
+    """
+    A task ended without a result; the message says why, for a person.
+
+    When a task function raised, ``type``, ``message`` and ``traceback`` are
+    the remote exception's (``type`` as Python prints it, e.g.
+    ``ZeroDivisionError`` or ``myapp.errors.Declined``), and the remote
+    traceback is added to this exception's notes, so an uncaught TaskFailed
+    shows where the task failed, not only where it was awaited.  For other
+    failures (a bytes handler's reason, a timeout, a lost worker) ``type``
+    and ``traceback`` are None and ``message`` is the reason.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        type: str | None = None,
+        message: str | None = None,
+        traceback: str | None = None,
+        note: str | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.type = type
+        self.message = reason if message is None else message
+        self.traceback = traceback
+        #: What the scheduler added to the remote failure (e.g. the attempts spent).
+        self.note = note
+        if traceback:
+            self.add_note(f"Remote traceback (on the worker):\n{traceback.rstrip()}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild,
+            (type(self), self.reason, self.type, self.message, self.traceback, self.note),
+        )
+
+
+def _rebuild(
+    cls: type[TaskFailed],
+    reason: str,
+    kind: str | None,
+    message: str | None,
+    traceback: str | None,
+    note: str | None,
+) -> TaskFailed:
+    return cls(reason, type=kind, message=message, traceback=traceback, note=note)
 
 
 class TaskCancelled(TaskFailed):
@@ -31,10 +80,67 @@ class TaskUnknown(LookupError):
     """No task has this id (never submitted, or its result was pruned)."""
 
 
-class TaskPending(Exception):
-    """The task has no outcome yet; the message is its state (queued or running)."""
+class TaskProgress(NamedTuple):
+    """What a running task last reported with ``report_progress``."""
 
-    def __init__(self, task_id: int, state: str) -> None:
-        super().__init__(f"task {task_id} is {state}")
+    done: float
+    #: None when the task did not say.
+    total: float | None = None
+    note: str = ""
+
+    def __str__(self) -> str:
+        amount = f"{self.done:g}" if self.total is None else f"{self.done:g}/{self.total:g}"
+        return f"{amount} {self.note}" if self.note else amount
+
+
+class TaskPending(Exception):
+    """
+    The task has no outcome yet; the message is its state (queued or
+    running), and ``progress`` what it last reported, if it did.
+    """
+
+    def __init__(self, task_id: int, state: str, progress: TaskProgress | None = None) -> None:
+        super().__init__(f"task {task_id} is {state}" + (f" ({progress})" if progress else ""))
         self.task_id = task_id
         self.state = state
+        self.progress = progress
+
+
+#: The longest delay a retry may ask for: the wire carries it as u32 milliseconds.
+MAX_RETRY_DELAY = 0xFFFFFFFE / 1000
+
+
+class Retry(Exception):
+    """
+    Raised inside a task to ask for another attempt, ``delay`` seconds from
+    now (None: the scheduler's backoff, doubling from ``--retry-delay``).
+    The attempt counts against the task's ``max_attempts``: once they are
+    spent, the task fails with this retry's reason, or with the exception it
+    was raised from (``raise Retry(delay=5) from error``), and its
+    traceback.  In a map, an item that raises Retry fails: maps do not retry.
+    """
+
+    def __init__(self, delay: float | None = None, reason: str = "") -> None:
+        if delay is not None and not (0 <= delay <= MAX_RETRY_DELAY):
+            # Also NaN: it fails every comparison.
+            raise ValueError(f"a retry's delay must be 0 to {MAX_RETRY_DELAY:g} seconds, not {delay!r}")
+        super().__init__(reason or "the task asked to be retried")
+        self.delay = None if delay is None else float(delay)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Retry, (self.delay, self.reason))
+
+
+def check_progress(done: object, total: object, note: object) -> TaskProgress:
+    """The arguments of ``report_progress``, checked: TypeError or ValueError otherwise."""
+    if isinstance(done, bool) or not isinstance(done, int | float):
+        raise TypeError(f"progress must be a number, not {type(done).__name__}")
+    if total is not None and (isinstance(total, bool) or not isinstance(total, int | float)):
+        raise TypeError(f"a progress total must be a number or None, not {type(total).__name__}")
+    if not isinstance(note, str):
+        raise TypeError(f"a progress note must be text, not {type(note).__name__}")
+    for name, value in (("progress", done), ("a progress total", total)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number of 0 or more, not {value!r}")
+    return TaskProgress(float(done), None if total is None else float(total), note)

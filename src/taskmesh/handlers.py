@@ -5,8 +5,10 @@ A task type is an object providing ``ITaskHandler``.  Workers announce the
 names of the handlers they hold, and the scheduler only sends a task to a
 worker that announced its type.  ``sha256`` and ``sleep`` are built in;
 others come from Twisted's plugin system (a module-level object providing
-``IPlugin`` and ``ITaskHandler`` in any ``twisted/plugins/*.py`` on the path) or from an
-import path given to the worker with ``--handler package.module:name``.
+``IPlugin`` and ``ITaskHandler`` in any ``twisted/plugins/*.py`` on the path), from an
+import path given to the worker with ``--handler package.module:name``, or
+from the ``@taskmesh.task`` functions of a module given with ``--tasks``
+(``taskmesh.functions``).
 """
 
 from __future__ import annotations
@@ -135,8 +137,12 @@ class HandlerError(Exception):
 def load_import_path(path: str) -> object:
     """
     Resolve ``package.module:name`` to an ITaskHandler provider.  ``name`` may
-    be the provider itself or a class or factory called without arguments.
+    be the provider itself (a ``@taskmesh.task`` function is one), a class
+    (instantiated without arguments), or a plain function, which becomes a
+    task function named after it (as ``@taskmesh.task`` would make it).
     """
+    from taskmesh.functions import make_task
+
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
         raise HandlerError(f"handler {path!r} is not of the form package.module:name")
@@ -144,14 +150,28 @@ def load_import_path(path: str) -> object:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise HandlerError(f"cannot import handler module {module_name!r}: {e}") from None
+    except Exception as e:
+        raise HandlerError(
+            f"importing handler module {module_name!r} failed: {type(e).__name__}: {e}"
+        ) from None
     try:
         found = getattr(module, attribute)
     except AttributeError:
         raise HandlerError(f"module {module_name!r} has no attribute {attribute!r}") from None
-    if not ITaskHandler.providedBy(found) and callable(found):
-        found = found()
+    if ITaskHandler.providedBy(found):
+        return found
+    if isinstance(found, type):
+        try:
+            found = found()
+        except Exception as e:
+            raise HandlerError(f"{path}: {found.__name__}() failed: {type(e).__name__}: {e}") from None
+    elif callable(found):
+        try:
+            return make_task(found)
+        except (TypeError, ValueError) as e:
+            raise HandlerError(f"{path}: {e}") from None
     if not ITaskHandler.providedBy(found):
-        raise HandlerError(f"{path} does not provide ITaskHandler")
+        raise HandlerError(f"{path} does not provide ITaskHandler (nor is it a class or a function)")
     return found
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.pool
+import threading
 from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -25,6 +26,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from taskmesh import wire
+from taskmesh.context import install_child_outbox
 from taskmesh.core.scheduler import Scheduler
 from taskmesh.handlers import HandlerRegistry
 from taskmesh.net.auth import RoleSecrets
@@ -153,7 +155,12 @@ class WorkerService(MultiService):
             secret=secret,
             on_authentication_failed=self._authentication_failed,
             on_welcomed=self._welcomed,
+            call_from_thread=reactor.callFromThread,
         )
+        #: Progress reported by tasks in the process pool comes back through
+        #: this queue, drained by a thread of its own.
+        self._progress_queue: Any = None
+        self._progress_drain: threading.Thread | None = None
         self.connection = ClientService(
             connect,
             self.factory,
@@ -209,8 +216,28 @@ class WorkerService(MultiService):
         if self.pool == "process":
             # Spawned, not forked: a fork of a process with a running reactor
             # and threads is not safe.  The processes import the handler anew.
-            self.processes = multiprocessing.get_context("spawn").Pool(self.slots)
+            context = multiprocessing.get_context("spawn")
+            self._progress_queue = context.SimpleQueue()
+            self.processes = context.Pool(
+                self.slots, initializer=install_child_outbox, initargs=(self._progress_queue,)
+            )
+            self._progress_drain = threading.Thread(
+                target=self._drain_progress, name="taskmesh-progress-drain", daemon=True
+            )
+            self._progress_drain.start()
         super().startService()
+
+    def _drain_progress(self) -> None:
+        """In a thread: batches of progress from the pool's processes, handed to the reactor."""
+        queue = self._progress_queue
+        while True:
+            try:
+                records = queue.get()
+            except (EOFError, OSError):  # the queue was closed
+                return
+            if records is None:
+                return
+            self.reactor.callFromThread(self.factory.post_progress, records)
 
     def stopService(self) -> Deferred[None]:
         if self._retry_call is not None and self._retry_call.active():
@@ -226,4 +253,7 @@ class WorkerService(MultiService):
             self.processes.terminate()
             self.processes.join()
             self.processes = None
+        if self._progress_queue is not None:
+            self._progress_queue.put(None)  # ends the drain thread
+            self._progress_queue = None
         return passthrough

@@ -17,6 +17,8 @@ languages; keep the two in step.
 
 from __future__ import annotations
 
+import json
+import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,7 +49,10 @@ STATUS_FAILED = 1  # value: the reason, UTF-8
 STATUS_CANCELLED = 2  # value: who cancelled it, UTF-8
 STATUS_PENDING = 3  # value: the state, "queued" or "running" (answers a query without wait)
 STATUS_UNKNOWN = 4  # value: why, UTF-8 (never submitted, or its result was pruned)
-_STATUSES = frozenset(range(5))
+STATUS_RETRY = 5  # worker to scheduler only: the attempt failed and asks for another (see retry_value)
+_STATUSES = frozenset(range(6))
+#: What a worker may report for a task or a chunk's item.
+WORKER_STATUSES = frozenset((STATUS_OK, STATUS_FAILED, STATUS_RETRY))
 
 # Bits of the flags byte in an accepted record.
 ACCEPTED_NO_WORKER = 0x01  # no connected worker runs this task type yet
@@ -105,6 +110,9 @@ KIND_JOB_RESULTS = 0x1A
 KIND_ASSIGN = 0x20
 KIND_ASSIGN_CHUNKS = 0x21
 KIND_CHUNK_RESULTS = 0x22
+KIND_ASSIGN_TASKS = 0x23
+KIND_ASSIGN_GROUPS = 0x24
+KIND_PROGRESS = 0x25
 
 # Record and header layouts (all big-endian, no padding).
 _KIND = struct.Struct(">B")
@@ -378,6 +386,44 @@ class ChunkResults:
     records: list[ChunkResultRecord]
 
 
+#: (task id, task type, payload, attempt, max attempts, timeout ms): a task
+#: with what it knows about itself while it runs (``taskmesh.current_task()``).
+#: Attempt counts from 1; max attempts and timeout 0: not set.
+TaskRecord = tuple[int, str, bytes, int, int, int]
+#: (group id, task type, [(task id, attempt, max attempts, payload), ...])
+GroupRecord = tuple[int, str, list[tuple[int, int, int, bytes]]]
+#: (task id, done, total, note): total 0 means unknown.
+ProgressRecord = tuple[int, float, float, str]
+
+#: The longest progress note, in bytes of UTF-8.
+MAX_PROGRESS_NOTE = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class AssignTasks:
+    """Scheduler to worker: run these tasks (Assign, with each task's attempt, attempts and timeout)."""
+
+    records: list[TaskRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class AssignGroups:
+    """
+    Scheduler to worker: run each group's tasks one after another in one
+    slot, answered as a chunk (ChunkResults); unlike a job's chunk, every
+    item is a task with its own id.
+    """
+
+    records: list[GroupRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Worker to scheduler: how far these running tasks have come (the latest report of each)."""
+
+    records: list[ProgressRecord]
+
+
 Message = (
     Hello
     | Welcome
@@ -401,6 +447,9 @@ Message = (
     | JobResults
     | AssignChunks
     | ChunkResults
+    | AssignTasks
+    | AssignGroups
+    | Progress
 )
 
 
@@ -666,6 +715,95 @@ def encode_chunk_results(message: ChunkResults) -> bytes:
     return b"".join(parts)
 
 
+_TASK_TAIL = struct.Struct(">HHII")  # attempt, max attempts, timeout ms, payload length
+_MEMBER_HEAD = struct.Struct(">QHHI")  # task id, attempt, max attempts, payload length
+_PROGRESS_REC = struct.Struct(">QddH")  # task id, done, total, note length
+
+
+def encode_assign_tasks(message: AssignTasks) -> bytes:
+    parts = [_COUNT.pack(KIND_ASSIGN_TASKS, len(message.records))]
+    append = parts.append
+    pack = _ASSIGN_REC.pack
+    pack_tail = _TASK_TAIL.pack
+    for task_id, task_type, payload, attempt, max_attempts, timeout_ms in message.records:
+        encoded_type = task_type.encode("utf-8")
+        append(pack(task_id, len(encoded_type)))
+        append(encoded_type)
+        append(pack_tail(attempt, max_attempts, timeout_ms, len(payload)))
+        append(payload)
+    return b"".join(parts)
+
+
+def encode_assign_groups(message: AssignGroups) -> bytes:
+    parts = [_COUNT.pack(KIND_ASSIGN_GROUPS, len(message.records))]
+    append = parts.append
+    pack_member = _MEMBER_HEAD.pack
+    for group_id, task_type, members in message.records:
+        encoded_type = task_type.encode("utf-8")
+        append(_U64.pack(group_id) + _U8.pack(len(encoded_type)) + encoded_type + _U32.pack(len(members)))
+        for task_id, attempt, max_attempts, payload in members:
+            append(pack_member(task_id, attempt, max_attempts, len(payload)))
+            append(payload)
+    return b"".join(parts)
+
+
+def encode_progress(message: Progress) -> bytes:
+    parts = [_COUNT.pack(KIND_PROGRESS, len(message.records))]
+    for task_id, done, total, note in message.records:
+        text = _short(note, "progress note", MAX_PROGRESS_NOTE)
+        parts.append(_PROGRESS_REC.pack(task_id, done, total, len(text)))
+        parts.append(text)
+    return b"".join(parts)
+
+
+#: A retry's delay that leaves the choice to the scheduler (its backoff).
+RETRY_BACKOFF = 0xFFFFFFFF
+
+
+def retry_value(delay: float | None, reason: bytes) -> bytes:
+    """
+    The value of a STATUS_RETRY outcome: the delay asked for (u32
+    milliseconds, or RETRY_BACKOFF), then the reason, encoded as a failure's.
+    """
+    milliseconds = RETRY_BACKOFF if delay is None else min(round(delay * 1000), RETRY_BACKOFF - 1)
+    return _U32.pack(milliseconds) + reason
+
+
+def split_retry(value: bytes) -> tuple[float | None, bytes]:
+    """(delay in seconds or None for the backoff, reason) of a STATUS_RETRY value; ValueError if too short."""
+    if len(value) < 4:
+        raise ValueError(f"a retry's value needs its 4-byte delay; this one has {len(value)} bytes")
+    (milliseconds,) = _U32.unpack_from(value, 0)
+    return (None if milliseconds == RETRY_BACKOFF else milliseconds / 1000), value[4:]
+
+
+def pending_value(state: str, progress: tuple[float, float, str] | None = None) -> bytes:
+    """
+    The value of a STATUS_PENDING answer: the state (``queued`` or
+    ``running``), then, for a running task that reported progress, a space
+    and ``{"done": D, "total": T, "note": "..."}`` (JSON; total 0: unknown).
+    """
+    if progress is None:
+        return state.encode("utf-8")
+    done, total, note = progress
+    report = json.dumps({"done": done, "total": total, "note": note}, separators=(",", ":"))
+    return f"{state} {report}".encode()
+
+
+def parse_pending(value: bytes) -> tuple[str, tuple[float, float, str] | None]:
+    """(state, (done, total, note) or None) of a STATUS_PENDING value; lenient: bad progress is None."""
+    text = value.decode("utf-8", "replace")
+    state, _, report = text.partition(" ")
+    if not report:
+        return text, None
+    try:
+        fields = json.loads(report)
+        done, total, note = float(fields["done"]), float(fields["total"]), str(fields.get("note", ""))
+    except (ValueError, TypeError, KeyError):
+        return state, None
+    return state, (done, total, note)
+
+
 _ENCODERS: dict[type[Any], Callable[[Any], bytes]] = {
     JobSubmit: encode_job_submit,
     JobAccepted: lambda m: _JOB_ACCEPTED.pack(KIND_JOB_ACCEPTED, m.request, m.job_id, m.flags),
@@ -689,6 +827,9 @@ _ENCODERS: dict[type[Any], Callable[[Any], bytes]] = {
     Rejected: encode_rejected,
     Results: encode_results,
     Assign: encode_assign,
+    AssignTasks: encode_assign_tasks,
+    AssignGroups: encode_assign_groups,
+    Progress: encode_progress,
 }
 
 
@@ -1090,12 +1231,98 @@ def _decode_chunk_results(data: bytes) -> ChunkResults:
         outcomes = []
         for _ in range(items):
             status, length = reader.unpack(_STATUS_LEN)
-            if status not in (STATUS_OK, STATUS_FAILED):
-                raise ProtocolError(f"a chunk outcome may only succeed or fail, not status {status}")
+            if status not in WORKER_STATUSES:
+                raise ProtocolError(f"a chunk outcome may only succeed, fail or retry, not status {status}")
             outcomes.append((status, reader.take(length)))
         records.append((chunk_id, offset, outcomes))
     reader.finish()
     return ChunkResults(records)
+
+
+def _decode_assign_tasks(data: bytes) -> AssignTasks:
+    """A worker's hot path, as _decode_assign: unpacked in place, no cursor object."""
+    if len(data) < _COUNT.size:
+        raise ProtocolError("frame too short for its header")
+    _, count = _COUNT.unpack_from(data, 0)
+    offset = _COUNT.size
+    size = len(data)
+    unpack = _ASSIGN_REC.unpack_from
+    unpack_tail = _TASK_TAIL.unpack_from
+    records: list[TaskRecord] = []
+    append = records.append
+    for _ in range(count):
+        if offset + 9 > size:
+            raise ProtocolError("frame ends in the middle of a record")
+        task_id, type_length = unpack(data, offset)
+        type_end = offset + 9 + type_length
+        if type_end + 12 > size:
+            raise ProtocolError("frame ends in the middle of a record")
+        task_type = _type_name(data[offset + 9 : type_end])
+        attempt, max_attempts, timeout_ms, payload_length = unpack_tail(data, type_end)
+        if attempt == 0:
+            raise ProtocolError("a task's attempt counts from 1, not 0")
+        start = type_end + 12
+        offset = start + payload_length
+        if offset > size:
+            raise ProtocolError("a payload runs past the end of the frame")
+        append((task_id, task_type, data[start:offset], attempt, max_attempts, timeout_ms))
+    if offset != size:
+        raise ProtocolError(f"{size - offset} unexpected bytes after the records")
+    return AssignTasks(records)
+
+
+def _decode_assign_groups(data: bytes) -> AssignGroups:
+    """A worker's hot path too (quick tasks travel in groups): unpacked in place."""
+    if len(data) < _COUNT.size:
+        raise ProtocolError("frame too short for its header")
+    _, count = _COUNT.unpack_from(data, 0)
+    offset = _COUNT.size
+    size = len(data)
+    unpack_member = _MEMBER_HEAD.unpack_from
+    records: list[GroupRecord] = []
+    for _ in range(count):
+        if offset + 9 > size:
+            raise ProtocolError("frame ends in the middle of a record")
+        group_id, type_length = _ASSIGN_REC.unpack_from(data, offset)
+        type_end = offset + 9 + type_length
+        if type_end + 4 > size:
+            raise ProtocolError("frame ends in the middle of a record")
+        task_type = _type_name(data[offset + 9 : type_end])
+        (items,) = _U32.unpack_from(data, type_end)
+        offset = type_end + 4
+        members: list[tuple[int, int, int, bytes]] = []
+        append = members.append
+        for _ in range(items):
+            if offset + 16 > size:
+                raise ProtocolError("frame ends in the middle of a group's task")
+            task_id, attempt, max_attempts, length = unpack_member(data, offset)
+            if attempt == 0:
+                raise ProtocolError("a task's attempt counts from 1, not 0")
+            start = offset + 16
+            offset = start + length
+            if offset > size:
+                raise ProtocolError("a payload runs past the end of the frame")
+            append((task_id, attempt, max_attempts, data[start:offset]))
+        records.append((group_id, task_type, members))
+    if offset != size:
+        raise ProtocolError(f"{size - offset} unexpected bytes after the records")
+    return AssignGroups(records)
+
+
+def _decode_progress(data: bytes) -> Progress:
+    reader = _Reader(data, 0)
+    _, count = reader.unpack(_COUNT)
+    records: list[ProgressRecord] = []
+    for _ in range(count):
+        task_id, done, total, length = reader.unpack(_PROGRESS_REC)
+        for value in (done, total):
+            if not (math.isfinite(value) and value >= 0):
+                raise ProtocolError(f"progress must be finite and 0 or more, not {value!r}")
+        if length > MAX_PROGRESS_NOTE:
+            raise ProtocolError(f"a progress note of {length} bytes; the most is {MAX_PROGRESS_NOTE}")
+        records.append((task_id, done, total, reader.text(length, "progress note")))
+    reader.finish()
+    return Progress(records)
 
 
 _DECODERS: dict[int, Callable[[bytes], Message]] = {
@@ -1121,6 +1348,9 @@ _DECODERS: dict[int, Callable[[bytes], Message]] = {
     KIND_REJECTED: _decode_rejected,
     KIND_RESULTS: _decode_results,
     KIND_ASSIGN: _decode_assign,
+    KIND_ASSIGN_TASKS: _decode_assign_tasks,
+    KIND_ASSIGN_GROUPS: _decode_assign_groups,
+    KIND_PROGRESS: _decode_progress,
 }
 
 

@@ -21,8 +21,9 @@ from twisted.python import usage
 
 from taskmesh import __version__
 from taskmesh.cli.progress import ProgressBar
-from taskmesh.client.mapping import DEFAULT_WINDOW, run_map
+from taskmesh.client.mapping import DEFAULT_WINDOW, ItemRefused, run_map
 from taskmesh.client.twisted_client import DEFAULT_CONNECT_TIMEOUT, Client, task_options
+from taskmesh.codec import ArgumentsError, check_arguments
 from taskmesh.errors import (
     AuthenticationFailed,
     SchedulerGone,
@@ -104,6 +105,12 @@ class SubmitOptions(ConnectionOptions):
     optFlags = [
         ["no-wait", None, "Print the task id once the task is stored, and exit."],
         ["retry-on-error", None, "Retry when the handler raises, instead of failing at once."],
+        [
+            "json",
+            None,
+            "TEXT is a task function's arguments as JSON: an array, or an object "
+            '{"args": [...], "kwargs": {...}}; checked before it is sent.',
+        ],
     ]
 
     def parseArgs(self, text: str) -> None:  # type: ignore[override]  # Options passes the arguments; its stub takes none
@@ -111,6 +118,11 @@ class SubmitOptions(ConnectionOptions):
 
     def postOptions(self) -> None:
         super().postOptions()
+        if self["json"]:
+            try:
+                check_arguments(self["text"].encode("utf-8"))
+            except ArgumentsError as e:
+                raise usage.UsageError(f"--json: {e}") from None
         try:
             self["options"] = dict(
                 priority=self["priority"],
@@ -182,6 +194,15 @@ class MapOptions(ConnectionOptions):
             DEFAULT_WINDOW,
             "Items in flight at the most (bounds the memory of every process).",
             positive_int,
+        ],
+    ]
+
+    optFlags = [
+        [
+            "json",
+            None,
+            "Each line is a task function's arguments as JSON (an array, or an object "
+            '{"args": [...], "kwargs": {...}}); a line that is not fails alone, unsent.',
         ],
     ]
 
@@ -296,7 +317,11 @@ def task_error(task_id: int, error: Exception) -> CommandFailed:
     if isinstance(error, TaskRejected):
         return CommandFailed(f"task refused: {error}", EXIT_TASK_FAILED)
     kind = "cancelled" if type(error).__name__ == "TaskCancelled" else "failed"
-    return CommandFailed(f"task {task_id} {kind}: {error}", EXIT_TASK_FAILED)
+    message = f"task {task_id} {kind}: {error}"
+    trace = getattr(error, "traceback", None)
+    if trace:
+        message += f"\nremote traceback (on the worker):\n{trace.rstrip()}"
+    return CommandFailed(message, EXIT_TASK_FAILED)
 
 
 async def submit(options: SubmitOptions, reactor: Any) -> None:
@@ -332,8 +357,8 @@ async def result(options: ResultOptions, reactor: Any) -> None:
             finally:
                 await client.close()
     except TaskPending as e:
-        out(e.state)
-        raise CommandFailed(f"task {task_id} has not finished: it is {e.state}", EXIT_NOT_FINISHED) from None
+        out(f"{e.state} {e.progress}" if e.progress else e.state)
+        raise CommandFailed(f"task {task_id} has not finished: {e}", EXIT_NOT_FINISHED) from None
     except (TaskFailed, TaskUnknown) as e:
         raise task_error(task_id, e) from None
     except SchedulerGone as e:
@@ -356,6 +381,10 @@ async def cancel(options: CancelOptions, reactor: Any) -> None:
 def describe_status(report: dict[str, Any]) -> str:
     tasks = report["tasks"]
     lines = ["tasks: " + ", ".join(f"{count} {state.replace('_', ' ')}" for state, count in tasks.items())]
+    for running in report.get("progress", []):
+        total = running["total"]
+        amount = f"{running['done']:g}" + (f"/{total:g}" if total else "")
+        lines.append(f"  task {running['id']} ({running['type']}) at {amount} {running['note']}".rstrip())
     for task_type, waiting in report["waiting_by_type"].items():
         why = " (no connected worker runs this type)" if waiting["no_worker_runs_it"] else ""
         lines.append(f"  {waiting['queued']} {task_type} queued{why}")
@@ -407,6 +436,18 @@ def read_lines(stream: BinaryIO) -> Iterator[bytes]:
         yield line
 
 
+def json_arguments(lines: Iterator[bytes | ItemRefused]) -> Iterator[bytes | ItemRefused]:
+    """``--json``: each line must be a task function's arguments, or it fails alone, unsent."""
+    for line in lines:
+        if isinstance(line, bytes):
+            try:
+                check_arguments(line)
+            except ArgumentsError as e:
+                yield ItemRefused(str(e))
+                continue
+        yield line
+
+
 #: Failures listed one by one at the end of a map; the rest are counted.
 FAILURES_SHOWN = 20
 
@@ -438,10 +479,13 @@ async def map_lines(options: MapOptions, reactor: Any) -> None:
         output.write(value + b"\n" if ok else b"\n")
 
     bar = ProgressBar(size_hint)
+    items: Iterator[bytes | ItemRefused] = read_lines(stream)
+    if options["json"]:
+        items = json_arguments(items)
     try:
         summary = await run_map(
             connect_protocol,
-            read_lines(stream),
+            items,
             write,
             options["type"],
             priority=options["priority"],

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from twisted.internet.defer import Deferred
 
 from taskmesh import wire
+from taskmesh.codec import failure_summary
 from taskmesh.errors import SchedulerGone
 from taskmesh.net.client_protocol import ClientProtocol
 
@@ -31,6 +32,20 @@ ITEMS_PER_FRAME = 2_000
 BYTES_PER_FRAME = 512 * 1024
 #: Failures whose line and reason a summary keeps (all are counted).
 FAILURES_KEPT = 100
+
+
+def too_large(size: int, limit: int) -> str:
+    return f"payload of {size} bytes exceeds the scheduler's limit of {limit} bytes"
+
+
+class ItemRefused:
+    """An item the client fails itself, unsent (its arguments do not fit the task): why."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
 
 #: write(index, ok, value): value is the result, or the reason it failed.
 Writer = Callable[[int, bool, bytes], None]
@@ -78,7 +93,7 @@ class _OrderedOutput:
             if not ok:
                 summary.failed += 1
                 if len(summary.failures) < FAILURES_KEPT:
-                    summary.failures.append((index, value.decode("utf-8", "replace")))
+                    summary.failures.append((index, failure_summary(value)))
             summary.done += 1
             write(index, ok, value)
             index += 1
@@ -87,7 +102,7 @@ class _OrderedOutput:
 
 async def run_map(
     connect: Callable[[], Awaitable[ClientProtocol]],
-    items: Iterator[bytes],
+    items: Iterator[bytes | ItemRefused],
     write: Writer,
     task_type: str,
     priority: int = 0,
@@ -163,28 +178,33 @@ async def run_map(
                     except StopIteration:
                         exhausted = True
                         break
-                    oversized = max_payload is not None and len(payload) > max_payload
+                    if isinstance(payload, ItemRefused):
+                        refused: str | None = payload.reason
+                        size = 0
+                    else:
+                        size = len(payload)
+                        refused = None
+                        if max_payload is not None and size > max_payload:
+                            refused = too_large(size, max_payload)
                     if batch and (
-                        oversized
-                        or batch_bytes + len(payload) + 4 > frame_bytes
+                        refused is not None
+                        or batch_bytes + size + 4 > frame_bytes
                         or len(batch) >= ITEMS_PER_FRAME
                     ):
                         protocol.send_items(job_id, batch_first, batch)
                         sent += len(batch)
                         batch, batch_bytes = [], 0
-                    if oversized:
-                        reason = (
-                            f"payload of {len(payload)} bytes exceeds the scheduler's limit "
-                            f"of {max_payload} bytes"
-                        )
-                        output.add(next_index, wire.STATUS_FAILED, reason.encode("utf-8"))
+                    if refused is not None or isinstance(payload, ItemRefused):
+                        # Answered here, never sent: the batch was cut before
+                        # it, so the indexes of every frame stay consecutive.
+                        output.add(next_index, wire.STATUS_FAILED, (refused or "").encode("utf-8"))
                         answered_here = True
                     else:
                         if not batch:
                             batch_first = next_index
                         in_flight[next_index] = payload
                         batch.append(payload)
-                        batch_bytes += len(payload) + 4
+                        batch_bytes += size + 4
                     next_index += 1
                 if batch:
                     protocol.send_items(job_id, batch_first, batch)

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface
 
+from taskmesh.codec import add_note, failure_summary
 from taskmesh.core.chunking import MAX_CHUNK, ChunkSizer
 from taskmesh.core.logsummary import RepeatedEvents
 from taskmesh.core.taskqueue import TaskQueue
@@ -35,7 +36,20 @@ from taskmesh.core.tasks import Chunk, Group, Job, JobReport, Lease, Queued, Tas
 from taskmesh.errors import TaskCancelled, TaskFailed
 from taskmesh.store.interface import ITaskStore, Outcome, State
 from taskmesh.store.memory import MemoryStore
-from taskmesh.wire import CHUNK_ITEM_OVERHEAD, DEFAULT_OPTIONS, STATUS_OK, TaskOptions, chunk_record_overhead
+from taskmesh.wire import (
+    CHUNK_ITEM_OVERHEAD,
+    DEFAULT_OPTIONS,
+    STATUS_FAILED,
+    STATUS_OK,
+    STATUS_RETRY,
+    ProgressRecord,
+    TaskOptions,
+    chunk_record_overhead,
+    split_retry,
+)
+
+#: Running tasks whose progress ``stats()`` lists, at the most.
+PROGRESS_LISTED = 100
 
 __all__ = [
     "IWorkerChannel",
@@ -100,8 +114,20 @@ class Policy:
 class IWorkerChannel(Interface):
     """How the core reaches one connected worker (a protocol provides it)."""
 
-    def assign(task_id: int, task_type: str, payload: bytes) -> None:
-        """Send this task to the worker (the channel may batch the frames)."""
+    def assign(
+        task_id: int, task_type: str, payload: bytes, attempt: int, max_attempts: int, timeout: float | None
+    ) -> None:
+        """
+        Send this task to the worker (the channel may batch the frames), with
+        what the task may know about itself: this attempt's number (from 1),
+        the attempts it may make, and its timeout in seconds (or None).
+        """
+
+    def assign_group(group_id: int, task_type: str, members: list[tuple[int, int, int, bytes]]) -> None:
+        """
+        Send these queued tasks to the worker as one group, to run one after
+        another in one slot: (task id, attempt, max attempts, payload) each.
+        """
 
     def assign_chunk(chunk_id: int, task_type: str, payloads: list[bytes]) -> None:
         """Send these items to the worker as one chunk, to run one after another."""
@@ -182,6 +208,10 @@ class Scheduler:
         #: What a peer can repeat at will is summarised, not logged each time.
         self._repeated = RepeatedEvents(self.log, clock)
         self.counts = {State.SUCCEEDED: 0, State.FAILED: 0, State.CANCELLED: 0}
+        #: The latest progress of running tasks that reported some: task id ->
+        #: (done, total, note).  In memory only: after a restart the task runs
+        #: again from the start, and reports again.
+        self._progress: dict[int, tuple[float, float, str]] = {}
 
     # -- life ----------------------------------------------------------------
 
@@ -468,7 +498,10 @@ class Scheduler:
                 job.sizer.observe(items, now - lease.leased_at)
             if job.id in self._jobs:
                 indexes = lease.indexes[offset : offset + len(outcomes)]
-                job.report(job, [(index, status, value) for index, (status, value) in zip(indexes, outcomes)])
+                job.report(
+                    job,
+                    [(index, *_no_retry(status, value)) for index, (status, value) in zip(indexes, outcomes)],
+                )
                 self._maybe_done(job)
         self._fill(worker)
 
@@ -482,10 +515,8 @@ class Scheduler:
             member.worker = None
             if status == STATUS_OK:
                 self._finish(member, State.SUCCEEDED, value)
-            elif member.options.retry_on_error:
-                self._attempt_failed(member, value.decode("utf-8", "replace"))
             else:
-                self._finish(member, State.FAILED, value)
+                self._outcome(member, status, value)
 
     def _maybe_done(self, job: Job) -> None:
         if job.ended and not job.outstanding:
@@ -598,11 +629,40 @@ class Scheduler:
                 # enough to tell quick types (worth grouping) from slow ones.
                 self._group_size(task.type).observe(1, now - task.leased_at)
                 self._finish(task, State.SUCCEEDED, value)
-            elif task.options.retry_on_error:
-                self._attempt_failed(task, value.decode("utf-8", "replace"))
             else:
-                self._finish(task, State.FAILED, value)
+                self._outcome(task, status, value)
         self._fill(worker)
+
+    def _outcome(self, task: Task, status: int, value: bytes) -> None:
+        """
+        A worker's answer for a task other than success: a retry the task
+        asked for (within its attempts, after the delay it asked for or the
+        backoff); a failure, retried only with ``retry_on_error``.
+        """
+        if status == STATUS_RETRY:
+            delay, reason = split_retry(value)
+            self._attempt_failed(task, reason, delay, asked=True)
+        elif task.options.retry_on_error:
+            self._attempt_failed(task, value)
+        else:
+            self._finish(task, State.FAILED, value)
+
+    def progress(self, worker: WorkerState, records: list[ProgressRecord]) -> None:
+        """
+        A worker reports how far running tasks have come: only a task that
+        worker is running is heard (progress that crossed the task's result,
+        or a lost lease, is dropped).  The latest report of each task is kept
+        until the task leaves its worker.
+        """
+        tasks = self._tasks
+        for task_id, done, total, note in records:
+            task = tasks.get(task_id)
+            if task is not None and task.worker is worker and task.state is State.RUNNING:
+                self._progress[task_id] = (done, total, note)
+
+    def progress_of(self, task_id: int) -> tuple[float, float, str] | None:
+        """A running task's latest progress: (done, total (0: unknown), note), or None."""
+        return self._progress.get(task_id)
 
     # -- what monitoring reads ----------------------------------------------
 
@@ -645,6 +705,16 @@ class Scheduler:
                 for job in self._jobs.values()
             ],
             "paused_submitters": self._paused,
+            "progress": [
+                {
+                    "id": task_id,
+                    "type": self._tasks[task_id].type,
+                    "done": done,
+                    "total": total or None,
+                    "note": note,
+                }
+                for task_id, (done, total, note) in list(self._progress.items())[:PROGRESS_LISTED]
+            ],
         }
 
     @staticmethod
@@ -676,10 +746,18 @@ class Scheduler:
             worker.channel.assign_chunk(task.id, task.type, task.payloads)
             return
         task.state = State.RUNNING
-        timeout = task.options.timeout
+        options = task.options
+        timeout = options.timeout
         if timeout is not None:
             task.timer = self._clock.callLater(timeout, self._timed_out, task)
-        worker.channel.assign(task.id, task.type, task.payload)
+        worker.channel.assign(
+            task.id,
+            task.type,
+            task.payload,
+            task.attempts + 1,
+            options.max_attempts or self.policy.max_attempts,
+            timeout,
+        )
 
     def _release(self, task: Task) -> None:
         """Take a task's lease back from its worker (lost, timed out, cancelled)."""
@@ -689,6 +767,8 @@ class Scheduler:
             # and skips it when the group's answer comes.
             worker.leases.pop(task.id, None)
             task.worker = None
+            if self._progress:
+                self._progress.pop(task.id, None)
         task.state = State.QUEUED
         if task.timer is not None:
             task.timer.cancel()
@@ -759,7 +839,20 @@ class Scheduler:
             member.worker = worker
             member.state = State.RUNNING
         worker.leases[group.id] = group
-        worker.channel.assign_chunk(group.id, group.type, [member.payload for member in members])
+        default_attempts = self.policy.max_attempts
+        worker.channel.assign_group(
+            group.id,
+            group.type,
+            [
+                (
+                    member.id,
+                    member.attempts + 1,
+                    member.options.max_attempts or default_attempts,
+                    member.payload,
+                )
+                for member in members
+            ],
+        )
 
     def _group_size(self, task_type: str) -> ChunkSizer:
         sizer = self._group_sizes.get(task_type)
@@ -804,28 +897,35 @@ class Scheduler:
         self._release(task)
         if worker is not None:
             worker.channel.cancel(task.id)
-        self._attempt_failed(task, f"timed out after {task.options.timeout:g} s")
+        self._attempt_failed(task, f"timed out after {task.options.timeout:g} s".encode())
         if worker is not None:
             self._fill(worker)
 
-    def _attempt_failed(self, task: Task, reason: str) -> None:
-        """Retry after an exponential backoff, or fail once attempts are spent."""
+    def _attempt_failed(
+        self, task: Task, reason: bytes, delay: float | None = None, asked: bool = False
+    ) -> None:
+        """
+        Retry after ``delay`` (None: an exponential backoff), or fail once
+        attempts are spent, with the last attempt's reason (a failure value:
+        plain text, or a task function's structured failure) and a note.
+        ``asked``: the task itself asked for the retry.
+        """
         task.attempts += 1
         allowed = task.options.max_attempts or self.policy.max_attempts
         if task.attempts >= allowed:
             self._finish(
-                task,
-                State.FAILED,
-                f"{reason} (attempt {task.attempts} of {allowed}; giving up)".encode(),
+                task, State.FAILED, add_note(reason, f"attempt {task.attempts} of {allowed}; giving up")
             )
             return
-        delay = min(self.policy.retry_delay * 2 ** (task.attempts - 1), self.policy.retry_max_delay)
+        if delay is None:
+            delay = min(self.policy.retry_delay * 2 ** (task.attempts - 1), self.policy.retry_max_delay)
         self.log.info(
-            "task {task_id} attempt {attempt} of {allowed} failed ({reason}); retry in {delay:g} s",
+            "task {task_id} attempt {attempt} of {allowed} {how} ({reason}); retry in {delay:g} s",
             task_id=task.id,
             attempt=task.attempts,
             allowed=allowed,
-            reason=reason,
+            how="asked for a retry" if asked else "failed",
+            reason=failure_summary(reason),
             delay=delay,
         )
         self._store.record_attempts(task.id, task.attempts, task.losses)
@@ -842,12 +942,14 @@ class Scheduler:
         """Record an outcome; the Deferred fires once it is durable."""
         task.state = state
         self.counts[state] += 1
+        if self._progress:
+            self._progress.pop(task.id, None)
         if state is not State.SUCCEEDED:
             self.log.info(
                 "task {task_id} {state}: {reason}",
                 task_id=task.id,
                 state=state.name.lower(),
-                reason=value.decode("utf-8", "replace"),
+                reason=failure_summary(value),
             )
         if task.options.key is not None:
             self._keys.pop(task.options.key, None)
@@ -897,3 +999,10 @@ class Scheduler:
         pruned = self._store.prune(self._clock.seconds() - self.policy.result_ttl)
         if pruned:
             self.log.info("pruned {count} outcomes older than the retention time", count=pruned)
+
+
+def _no_retry(status: int, value: bytes) -> tuple[int, bytes]:
+    """A map's item that asked for a retry fails: items have no attempts to count."""
+    if status != STATUS_RETRY:
+        return status, value
+    return STATUS_FAILED, add_note(split_retry(value)[1], "a map's items are not retried")

@@ -21,7 +21,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from taskmesh import wire
-from taskmesh.errors import SchedulerGone, TaskCancelled, TaskFailed, TaskPending, TaskRejected, TaskUnknown
+from taskmesh.codec import task_failed
+from taskmesh.errors import (
+    SchedulerGone,
+    TaskFailed,
+    TaskPending,
+    TaskProgress,
+    TaskRejected,
+    TaskUnknown,
+)
 from taskmesh.net.auth import AuthenticationFailed
 from taskmesh.net.framing import ConnectionLimits, PeerMisbehaved
 from taskmesh.net.peer import PeerProtocol
@@ -29,15 +37,21 @@ from taskmesh.net.peer import PeerProtocol
 
 #: What a result record means for someone waiting on it.
 def outcome_error(task_id: int, status: int, value: bytes) -> Exception:
-    text = value.decode("utf-8", "replace")
     if status == wire.STATUS_FAILED:
-        return TaskFailed(text)
+        return task_failed(value)
     if status == wire.STATUS_CANCELLED:
-        return TaskCancelled(text)
+        return task_failed(value, cancelled=True)
     if status == wire.STATUS_PENDING:
-        return TaskPending(task_id, text)
-    return TaskUnknown(f"task {task_id}: {text}")
+        state, progress = wire.parse_pending(value)
+        if progress is None:
+            return TaskPending(task_id, state)
+        done, total, note = progress
+        return TaskPending(task_id, state, TaskProgress(done, total or None, note))
+    return TaskUnknown(f"task {task_id}: {value.decode('utf-8', 'replace')}")
 
+
+#: Turns a result's bytes into what a submitter's Deferred fires with (JSON, for a task function).
+Decode = Callable[[bytes], Any]
 
 #: Called with [(index, status, value), ...] as a job's items finish.
 JobListener = Callable[[list[tuple[int, int, bytes]]], None]
@@ -66,9 +80,11 @@ class ClientProtocol(PeerProtocol):
         self._on_no_worker = on_no_worker
         self._next_request = 0
         # request number -> (task type, Deferred, wants the result or only the id)
-        self._requests: dict[int, tuple[str, Deferred[Any], bool]] = {}
+        # (decode: how a result is turned into what the Deferred fires with,
+        # None for the bytes themselves)
+        self._requests: dict[int, tuple[str, Deferred[Any], bool, Decode | None]] = {}
         # task id -> Deferreds of its result
-        self._waiters: dict[int, list[Deferred[bytes]]] = {}
+        self._waiters: dict[int, list[tuple[Deferred[Any], Decode | None]]] = {}
         # task id -> Deferreds of its final (status, value) record
         self._finals: dict[int, list[Deferred[tuple[int, bytes]]]] = {}
         # task id -> Deferreds of the next (status, value) record, pending or final
@@ -90,18 +106,23 @@ class ClientProtocol(PeerProtocol):
     # -- requests ------------------------------------------------------------
 
     def submit(
-        self, task_type: str, payload: bytes, options: wire.TaskOptions = wire.DEFAULT_OPTIONS
+        self,
+        task_type: str,
+        payload: bytes,
+        options: wire.TaskOptions = wire.DEFAULT_OPTIONS,
+        decode: Decode | None = None,
     ) -> Deferred[Any]:
         """
-        Queue one task.  The Deferred fires with the result bytes, or, when
-        ``options.no_result`` is set, with the task id once the scheduler has
-        made the task durable.
+        Queue one task.  The Deferred fires with the result bytes (or what
+        ``decode`` makes of them: a ValueError from it fails the Deferred
+        with TaskFailed), or, when ``options.no_result`` is set, with the
+        task id once the scheduler has made the task durable.
         """
         waiting: Deferred[Any] = Deferred()
         if self._refuse(waiting, payload):
             return waiting
         request = self._next_request = (self._next_request + 1) & 0xFFFFFFFF
-        self._requests[request] = (task_type, waiting, not options.no_result)
+        self._requests[request] = (task_type, waiting, not options.no_result, decode)
         self.queue(wire.Submit, (request, task_type, payload, options), len(payload) + len(task_type))
         return waiting
 
@@ -184,11 +205,11 @@ class ClientProtocol(PeerProtocol):
                 self._results(results)
             case wire.Accepted(records=accepted):
                 for request, task_id, flags in accepted:
-                    task_type, waiting, wants_result = self._pop_request(request)
+                    task_type, waiting, wants_result, decode = self._pop_request(request)
                     if flags & wire.ACCEPTED_NO_WORKER:
                         self._on_no_worker(task_type)
                     if wants_result:
-                        self._waiters.setdefault(task_id, []).append(waiting)
+                        self._waiters.setdefault(task_id, []).append((waiting, decode))
                     else:
                         waiting.callback(task_id)
             case wire.Rejected(records=rejected):
@@ -248,11 +269,18 @@ class ClientProtocol(PeerProtocol):
             if finals:
                 for answer in finals.pop(task_id, ()):
                     answer.callback((status, value))
-            for waiting in waiters.pop(task_id, ()):
-                if status == wire.STATUS_OK:
+            for waiting, decode in waiters.pop(task_id, ()):
+                if status != wire.STATUS_OK:
+                    waiting.errback(outcome_error(task_id, status, value))
+                elif decode is None:
                     waiting.callback(value)
                 else:
-                    waiting.errback(outcome_error(task_id, status, value))
+                    try:
+                        decoded = decode(value)
+                    except ValueError as e:
+                        waiting.errback(TaskFailed(f"task {task_id}: {e}"))
+                    else:
+                        waiting.callback(decoded)
 
     def _job_results(self, records: list[wire.JobResultRecord]) -> None:
         """Hand each job its records, one call per job per frame."""
@@ -268,7 +296,7 @@ class ClientProtocol(PeerProtocol):
     def forget_job(self, job_id: int) -> None:
         self._jobs.pop(job_id, None)
 
-    def _pop_request(self, request: int) -> tuple[str, Deferred[Any], bool]:
+    def _pop_request(self, request: int) -> tuple[str, Deferred[Any], bool, Decode | None]:
         found = self._requests.pop(request, None)
         if found is None:
             raise PeerMisbehaved(f"answer to request {request}, which is not pending")
@@ -284,7 +312,7 @@ class ClientProtocol(PeerProtocol):
                 self.ready.errback(SchedulerGone(f"connection to the scheduler lost: {why}"))
         waiting: list[Deferred[Any]] = [entry[1] for entry in self._requests.values()]
         for waiters in self._waiters.values():
-            waiting.extend(waiters)
+            waiting.extend(answer for answer, _ in waiters)
         for records in (*self._finals.values(), *self._peeks.values()):
             waiting.extend(records)
         waiting.extend(self._status)

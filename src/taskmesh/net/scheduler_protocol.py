@@ -118,6 +118,8 @@ class SchedulerProtocol(FramedProtocol):
                     self.core.complete_chunks(worker, self._checked_chunks(chunk_records))
                 except ValueError as e:
                     raise PeerMisbehaved(str(e)) from None
+            case wire.Progress(records=progress):
+                self.core.progress(worker, progress)
             case wire.Heartbeat():
                 pass
             case wire.Error():
@@ -289,7 +291,10 @@ class SchedulerProtocol(FramedProtocol):
                     answered.add(task_id)
             else:
                 answered.add(task_id)
-                self._send_result(task_id, wire.STATUS_PENDING, state.name.lower().encode())
+                progress = self.core.progress_of(task_id)
+                self._send_result(
+                    task_id, wire.STATUS_PENDING, wire.pending_value(state.name.lower(), progress)
+                )
 
     def outcome(self, task_id: int, status: int, value: bytes) -> None:
         """A task has its outcome (from ResultWatchers): one record for every wait on it."""
@@ -374,6 +379,9 @@ class SchedulerProtocol(FramedProtocol):
                     else (wire.STATUS_FAILED, _too_large(len(value), max_payload))
                     for status, value in outcomes
                 ]
+            for status, value in outcomes:
+                if status == wire.STATUS_RETRY and len(value) < 4:
+                    raise PeerMisbehaved("a retry's value needs its 4-byte delay")
             checked.append((chunk_id, offset, outcomes))
         return checked
 
@@ -386,16 +394,33 @@ class SchedulerProtocol(FramedProtocol):
         max_payload = self.factory.max_payload
         checked = records
         for index, (task_id, status, value) in enumerate(records):
-            if status not in (wire.STATUS_OK, wire.STATUS_FAILED):
+            if status not in wire.WORKER_STATUSES:
                 raise PeerMisbehaved(f"a worker may not report status {status}")
+            if status == wire.STATUS_RETRY and len(value) < 4:
+                raise PeerMisbehaved("a retry's value needs its 4-byte delay")
             if len(value) > max_payload:
                 if checked is records:
                     checked = list(records)
                 checked[index] = (task_id, wire.STATUS_FAILED, _too_large(len(value), max_payload))
         return checked
 
-    def assign(self, task_id: int, task_type: str, payload: bytes) -> None:
-        self.queue(wire.Assign, (task_id, task_type, payload), len(payload) + len(task_type))
+    def assign(
+        self,
+        task_id: int,
+        task_type: str,
+        payload: bytes,
+        attempt: int,
+        max_attempts: int,
+        timeout: float | None,
+    ) -> None:
+        timeout_ms = 0 if timeout is None else wire.timeout_milliseconds(timeout)
+        record = (task_id, task_type, payload, attempt, max_attempts, timeout_ms)
+        # 8 more bytes than an Assign record: attempt, attempts, timeout.
+        self.queue(wire.AssignTasks, record, len(payload) + len(task_type) + 8)
+
+    def assign_group(self, group_id: int, task_type: str, members: list[tuple[int, int, int, bytes]]) -> None:
+        size = sum([len(member[3]) for member in members]) + 16 * len(members) + len(task_type)
+        self.queue(wire.AssignGroups, (group_id, task_type, members), size)
 
     def assign_chunk(self, chunk_id: int, task_type: str, payloads: list[bytes]) -> None:
         size = sum(map(len, payloads)) + 4 * len(payloads) + len(task_type)

@@ -53,16 +53,14 @@ class WorkerProtocol(PeerProtocol):
     def message_received(self, message: wire.Message) -> None:
         core = self.core
         match message:
-            case wire.Assign(records=records) if core is not None:
-                try:
-                    core.assign(records)
-                except OverCapacity as e:
-                    raise PeerMisbehaved(str(e)) from None
+            case wire.AssignTasks(records=task_records) if core is not None:
+                self._within_capacity(core.assign_tasks, task_records)
+            case wire.AssignGroups(records=groups) if core is not None:
+                self._within_capacity(core.assign_groups, groups)
             case wire.AssignChunks(records=records) if core is not None:
-                try:
-                    core.assign_chunks(records)
-                except OverCapacity as e:
-                    raise PeerMisbehaved(str(e)) from None
+                self._within_capacity(core.assign_chunks, records)
+            case wire.Assign(records=plain) if core is not None:
+                self._within_capacity(core.assign, plain)
             case wire.Cancel(records=task_ids) if core is not None:
                 core.cancel(task_ids)
             case wire.Heartbeat() if core is not None:
@@ -91,6 +89,13 @@ class WorkerProtocol(PeerProtocol):
             case _:
                 raise PeerMisbehaved(f"a worker does not expect {type(message).__name__} now")
 
+    def _within_capacity(self, assign: Callable[[Any], None], records: Any) -> None:
+        """A scheduler that sends more than slots plus prefetch is refused: it could exhaust us."""
+        try:
+            assign(records)
+        except OverCapacity as e:
+            raise PeerMisbehaved(str(e)) from None
+
     def _welcomed(self, welcome: wire.Welcome) -> None:
         # The scheduler's limits bind both directions of this connection
         # (within our own: a scheduler cannot make us buffer more).
@@ -104,9 +109,13 @@ class WorkerProtocol(PeerProtocol):
             factory.run_blocking,
             max_result=welcome.max_payload,
             report_chunk=self._report_chunk,
+            report_progress=self._report_progress,
+            clock=self.clock,
+            call_from_thread=factory.call_from_thread,
             capacity=factory.slots + welcome.prefetch,
         )
         factory.welcomed()
+        factory.connected(self)
         if welcome.heartbeat_ms:
             self.keep_alive(welcome.heartbeat_ms / 1000, welcome.tolerance)
         self.log.info(
@@ -129,6 +138,11 @@ class WorkerProtocol(PeerProtocol):
     def _report(self, task_id: int, status: int, value: bytes) -> None:
         self.queue(wire.Results, (task_id, status, value), len(value))
 
+    def _report_progress(self, records: list[wire.ProgressRecord]) -> None:
+        for record in records:
+            # A Progress record is 26 bytes and its note (queue adds 13 of them).
+            self.queue(wire.Progress, record, len(record[3].encode("utf-8")) + 13)
+
     def _report_chunk(self, chunk_id: int, outcomes: list[tuple[int, bytes]]) -> None:
         """A chunk's answers, in parts that each fit well inside a frame."""
         budget = self.send_limit // 2
@@ -146,6 +160,7 @@ class WorkerProtocol(PeerProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
+        self.factory.disconnected(self)
         if self.core is not None:
             self.core.stop()
             self.log.info(
@@ -172,6 +187,7 @@ class WorkerFactory(Factory):
         secret: bytes = b"",
         on_authentication_failed: Callable[[str], None] = lambda reason: None,
         on_welcomed: Callable[[], None] = lambda: None,
+        call_from_thread: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
         #: The workers' secret, proved (never sent) in every handshake.
         self.secret = secret
@@ -188,6 +204,25 @@ class WorkerFactory(Factory):
         self.run_blocking = run_blocking
         #: Called when the scheduler refuses this worker at the handshake.
         self.refused = on_refused
+        #: How a pool thread hands a call to the reactor (``reactor.callFromThread``).
+        self.call_from_thread = call_from_thread or (lambda function: function())
+        #: The connection that has been welcomed, if any: where progress from
+        #: the process pool goes.
+        self.current: WorkerProtocol | None = None
+
+    def connected(self, protocol: WorkerProtocol) -> None:
+        self.current = protocol
+
+    def disconnected(self, protocol: WorkerProtocol) -> None:
+        if self.current is protocol:
+            self.current = None
+
+    def post_progress(self, records: list[wire.ProgressRecord]) -> None:
+        """Progress from tasks in the process pool (in the reactor thread)."""
+        protocol = self.current
+        if protocol is not None and protocol.core is not None:
+            for record in records:
+                protocol.core.post_progress(*record)
 
     def buildProtocol(self, addr: Any) -> WorkerProtocol:
         return WorkerProtocol(self)

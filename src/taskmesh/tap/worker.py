@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 from twisted.application.service import IService
 from twisted.python import usage
 
+from taskmesh.functions import load_tasks
 from taskmesh.handlers import HandlerError, default_registry, load_import_path
 from taskmesh.net.address import DEFAULT_ADDRESS, client_endpoint, parse_address
 from taskmesh.net.scheduler_protocol import MAX_WORKER_SLOTS
@@ -63,20 +65,36 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["handlers"] = []
+        self["tasks"] = []
 
     def opt_handler(self, path: str) -> None:
-        """Also run the task type at this import path (package.module:name); repeatable."""
+        """
+        Also run the task type at this import path (package.module:name): a
+        handler object or class, or a plain function (a task function named
+        after it); repeatable.
+        """
         self["handlers"].append(path)
+
+    def opt_tasks(self, module: str) -> None:
+        """Also run every @taskmesh.task function of this module (package.module); repeatable."""
+        self["tasks"].append(module)
 
     def postOptions(self) -> None:
         try:
             parse_address(self["connect"])
         except ValueError as e:
             raise usage.UsageError(f"--connect: {e}") from None
+        if self["handlers"] or self["tasks"]:
+            current_folder_importable()
         try:
             self["handler-objects"] = [load_import_path(path) for path in self["handlers"]]
         except HandlerError as e:
             raise usage.UsageError(f"--handler: {e}") from None
+        try:
+            for module in self["tasks"]:
+                self["handler-objects"].extend(load_tasks(module))
+        except HandlerError as e:
+            raise usage.UsageError(f"--tasks: {e}") from None
         if self["pool"] not in POOLS:
             raise usage.UsageError(f"--pool must be one of {', '.join(POOLS)}")
         if self["concurrency"] > MAX_WORKER_SLOTS:
@@ -85,6 +103,19 @@ class Options(usage.Options):
             self["name"] = f"{socket.gethostname()}-{os.getpid()}"
         self["secret"], self["tls-options"] = peer_security(self)
         release_default_pidfile(self)
+
+
+def current_folder_importable() -> None:
+    """
+    Put the worker's current folder first on the import path, as ``python
+    -m`` and Celery's worker do: ``--tasks myapp.tasks`` then finds
+    ``myapp/`` in the folder the worker was started from, without
+    PYTHONPATH (twistd, a script, does not put it there itself).  A process
+    pool's processes inherit the path.
+    """
+    folder = os.getcwd()
+    if folder not in sys.path and "" not in sys.path:
+        sys.path.insert(0, folder)
 
 
 def makeService(options: Options) -> IService:
