@@ -23,7 +23,7 @@ from zope.interface import implementer
 
 from taskmesh import wire
 from taskmesh.core.scheduler import IWorkerChannel, Job, Scheduler, WorkerState
-from taskmesh.errors import TaskCancelled, TaskFailed
+from taskmesh.errors import StoreUnavailable, TaskCancelled, TaskFailed
 from taskmesh.net.framing import FramedProtocol, PeerMisbehaved
 from taskmesh.store.interface import State
 
@@ -93,7 +93,10 @@ class SchedulerProtocol(FramedProtocol):
             case wire.Submit(records=submissions):
                 self._submit(submissions)
             case wire.Query(records=queries):
-                self.core.after_commit(self._answer, queries)
+                if self.core.store_error is None:
+                    self.core.after_commit(self._answer, queries)
+                else:  # the store cannot commit: answer from what is durable, now
+                    self._answer(queries)
             case wire.Cancel(records=task_ids):
                 self._cancel(task_ids)
             case wire.StatusRequest():
@@ -170,14 +173,18 @@ class SchedulerProtocol(FramedProtocol):
             if not task_type:
                 answers.append((request, "the task type is empty"))
                 continue
-            task_id, duplicate = core.submit(task_type, payload, options)
+            try:
+                task_id, duplicate = core.submit(task_type, payload, options)
+            except StoreUnavailable as e:
+                answers.append((request, str(e)))
+                continue
             if duplicate:
                 flags = wire.ACCEPTED_DUPLICATE
             else:
                 flags = 0 if core.has_worker_for(task_type) else wire.ACCEPTED_NO_WORKER
             answers.append((request, task_id, flags, options.no_result))
         if answers:
-            core.after_commit(self._acknowledge, answers)
+            core.after_commit_or_refuse(self._acknowledge, self._refuse, answers)
         if self.factory.clients_paused:
             # Flow control: this connection submits while the queue is at its
             # bound; stop reading it until there is room.  Other connections
@@ -195,9 +202,19 @@ class SchedulerProtocol(FramedProtocol):
             if not no_result:
                 self._watch(task_id)
 
+    def _refuse(self, reason: str, answers: list[tuple]) -> None:
+        """The store could not make these submissions durable: refuse them all, in order."""
+        self._acknowledge([(answer[0], reason) if len(answer) == 4 else answer for answer in answers])
+
     def _watch(self, task_id: int) -> None:
         """Send this task's outcome when it has one (now, if it has)."""
-        found = self.core.watch(task_id)
+        try:
+            found = self.core.watch(task_id)
+        except StoreUnavailable as e:
+            # The store cannot even be read: drop the connection with the
+            # reason; a client waiting by id reconnects and asks again.
+            self.fail(wire.ERROR_INTERNAL, str(e))
+            return
         if isinstance(found, Deferred):
             found.addCallbacks(self._succeeded, self._failed, callbackArgs=(task_id,), errbackArgs=(task_id,))
         elif found is not None:
@@ -275,7 +292,10 @@ class SchedulerProtocol(FramedProtocol):
         self.queue(wire.Results, (task_id, status, value), len(value))
 
     def _succeeded(self, value: bytes, task_id: int) -> bytes:
-        self.queue(wire.Results, (task_id, wire.STATUS_OK, value), len(value))
+        try:
+            self.queue(wire.Results, (task_id, wire.STATUS_OK, value), len(value))
+        except Exception:  # a bug here must not turn the result into a failure for other watchers
+            self.log.failure("bug while sending the result of task {task_id}", task_id=task_id)
         return value  # others may watch the same task
 
     def _failed(self, failure: Failure, task_id: int) -> Failure:
@@ -286,7 +306,10 @@ class SchedulerProtocol(FramedProtocol):
         else:
             self.log.failure("unexpected failure of task {task_id}", failure, task_id=task_id)
             status = wire.STATUS_FAILED
-        self._send_result(task_id, status, str(failure.value).encode("utf-8"))
+        try:
+            self._send_result(task_id, status, str(failure.value).encode("utf-8"))
+        except Exception:
+            self.log.failure("bug while sending the outcome of task {task_id}", task_id=task_id)
         return failure  # others may watch the same task
 
     # -- worker role: IWorkerChannel -----------------------------------------
