@@ -212,8 +212,9 @@ class Scheduler:
         self._commit_call: IDelayedCall | None = None
         self._finished: list[tuple[Task, bytes]] = []
         self._after_commit: list[_Waiter] = []
-        #: Tasks added since the last successful commit (withdrawn if refused).
-        self._uncommitted: list[Task] = []
+        #: Ids only grow: every task with an id from this one on was added
+        #: after the last successful commit (and is withdrawn if refused).
+        self._committed_up_to = self._next_id
         # store health: see the module's docstring
         self._store_error: str | None = None
         self._store_failed_at = 0.0
@@ -294,7 +295,7 @@ class Scheduler:
                 "stopping with the store still unavailable ({reason}): {submissions} submissions "
                 "and {results} results were never acknowledged or reported",
                 reason=self._store_error,
-                submissions=len(self._uncommitted),
+                submissions=len(self._uncommitted()),
                 results=len(self._finished),
             )
 
@@ -331,7 +332,6 @@ class Scheduler:
         if key is not None:
             self._keys[key] = task.id
         self._store.add(task)
-        self._uncommitted.append(task)
         # Assign first, commit after: the worker can run the task while the
         # store commits it (only the acknowledgement waits for the commit).
         self._enqueue(task)
@@ -754,7 +754,7 @@ class Scheduler:
             "error": str(StoreUnavailable(self._store_error)) if self._store_error is not None else None,
             "unavailable_seconds": round(now - self._store_failed_at, 3) if failing else 0.0,
             "refusing_submissions": self._refusing,
-            "held_back_submissions": len(self._uncommitted) if failing else 0,
+            "held_back_submissions": len(self._uncommitted()) if failing else 0,
             "held_back_results": len(self._finished) if failing else 0,
             "failed_commits": self.failed_commits,
             # A store that fails again and again (a disk so full that small
@@ -993,8 +993,7 @@ class Scheduler:
             return
         if self._store_error is not None:
             self._store_recovered()
-        if self._uncommitted:
-            self._uncommitted = []
+        self._committed_up_to = self._next_id
         finished, self._finished = self._finished, []
         tasks = self._tasks
         for task, value in finished:
@@ -1042,7 +1041,7 @@ class Scheduler:
                     "{results} results and retrying with backoff; submissions not committed within "
                     "{grace:g} s are refused until it commits again",
                     reason=reason,
-                    submissions=len(self._uncommitted),
+                    submissions=len(self._uncommitted()),
                     results=len(self._finished),
                     grace=self.policy.store_grace,
                 )
@@ -1079,7 +1078,7 @@ class Scheduler:
         if reason is None:
             return
         self._refusing = True
-        withdrawn, self._uncommitted = self._uncommitted, []
+        withdrawn = self._uncommitted()
         if withdrawn:
             self._withdraw(withdrawn, reason)
         refused = [waiter for waiter in self._after_commit if waiter[2] is not None]
@@ -1100,6 +1099,14 @@ class Scheduler:
                 refuse(message, *args)
             except Exception:
                 self.log.failure("bug in {function} refusing submissions", function=refuse)
+
+    def _uncommitted(self) -> list[Task]:
+        """
+        The tasks added since the last successful commit, found when needed
+        (an outage) rather than listed on every submission.
+        """
+        mark = self._committed_up_to
+        return [task for task in self._tasks.values() if task.id >= mark]
 
     def _withdraw(self, tasks: list[Task], reason: str) -> None:
         """
@@ -1152,7 +1159,7 @@ class Scheduler:
                 "sending what was held back ({submissions} submissions, {results} results)",
                 seconds=now - self._store_failed_at,
                 attempts=self._store_failures,
-                submissions=len(self._uncommitted),
+                submissions=len(self._uncommitted()),
                 results=len(self._finished),
             )
         if self._refusing or self._quiet_episode:
