@@ -67,9 +67,10 @@ class SpyStore(MemoryStore):
         super().finish(task_id, state, value, finished_at)
         self.pending.append(-task_id)
 
-    def commit(self) -> None:
+    def commit(self) -> bool:
         self.durable.update(self.pending)
         self.pending.clear()
+        return True
 
 
 def killed(store: Any) -> None:

@@ -20,7 +20,7 @@ from zope.interface.verify import verifyObject
 from taskmesh.core.scheduler import Task
 from taskmesh.errors import StoreUnavailable
 from taskmesh.store import ITaskStore, State
-from taskmesh.store.sqlite import SqliteStore
+from taskmesh.store.sqlite import COMMIT_BYTES, COMMIT_ROWS, SqliteStore
 from taskmesh.testing import TIMEOUT, child_env, fill_store, free_store, read_only, write_lock
 from taskmesh.wire import DEFAULT_OPTIONS, TaskOptions
 
@@ -196,7 +196,7 @@ def test_discard_takes_back_only_the_uncommitted_writes_of_those_tasks(tmp_path:
 
 HOLDER = """
 import sys
-from taskmesh.store.sqlite import SqliteStore
+from taskmesh.store.sqlite import COMMIT_BYTES, COMMIT_ROWS, SqliteStore
 store = SqliteStore(sys.argv[1])
 print("open", flush=True)
 sys.stdin.read()
@@ -250,3 +250,35 @@ def test_a_read_only_folder_is_refused_at_open_and_nothing_is_created(tmp_path: 
         with pytest.raises(StoreUnavailable, match="folder .* is read-only"):
             SqliteStore(str(folder / "s.sqlite"))
     assert os.listdir(folder) == []
+
+
+def test_a_large_backlog_is_committed_a_slice_per_call_tasks_before_outcomes(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    store = SqliteStore(str(path))
+    count = COMMIT_ROWS + 100
+    for task_id in range(1, count + 1):
+        store.add(task(task_id))
+        store.finish(task_id, State.SUCCEEDED, b"r", 1.0)
+    assert store.commit() is False
+    found = rows(str(path))
+    assert [row[0] for row in found] == list(range(1, COMMIT_ROWS + 1))
+    assert all(state == int(State.QUEUED) for _, _, state, _ in found)  # no outcome before its task
+    assert store.commit() is False  # the last 100 tasks, and the first outcomes
+    assert store.commit() is True  # the rest of the outcomes
+    found = rows(str(path))
+    assert len(found) == count and all(state == int(State.SUCCEEDED) for _, _, state, _ in found)
+
+
+def test_a_backlog_of_large_payloads_is_sliced_by_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    store = SqliteStore(str(path))
+    big = b"p" * (COMMIT_BYTES // 4)
+    for task_id in range(1, 11):
+        store.add(task(task_id, payload=big))
+    durable = []
+    while True:
+        done = store.commit()
+        durable.append(len(rows(str(path))))
+        if done:
+            break
+    assert durable == [4, 8, 10]

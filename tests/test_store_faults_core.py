@@ -401,3 +401,18 @@ def test_a_client_is_refused_with_the_reason_answered_while_degraded_and_told_th
     protocol.dataReceived(frame(wire.Submit([(4, "sha256", b"back", wire.DEFAULT_OPTIONS)])))
     (accepted,) = received()
     assert isinstance(accepted, wire.Accepted) and accepted.records[0][0] == 4
+
+
+def test_a_backlog_is_committed_over_several_turns_and_acknowledged_when_all_is_durable(
+    tmp_path: Path,
+) -> None:
+    from taskmesh.store.sqlite import COMMIT_ROWS
+
+    rig = Rig(tmp_path / "s.sqlite")
+    ids = [rig.submit() for _ in range(COMMIT_ROWS + 10)]
+    rig.core._commit()  # the turn's commit: the first slice only
+    assert rig.answers == []
+    assert len(rig.stored_ids()) == COMMIT_ROWS
+    rig.clock.advance(0)  # the next turn finishes it
+    assert rig.answers == [("accepted", task_id) for task_id in ids]
+    assert rig.stored_ids() == ids

@@ -983,7 +983,9 @@ class Scheduler:
         """
         self._commit_call = None
         try:
-            self._store.commit()
+            done = self._store.commit()
+            while not done and self._stopping:  # the last commit: all of it, now
+                done = self._store.commit()
         except StoreUnavailable as e:
             self._commit_failed(e.reason)
             return
@@ -993,6 +995,11 @@ class Scheduler:
             return
         if self._store_error is not None:
             self._store_recovered()
+        if not done:
+            # A large backlog goes a slice per turn, so that the reactor
+            # serves everyone in between; the waiters wait for all of it.
+            self._commit_call = self._clock.callLater(0, self._commit)
+            return
         self._committed_up_to = self._next_id
         finished, self._finished = self._finished, []
         tasks = self._tasks

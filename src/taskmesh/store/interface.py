@@ -93,11 +93,14 @@ class ITaskStore(Interface):
     def finish(task_id: int, state: State, value: bytes, finished_at: float) -> None:
         """Record a task's outcome (durable at the next commit)."""
 
-    def commit() -> None:
+    def commit() -> bool:
         """
-        Make every write since the last successful commit durable, at once;
-        or raise ``StoreUnavailable`` (at once, never waiting on a lock) and
-        keep them all, in order, for the next commit.
+        Make every write since the last successful commit durable, at once,
+        and return True; or, for a backlog too large to write without holding
+        the reactor, make its oldest part durable and return False (call
+        again: nothing may be acknowledged until it returns True); or raise
+        ``StoreUnavailable`` (at once, never waiting on a lock) and keep every
+        write not yet durable, in order, for the next commit.
         """
 
     def discard(task_ids: Collection[int]) -> None:
