@@ -5,8 +5,13 @@ One scheduler (SQLite store) and several workers run as real ``twistd``
 processes; a client submits N sha256 tasks, each with its own deduplication
 key, then waits for every result by id.  Meanwhile workers are SIGKILLed and
 restarted at random moments, and the scheduler is SIGKILLed and restarted on
-the same store.  The client reconnects, resubmits what was not acknowledged
-(the keys make that safe) and waits on by id.
+the same store.  Meanwhile, too, the store fails the scheduler's commits at
+random moments: another connection takes its write lock (``BEGIN
+IMMEDIATE``) for a random while, sometimes shorter than the scheduler's
+grace time (submissions are held back, then acknowledged), sometimes longer
+(they are refused, with the reason), and a scheduler kill may land in the
+middle of it.  The client reconnects, resubmits what was not acknowledged or
+was refused (the keys make that safe) and waits on by id.
 
 At the end it counts, from the client's results and from the store itself:
 
@@ -19,8 +24,8 @@ At the end it counts, from the client's results and from the store itself:
 
 It exits 1 if lost, duplicated or wrong is not 0.
 
-    python bench/chaos.py                                   # 500 tasks, 6 worker kills, 2 scheduler kills
-    python bench/chaos.py --tasks 10000 --worker-kills 50 --scheduler-kills 20
+    python bench/chaos.py       # 500 tasks; 6 worker kills, 2 scheduler kills, 4 store faults
+    python bench/chaos.py --tasks 10000 --worker-kills 50 --scheduler-kills 20 --store-faults 40
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import random
 import sqlite3
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -43,18 +49,28 @@ HERE = Path(__file__).resolve().parent
 # -- the client: its own process, so that the orchestrator can block ---------
 
 
+#: The client submits this many tasks at a time, a moment apart, so that
+#: store faults meet submissions as well as results.
+SUBMIT_BATCH = 25
+
+
 def run_client(address: str, count: int, output: Path) -> None:
-    """Submit every task (keyed), then wait for every result, reconnecting as needed."""
+    """
+    Submit every task (keyed), then wait for every result, reconnecting as
+    needed; a submission refused (the store is unavailable) is sent again
+    on the next connection.  Prints ``refused N`` when it was refused.
+    """
     from twisted.internet import task
     from twisted.internet.defer import Deferred, DeferredList
 
-    from taskmesh import Client, SchedulerGone, TaskFailed
+    from taskmesh import Client, SchedulerGone, TaskFailed, TaskRejected
 
     async def main(reactor: Any) -> None:
         ids: dict[int, int] = {}
         results: dict[int, str] = {}
         failures: dict[int, str] = {}
         connections = 0
+        refusals = 0
         while len(results) + len(failures) < count:
             try:
                 client = await Client.connect(address, reactor, timeout=2)
@@ -64,10 +80,21 @@ def run_client(address: str, count: int, output: Path) -> None:
             connections += 1
             try:
                 missing = [i for i in range(count) if i not in ids]
-                submitted = [client.enqueue(f"chaos-{i}", key=f"chaos-{i}") for i in missing]
-                for i, (ok, value) in zip(missing, await DeferredList(submitted, consumeErrors=True)):
-                    if ok:
-                        ids[i] = value
+                refused = 0
+                for first in range(0, len(missing), SUBMIT_BATCH):
+                    batch = missing[first : first + SUBMIT_BATCH]
+                    submitted = [client.enqueue(f"chaos-{i}", key=f"chaos-{i}") for i in batch]
+                    for i, (ok, value) in zip(batch, await DeferredList(submitted, consumeErrors=True)):
+                        if ok:
+                            ids[i] = value
+                        elif value.check(TaskRejected):  # the store is unavailable: submit again later
+                            refused += 1
+                        elif not value.check(SchedulerGone):
+                            value.raiseException()
+                    await task.deferLater(reactor, 0.02, lambda: None)
+                refusals += refused
+                if refused:
+                    print(f"refused {refused}", flush=True)
                 waiting = [i for i in ids if i not in results and i not in failures]
                 answers = [Deferred.fromCoroutine(client.result(ids[i])) for i in waiting]
                 for i, (ok, value) in zip(waiting, await DeferredList(answers, consumeErrors=True)):
@@ -79,6 +106,8 @@ def run_client(address: str, count: int, output: Path) -> None:
                         value.raiseException()
             finally:
                 await client.close()
+            if refused:
+                await task.deferLater(reactor, 0.2, lambda: None)
         output.write_text(
             json.dumps(
                 {
@@ -86,6 +115,7 @@ def run_client(address: str, count: int, output: Path) -> None:
                     "results": {str(i): v for i, v in results.items()},
                     "failures": {str(i): v for i, v in failures.items()},
                     "reconnections": connections - 1,
+                    "refusals": refusals,
                 }
             )
         )
@@ -93,11 +123,44 @@ def run_client(address: str, count: int, output: Path) -> None:
     task.react(lambda reactor: Deferred.fromCoroutine(main(reactor)))
 
 
+# -- store faults -------------------------------------------------------------
+
+
+class StoreFaults(threading.Thread):
+    """
+    Take the store's write lock from another connection at random moments,
+    for a random while: every commit the scheduler tries meanwhile fails
+    (SQLITE_BUSY, at once).  Never longer than ``longest`` seconds, so a
+    scheduler restarted meanwhile still opens the store (it waits up to 5 s).
+    """
+
+    def __init__(self, path: Path, count: int, pace: float, longest: float, seed: int) -> None:
+        super().__init__(name="store-faults", daemon=True)
+        self.path = path
+        self.count = count
+        self.pace = pace
+        self.longest = longest
+        self.rng = random.Random(seed)
+        self.done = threading.Event()
+        self.performed = 0
+        self.held = 0.0
+
+    def run(self) -> None:
+        from taskmesh.testing import write_lock
+
+        while self.performed < self.count and not self.done.wait(self.rng.uniform(0.1, self.pace)):
+            seconds = self.rng.uniform(0.05, self.longest)
+            with write_lock(self.path):
+                self.done.wait(seconds)
+            self.performed += 1
+            self.held += seconds
+
+
 # -- the orchestrator ---------------------------------------------------------
 
 
 def orchestrate(arguments: argparse.Namespace) -> int:
-    from taskmesh.testing import Mesh, Process, wait_until
+    from taskmesh.testing import Mesh, Process, wait_until, write_lock
 
     rng = random.Random(arguments.seed)
     folder = Path(tempfile.mkdtemp(prefix="taskmesh-chaos-"))
@@ -124,22 +187,35 @@ def orchestrate(arguments: argparse.Namespace) -> int:
             workers[name] = mesh.worker(f"{name}-0", arguments.concurrency, worker_options, HERE)
         for name, process in workers.items():
             mesh.wait_joined(f"{name}-0", arguments.concurrency, worker=process)
-        client = mesh.start(
-            "client",
-            [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "--client",
-                mesh.address,
-                "--tasks",
-                str(arguments.tasks),
-                "--output",
-                str(results_path),
-            ],
-        )
+        store = folder / "chaos.sqlite"
+        client_argv = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--client",
+            mesh.address,
+            "--tasks",
+            str(arguments.tasks),
+            "--output",
+            str(results_path),
+        ]
+        performed: dict[str, float] = {"worker": 0, "scheduler": 0, "store": 0, "store seconds": 0.0}
+        if arguments.store_faults:
+            # The first store fault, for certain: the client starts while
+            # another connection holds the store's write lock, which is let go
+            # only once the client has been refused (after the grace time).
+            held_since = time.monotonic()
+            with write_lock(store):
+                client = mesh.start("client", client_argv)
+                client.wait_for(r"^refused \d+", source="stdout")
+            performed["store"] = 1
+            performed["store seconds"] = time.monotonic() - held_since
+        else:
+            client = mesh.start("client", client_argv)
+        # Then more, at random moments, while the kills go on.
+        faults = StoreFaults(store, arguments.store_faults - 1, arguments.pace * 2, 2.5, rng.randrange(2**32))
+        faults.start()
         actions = ["worker"] * arguments.worker_kills + ["scheduler"] * arguments.scheduler_kills
         rng.shuffle(actions)
-        performed = {"worker": 0, "scheduler": 0}
         for action in actions:
             time.sleep(rng.uniform(arguments.pace / 2, arguments.pace * 1.5))
             if not client.running():
@@ -160,6 +236,10 @@ def orchestrate(arguments: argparse.Namespace) -> int:
                 mesh.scheduler(f"scheduler-{incarnations['scheduler']}", *scheduler_options)
             performed[action] += 1
         client.wait(timeout=arguments.timeout)
+        faults.done.set()
+        faults.join(10)
+        performed["store"] += faults.performed
+        performed["store seconds"] = round(performed["store seconds"] + faults.held, 1)
         wait_until(lambda: results_path.exists(), 5, "the client's results")
         elapsed = time.monotonic() - started
         if client.popen.returncode != 0:
@@ -173,7 +253,7 @@ def report(
     folder: Path,
     results_path: Path,
     journal: Path,
-    performed: dict[str, int],
+    performed: dict[str, float],
     elapsed: float,
 ) -> int:
     client = json.loads(results_path.read_text())
@@ -208,6 +288,9 @@ def report(
         "workers": arguments.workers,
         "worker kills": performed["worker"],
         "scheduler kills": performed["scheduler"],
+        "store faults": performed["store"],
+        "store fault seconds": performed["store seconds"],
+        "submissions refused": client["refusals"],
         "client reconnections": client["reconnections"],
         "seconds": round(elapsed, 1),
         "lost": lost,
@@ -223,9 +306,13 @@ def report(
         print(f"{name:<{width}}  {value}")
     if failures:
         print("failures:", dict(list(failures.items())[:5]), file=sys.stderr)
-    short = performed["worker"] < arguments.worker_kills or performed["scheduler"] < arguments.scheduler_kills
+    short = (
+        performed["worker"] < arguments.worker_kills
+        or performed["scheduler"] < arguments.scheduler_kills
+        or performed["store"] < arguments.store_faults
+    )
     if short:
-        print("warning: the tasks finished before every kill was made", file=sys.stderr)
+        print("warning: the tasks finished before every kill and store fault was made", file=sys.stderr)
     return 1 if (lost or duplicated or wrong or failures) else 0
 
 
@@ -236,6 +323,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--worker-kills", type=int, default=6)
     parser.add_argument("--scheduler-kills", type=int, default=2)
+    parser.add_argument(
+        "--store-faults",
+        type=int,
+        default=4,
+        help="times another connection holds the store's write lock (0.05 to 2.5 s): the "
+        "scheduler's commits fail meanwhile",
+    )
     parser.add_argument("--pace", type=float, default=0.6, help="mean seconds between kills")
     parser.add_argument("--task-seconds", type=float, default=0.05, help="how long each task runs")
     parser.add_argument("--timeout", type=float, default=600, help="bound on the whole run")

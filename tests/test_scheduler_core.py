@@ -84,9 +84,18 @@ class SpyStore(MemoryStore):
         super().finish(task_id, state, value, finished_at)
         self.pending.append(-task_id)
 
-    def commit(self) -> None:
+    def commit(self) -> bool:
         self.durable.update(self.pending)
         self.pending.clear()
+        return True
+
+
+def killed(store: Any) -> None:
+    """What the kernel does for a SQLite store whose process is killed: nothing committed, lock released."""
+    store._closed.set()
+    store._checkpointer.join()
+    store._db.close()
+    store._lock.release()
 
 
 class Rig:
@@ -429,6 +438,7 @@ def test_a_restart_on_the_same_store_resumes_everything(tmp_path) -> None:  # ty
     first.core.complete(worker, [(done.id, STATUS_OK, b"digest-a")])
     first.turn()
     # The process dies here: no stop(), no close().  A new one opens the file.
+    killed(first.store)
     second = Rig(SqliteStore(path))
     assert second.core.watch(done.id).value == b"digest-a"  # type: ignore[union-attr]
     assert second.core.state_of(running.id) is State.QUEUED

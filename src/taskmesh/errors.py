@@ -68,6 +68,20 @@ class TaskRejected(Exception):
     """The scheduler refused a submission (too large, malformed); nothing ran."""
 
 
+class StoreUnavailable(Exception):
+    """
+    The scheduler's store cannot write (or read) now: the disk is full,
+    another process holds its lock, the file is read-only.  The message says
+    so in the words a person can act on ("store unavailable: database or
+    disk is full"); ``reason`` is the cause alone.  A submission refused for
+    this may be sent again once the store is back: nothing was stored.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"store unavailable: {reason}")
+        self.reason = reason
+
+
 class SchedulerGone(Exception):
     """The connection to the scheduler ended before the answer came."""
 

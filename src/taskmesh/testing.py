@@ -15,15 +15,19 @@ waits for time to pass: only for a log line, an exit, or a condition.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
+import sqlite3
+import stat
 import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -354,3 +358,78 @@ class Mesh:
 
     def describe(self) -> str:
         return "\n".join(process.describe() for process in self.processes)
+
+
+# -- store faults ---------------------------------------------------------------
+#
+# Genuine faults, for the tests and the chaos run: each makes SQLite itself
+# fail the way it fails for users (nothing is mocked).
+
+#: Bytes of one filler row: a little under SQLite's default page size.
+FILLER_ROW = 4000
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[bool]:
+    """
+    Make a file or folder read-only for this process while the block runs;
+    yields False (and changes nothing) where that is impossible.  Permission
+    bits do not stop root, so as root the file is made immutable
+    (``chattr +i``), which stops everyone.
+    """
+    if os.geteuid() != 0:
+        mode = path.stat().st_mode
+        path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+        try:
+            yield True
+        finally:
+            path.chmod(mode)
+        return
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, "+i", str(path)], capture_output=True).returncode != 0:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        subprocess.run([chattr, "-i", str(path)], check=True)
+
+
+def fill_store(path: Path, rows: int) -> int:
+    """
+    Make a WAL database at ``path`` with a ``filler`` table of ``rows`` rows
+    of about a page each; return the database's page count.  ``free_store``
+    deletes them, which gives their pages to SQLite's free list, as deleting
+    files gives a full disk space back: a scheduler limited to a page count
+    (``TASKMESH_TESTING_SQLITE_MAX_PAGES``) can then commit again.
+    """
+    db = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE IF NOT EXISTS filler (b BLOB)")
+        db.executemany("INSERT INTO filler VALUES (zeroblob(?))", [(FILLER_ROW,)] * rows)
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return int(db.execute("PRAGMA page_count").fetchone()[0])
+    finally:
+        db.close()
+
+
+def free_store(path: Path) -> None:
+    """Delete the filler's rows from another connection, as another process would."""
+    db = sqlite3.connect(str(path), isolation_level=None, timeout=TIMEOUT)
+    try:
+        db.execute("DELETE FROM filler")
+    finally:
+        db.close()
+
+
+@contextlib.contextmanager
+def write_lock(path: Path) -> Iterator[sqlite3.Connection]:
+    """Hold the store's write lock from another connection (``BEGIN IMMEDIATE``) while the block runs."""
+    db = sqlite3.connect(str(path), isolation_level=None, timeout=TIMEOUT)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        yield db
+        db.execute("ROLLBACK")
+    finally:
+        db.close()

@@ -404,7 +404,28 @@ def describe_status(report: dict[str, Any]) -> str:
         )
     if report.get("paused_submitters"):
         lines.append("submitters are paused: the queue is at its bound")
+    store = report.get("store")
+    if store is not None:
+        lines.append(describe_store(store))
     return "\n".join(lines)
+
+
+def describe_store(store: dict[str, Any]) -> str:
+    """One line on the store's health: what a person needs to know to act."""
+    if store["available"]:
+        ago = store.get("last_error_seconds_ago")
+        if ago is not None and ago < 600:
+            return (
+                f"store: available; the last failed commit was {ago:.1f} s ago ({store['last_error']}), "
+                f"{store['failed_commits']} since the scheduler started"
+            )
+        return "store: available"
+    held = f"{store['held_back_submissions']} submissions and {store['held_back_results']} results held back"
+    refusing = "new submissions are refused" if store["refusing_submissions"] else "submissions wait"
+    return (
+        f"store: UNAVAILABLE for {store['unavailable_seconds']:.1f} s ({store['error']}); "
+        f"{refusing}, {held}; retrying"
+    )
 
 
 async def status(options: StatusOptions, reactor: Any) -> None:

@@ -13,6 +13,18 @@ Durability order: a new task is written to the store before its submission
 is acknowledged (``after_commit``), and an outcome is written before the
 task's Deferred fires.  The store is committed once per reactor turn that
 wrote anything (group commit).
+
+When a commit fails (disk full, another process holding the lock, a file
+made read-only), nothing is acknowledged or reported: the store keeps the
+writes, the core keeps their waiters, and the commit is retried with
+backoff until it succeeds.  That is the *degraded* mode, and it is visible
+(``stats()["store"]``, one log line per episode and one when it ends).
+Submissions whose commit has not succeeded within ``Policy.store_grace``
+seconds of the first failure are refused with the reason ("store
+unavailable: database or disk is full") and their tasks withdrawn, so that
+no client hangs on a store that may stay full for hours; from then until
+the store commits again, new submissions are refused at once.  Results
+already promised are held back, never dropped: their clients keep waiting.
 """
 
 from __future__ import annotations
@@ -33,7 +45,7 @@ from taskmesh.core.chunking import MAX_CHUNK, ChunkSizer
 from taskmesh.core.logsummary import RepeatedEvents
 from taskmesh.core.taskqueue import TaskQueue
 from taskmesh.core.tasks import Chunk, Group, Job, JobReport, Lease, Queued, Task
-from taskmesh.errors import TaskCancelled, TaskFailed
+from taskmesh.errors import StoreUnavailable, TaskCancelled, TaskFailed
 from taskmesh.store.interface import ITaskStore, Outcome, State
 from taskmesh.store.memory import MemoryStore
 from taskmesh.wire import (
@@ -91,6 +103,14 @@ class Policy:
     max_queued: int = 1_000_000
     #: Payload bytes in one chunk of a job, at the most (it must fit a frame).
     max_chunk_bytes: int = 1024 * 1024
+    #: Seconds a submission may wait for a store that cannot commit before
+    #: it is refused ("store unavailable: ..."), counted from the first
+    #: failed commit; a lock held for a moment costs nobody a refusal.
+    store_grace: float = 1.0
+    #: First pause before retrying a failed commit; doubles each time, up to
+    #: the max, until the store commits again.
+    store_retry_delay: float = 0.05
+    store_retry_max_delay: float = 2.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -105,6 +125,9 @@ class Policy:
             "result_ttl": self.result_ttl > 0,
             "max_queued": self.max_queued >= 1,
             "max_chunk_bytes": self.max_chunk_bytes >= 1,
+            "store_grace": self.store_grace >= 0,
+            "store_retry_delay": self.store_retry_delay > 0,
+            "store_retry_max_delay": self.store_retry_max_delay >= self.store_retry_delay,
         }
         wrong = [name for name, ok in checks.items() if not ok]
         if wrong:
@@ -171,6 +194,22 @@ def _consume(failure: Failure) -> None:
     """End of every failed task's chain: the failure has been delivered."""
 
 
+#: Outcomes pruned in one reactor turn at the most: a round that has a day's
+#: worth to forget goes on over the following turns instead of holding the
+#: reactor for seconds.
+PRUNE_BATCH = 2000
+
+#: Seconds after an outage during which the store failing again for the same
+#: reason is the same trouble coming back (a disk so full that small commits
+#: pass and larger ones fail), logged as one summary line a minute instead
+#: of three lines each time.
+STORE_RELAPSE_WINDOW = 60.0
+
+#: What waits for a commit: (function, args, refuse or None).  ``refuse`` is
+#: set for acknowledgements, which may be refused when the store stays down.
+_Waiter = tuple[Callable[..., object], tuple[Any, ...], Callable[..., object] | None]
+
+
 class Scheduler:
     """Decides which worker runs which task, and when a task has failed."""
 
@@ -199,7 +238,28 @@ class Scheduler:
         # group commit
         self._commit_call: IDelayedCall | None = None
         self._finished: list[tuple[Task, bytes]] = []
-        self._after_commit: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
+        self._after_commit: list[_Waiter] = []
+        #: Ids only grow: every task with an id from this one on was added
+        #: after the last successful commit (and is withdrawn if refused).
+        self._committed_up_to = self._next_id
+        # store health: see the module's docstring
+        self._store_error: str | None = None
+        self._store_failed_at = 0.0
+        self._store_failures = 0
+        self._store_retry_delay = policy.store_retry_delay
+        self._refusing = False
+        self._grace_call: IDelayedCall | None = None
+        self._prune_call: IDelayedCall | None = None
+        self._stopping = False
+        #: Commits that failed since start, over every episode, and the last one's reason and time.
+        self.failed_commits = 0
+        self._last_failure: tuple[str, float] | None = None
+        # relapses: see STORE_RELAPSE_WINDOW
+        self._last_store_error: str | None = None
+        self._quiet_until = 0.0
+        self._quiet_episode = False
+        self._relapses = 0
+        self._relapse_logged_at = float("-inf")
         # flow control
         self._paused = False
         #: Called with True when the queue goes beyond its bound, False when it has room again.
@@ -252,15 +312,26 @@ class Scheduler:
         return recovered
 
     def stop(self) -> None:
-        """Stop the rounds and make everything written so far durable."""
+        """Stop the rounds and make everything written so far durable (one last try)."""
+        self._stopping = True
         for loop in self._loops:
             if loop.running:
                 loop.stop()
         self._loops.clear()
         self._repeated.stop()
-        if self._commit_call is not None and self._commit_call.active():
-            self._commit_call.cancel()
+        for call in (self._commit_call, self._grace_call, self._prune_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._grace_call = self._prune_call = None
         self._commit()
+        if self._store_error is not None:
+            self.log.error(
+                "stopping with the store still unavailable ({reason}): {submissions} submissions "
+                "and {results} results were never acknowledged or reported",
+                reason=self._store_error,
+                submissions=len(self._uncommitted()),
+                results=len(self._finished),
+            )
 
     def fit_chunks_to(self, max_bytes: int) -> None:
         """Keep chunks (of jobs, and groups of tasks) within this many bytes."""
@@ -277,8 +348,11 @@ class Scheduler:
         submission whose key names an existing task (live or finished and
         not yet pruned) returns that task's id with ``duplicate`` true and
         queues nothing.  Watch the id with ``watch``; acknowledge only in
-        ``after_commit``.
+        ``after_commit_or_refuse``.  Raises ``StoreUnavailable`` while the
+        store cannot commit and the grace time is over: nothing is queued.
         """
+        if self._refusing:
+            raise StoreUnavailable(self._store_error or "unknown error")
         key = options.key
         if key is not None:
             existing = self._keys.get(key)
@@ -307,10 +381,35 @@ class Scheduler:
         return task.id, False
 
     def after_commit(self, function: Callable[..., object], *args: Any) -> None:
-        """Call ``function(*args)`` once everything written so far is durable."""
-        self._after_commit.append((function, args))
+        """
+        Call ``function(*args)`` once everything written so far is durable
+        (however long the store takes to be able to commit again).
+        """
+        self._after_commit.append((function, args, None))
         if self._commit_call is None:
             self._commit_call = self._clock.callLater(0, self._commit)
+
+    def after_commit_or_refuse(
+        self, function: Callable[..., object], refuse: Callable[..., object], *args: Any
+    ) -> None:
+        """
+        For acknowledgements: call ``function(*args)`` once everything
+        written so far is durable, or ``refuse(reason, *args)`` if the store
+        cannot commit within the grace time (then every task submitted since
+        the last commit has been withdrawn: nothing of it will run or be
+        stored).  While the store refuses, ``refuse`` is called at once.
+        """
+        if self._refusing:
+            refuse(str(StoreUnavailable(self._store_error or "unknown error")), *args)
+            return
+        self._after_commit.append((function, args, refuse))
+        if self._commit_call is None:
+            self._commit_call = self._clock.callLater(0, self._commit)
+
+    @property
+    def store_error(self) -> str | None:
+        """Why the store cannot commit now, or None while it can."""
+        return self._store_error
 
     def watch(self, task_id: int) -> Deferred[bytes] | Outcome | None:
         """
@@ -328,8 +427,15 @@ class Scheduler:
         return self._tasks.get(task_id)
 
     def state_of(self, task_id: int) -> State | None:
+        """
+        A live task's state as a client may be told it, or None: an outcome
+        is told only once durable, so a task whose outcome the store has not
+        committed yet is still RUNNING.
+        """
         task = self._tasks.get(task_id)
-        return task.state if task is not None else None
+        if task is None:
+            return None
+        return State.RUNNING if task.state.finished else task.state
 
     def cancel(self, task_id: int, reason: str = "cancelled") -> bool:
         """
@@ -715,6 +821,24 @@ class Scheduler:
                 }
                 for task_id, (done, total, note) in list(self._progress.items())[:PROGRESS_LISTED]
             ],
+            "store": self._store_stats(now),
+        }
+
+    def _store_stats(self, now: float) -> dict[str, Any]:
+        """The store's health, for ``taskmesh status`` and monitoring."""
+        failing = self._store_error is not None
+        return {
+            "available": not failing,
+            "error": str(StoreUnavailable(self._store_error)) if self._store_error is not None else None,
+            "unavailable_seconds": round(now - self._store_failed_at, 3) if failing else 0.0,
+            "refusing_submissions": self._refusing,
+            "held_back_submissions": len(self._uncommitted()) if failing else 0,
+            "held_back_results": len(self._finished) if failing else 0,
+            "failed_commits": self.failed_commits,
+            # A store that fails again and again (a disk so full that small
+            # commits pass) looks available between failures: say when it last failed.
+            "last_error": str(StoreUnavailable(self._last_failure[0])) if self._last_failure else None,
+            "last_error_seconds_ago": round(now - self._last_failure[1], 3) if self._last_failure else None,
         }
 
     @staticmethod
@@ -961,10 +1085,32 @@ class Scheduler:
     def _commit(self) -> None:
         """
         One commit for everything this turn wrote, then the Deferreds of the
-        tasks it finished, then whoever waited for durability.
+        tasks it finished, then whoever waited for durability.  If the
+        commit fails, nothing of this happens: every waiter stays, and the
+        commit is tried again later (see ``_commit_failed``).  Each callback
+        runs on its own: one that raises (a bug) is logged, and the others'
+        answers still go out.
         """
         self._commit_call = None
-        self._store.commit()
+        try:
+            done = self._store.commit()
+            while not done and self._stopping:  # the last commit: all of it, now
+                done = self._store.commit()
+        except StoreUnavailable as e:
+            self._commit_failed(e.reason)
+            return
+        except Exception as e:
+            self.log.failure("bug in the store's commit; treating the store as unavailable")
+            self._commit_failed(f"{type(e).__name__}: {e}")
+            return
+        if self._store_error is not None:
+            self._store_recovered()
+        if not done:
+            # A large backlog goes a slice per turn, so that the reactor
+            # serves everyone in between; the waiters wait for all of it.
+            self._commit_call = self._clock.callLater(0, self._commit)
+            return
+        self._committed_up_to = self._next_id
         finished, self._finished = self._finished, []
         tasks = self._tasks
         for task, value in finished:
@@ -972,32 +1118,223 @@ class Scheduler:
             deferred = task.fired
             if deferred is None:  # nobody waits: the store has the outcome
                 continue
-            if task.state is State.SUCCEEDED:
-                deferred.callback(value)
-            else:
-                error = TaskCancelled if task.state is State.CANCELLED else TaskFailed
-                deferred.errback(error(value.decode("utf-8", "replace")))
-                deferred.addErrback(_consume)
+            try:
+                if task.state is State.SUCCEEDED:
+                    deferred.callback(value)
+                else:
+                    error = TaskCancelled if task.state is State.CANCELLED else TaskFailed
+                    deferred.errback(error(value.decode("utf-8", "replace")))
+                    deferred.addErrback(_consume)
+            except Exception:
+                self.log.failure("bug while reporting the outcome of task {task_id}", task_id=task.id)
         waiting, self._after_commit = self._after_commit, []
-        for function, args in waiting:
-            function(*args)
+        for function, args, _ in waiting:
+            try:
+                function(*args)
+            except Exception:
+                self.log.failure(
+                    "bug in {function} after a commit; the other answers still go out", function=function
+                )
+
+    def _commit_failed(self, reason: str) -> None:
+        """
+        The store could not commit: keep everything, say so once per episode
+        (and when the cause changes), and try again after a backoff.  The
+        first failure starts the grace time after which held-back
+        submissions are refused.
+        """
+        self.failed_commits += 1
+        self._store_failures += 1
+        self._last_failure = (reason, self._clock.seconds())
+        if self._store_error is None:
+            now = self._clock.seconds()
+            self._store_failed_at = now
+            self._store_retry_delay = self.policy.store_retry_delay
+            self._quiet_episode = reason == self._last_store_error and now < self._quiet_until
+            if not self._quiet_episode:
+                self._relapses = 0
+                self.log.error(
+                    "the store cannot commit: {reason}; holding back {submissions} submissions and "
+                    "{results} results and retrying with backoff; submissions not committed within "
+                    "{grace:g} s are refused until it commits again",
+                    reason=reason,
+                    submissions=len(self._uncommitted()),
+                    results=len(self._finished),
+                    grace=self.policy.store_grace,
+                )
+            else:
+                self._relapses += 1
+                if now - self._relapse_logged_at >= STORE_RELAPSE_WINDOW:
+                    self._relapse_logged_at = now
+                    self.log.warn(
+                        "the store failed again: {reason} ({count} times since it last recovered "
+                        "after an outage; it commits small writes but not all)",
+                        reason=reason,
+                        count=self._relapses,
+                    )
+            if not self._stopping:
+                self._grace_call = self._clock.callLater(self.policy.store_grace, self._refuse_held)
+        elif reason != self._store_error:
+            self.log.error("the store still cannot commit, now: {reason}", reason=reason)
+        self._store_error = reason
+        if self._stopping:
+            return
+        delay = self._store_retry_delay
+        self._store_retry_delay = min(delay * 2, self.policy.store_retry_max_delay)
+        self._commit_call = self._clock.callLater(delay, self._commit)
+
+    def _refuse_held(self) -> None:
+        """
+        The grace time is over and the store still cannot commit: refuse the
+        submissions waiting for it (withdrawing their tasks, so that nothing
+        refused ever runs or is stored), and refuse new ones at once from now
+        on.  Results and other answers keep waiting: they were promised.
+        """
+        self._grace_call = None
+        reason = self._store_error
+        if reason is None:
+            return
+        self._refusing = True
+        withdrawn = self._uncommitted()
+        if withdrawn:
+            self._withdraw(withdrawn, reason)
+        refused = [waiter for waiter in self._after_commit if waiter[2] is not None]
+        if refused:
+            self._after_commit = [waiter for waiter in self._after_commit if waiter[2] is None]
+        if not self._quiet_episode:
+            self.log.warn(
+                "the store is still unavailable after {grace:g} s ({reason}): refused {count} held-back "
+                "submissions; refusing new ones until it commits again",
+                grace=self.policy.store_grace,
+                reason=reason,
+                count=len(withdrawn),
+            )
+        message = str(StoreUnavailable(reason))
+        for _, args, refuse in refused:
+            assert refuse is not None
+            try:
+                refuse(message, *args)
+            except Exception:
+                self.log.failure("bug in {function} refusing submissions", function=refuse)
+
+    def _uncommitted(self) -> list[Task]:
+        """
+        The tasks added since the last successful commit, found when needed
+        (an outage) rather than listed on every submission.
+        """
+        mark = self._committed_up_to
+        return [task for task in self._tasks.values() if task.id >= mark]
+
+    def _withdraw(self, tasks: list[Task], reason: str) -> None:
+        """
+        Forget tasks whose submissions are refused: out of the line, off
+        their workers (who are told to stop), their uncommitted writes
+        discarded.  Nobody was told their ids, so nobody waits for them.
+        """
+        ids = {task.id for task in tasks}
+        refill: list[WorkerState] = []
+        failure = TaskFailed(f"submission refused: {StoreUnavailable(reason)}")
+        for task in tasks:
+            if self._tasks.get(task.id) is not task:
+                continue
+            del self._tasks[task.id]
+            key = task.options.key
+            if key is not None and self._keys.get(key) == task.id:
+                del self._keys[key]
+            if task.state.finished:
+                self.counts[task.state] -= 1  # that outcome is discarded with the task
+            else:
+                worker = task.worker
+                if worker is not None:
+                    self._release(task)
+                    worker.channel.cancel(task.id)
+                    if worker not in refill:
+                        refill.append(worker)
+                elif task.timer is not None:
+                    task.timer.cancel()
+                    task.timer = None
+                    self._waiting_retry -= 1
+                else:
+                    self._queue.remove(task)
+            task.state = State.CANCELLED
+            deferred = task.fired
+            if deferred is not None:
+                deferred.errback(failure)
+                deferred.addErrback(_consume)
+        if self._finished:
+            self._finished = [(task, value) for task, value in self._finished if task.id not in ids]
+        self._store.discard(ids)
+        for worker in refill:
+            if worker in self._workers:
+                self._fill(worker)
+
+    def _store_recovered(self) -> None:
+        now = self._clock.seconds()
+        if not self._quiet_episode:
+            self.log.info(
+                "the store commits again after {seconds:.1f} s and {attempts} failed commits; "
+                "sending what was held back ({submissions} submissions, {results} results)",
+                seconds=now - self._store_failed_at,
+                attempts=self._store_failures,
+                submissions=len(self._uncommitted()),
+                results=len(self._finished),
+            )
+        if self._refusing or self._quiet_episode:
+            # It refused submissions: if it fails again soon for the same
+            # reason, that is this trouble coming back.
+            self._last_store_error = self._store_error
+            self._quiet_until = now + STORE_RELAPSE_WINDOW
+        self._store_error = None
+        self._store_failures = 0
+        self._refusing = False
+        if self._grace_call is not None:
+            if self._grace_call.active():
+                self._grace_call.cancel()
+            self._grace_call = None
 
     def _check_workers(self) -> None:
-        """Heartbeat round: drop the silent, greet the rest."""
+        """Heartbeat round: drop the silent, greet the rest (a bug with one never stops the rounds)."""
         now = self._clock.seconds()
         limit = self.policy.heartbeat_interval * self.policy.heartbeat_tolerance
         for worker in list(self._workers):
-            silent = now - worker.last_seen
-            if silent > limit:
-                reason = f"no heartbeat for {silent:.1f} s"
-                worker.channel.drop(reason)
-                self.remove_worker(worker, reason)
-            else:
-                worker.channel.heartbeat()
+            try:
+                silent = now - worker.last_seen
+                if silent > limit:
+                    reason = f"no heartbeat for {silent:.1f} s"
+                    worker.channel.drop(reason)
+                    self.remove_worker(worker, reason)
+                else:
+                    worker.channel.heartbeat()
+            except Exception:
+                self.log.failure("bug in the heartbeat round for {name}", name=worker.name)
 
     def _prune(self) -> None:
-        pruned = self._store.prune(self._clock.seconds() - self.policy.result_ttl)
-        if pruned:
+        """A pruning round (unless the last one is still going, a batch per turn)."""
+        if self._prune_call is None:
+            self._prune_batch(self._clock.seconds() - self.policy.result_ttl, 0)
+
+    def _prune_batch(self, before: float, pruned: int) -> None:
+        """
+        Forget a batch of old outcomes, and the next batch next turn.  A
+        failure ends this round only: it is logged, and the next round runs.
+        """
+        self._prune_call = None
+        try:
+            count = self._store.prune(before, PRUNE_BATCH)
+        except StoreUnavailable as e:
+            self.log.warn(
+                "pruning failed after {count} outcomes: {reason}; the next round tries again",
+                count=pruned,
+                reason=e.reason,
+            )
+            return
+        except Exception:
+            self.log.failure("bug while pruning; the next round tries again")
+            return
+        pruned += count
+        if count >= PRUNE_BATCH and not self._stopping:
+            self._prune_call = self._clock.callLater(0, self._prune_batch, before, pruned)
+        elif pruned:
             self.log.info("pruned {count} outcomes older than the retention time", count=pruned)
 
 

@@ -33,7 +33,7 @@ from zope.interface import implementer
 
 from taskmesh import wire
 from taskmesh.core.scheduler import IWorkerChannel, Job, Scheduler, WorkerState
-from taskmesh.errors import TaskCancelled, TaskFailed
+from taskmesh.errors import StoreUnavailable, TaskCancelled, TaskFailed
 from taskmesh.net.auth import AuthenticationFailed, RoleSecrets, SchedulerHandshake
 from taskmesh.net.frames import PartialFrameBudget
 from taskmesh.net.framing import DEFAULT_FRAME_BUDGET, ConnectionLimits, FramedProtocol, PeerMisbehaved
@@ -133,7 +133,10 @@ class SchedulerProtocol(FramedProtocol):
                 self._submit(submissions)
             case wire.Query(records=queries):
                 self._count_queries(len(queries))
-                self.core.after_commit(self._answer, queries)
+                if self.core.store_error is None:
+                    self.core.after_commit(self._answer, queries)
+                else:  # the store cannot commit: answer from what is durable, now
+                    self._answer(queries)
             case wire.Cancel(records=task_ids):
                 self._cancel(task_ids)
             case wire.StatusRequest():
@@ -239,14 +242,18 @@ class SchedulerProtocol(FramedProtocol):
             if not task_type:
                 answers.append((request, "the task type is empty"))
                 continue
-            task_id, duplicate = core.submit(task_type, payload, options)
+            try:
+                task_id, duplicate = core.submit(task_type, payload, options)
+            except StoreUnavailable as e:
+                answers.append((request, str(e)))
+                continue
             if duplicate:
                 flags = wire.ACCEPTED_DUPLICATE
             else:
                 flags = 0 if core.has_worker_for(task_type) else wire.ACCEPTED_NO_WORKER
             answers.append((request, task_id, flags, options.no_result))
         if answers:
-            core.after_commit(self._acknowledge, answers)
+            core.after_commit_or_refuse(self._acknowledge, self._refuse, answers)
         if self.factory.clients_paused:
             # Flow control: this connection submits while the queue is at its
             # bound; stop reading it until there is room.  Other connections
@@ -266,6 +273,10 @@ class SchedulerProtocol(FramedProtocol):
             queue(wire.Accepted, (request, task_id, flags), 0)
             if not no_result:
                 watch(self, task_id)
+
+    def _refuse(self, reason: str, answers: list[tuple[Any, ...]]) -> None:
+        """The store could not make these submissions durable: refuse them all, in order."""
+        self._acknowledge([(answer[0], reason) if len(answer) == 4 else answer for answer in answers])
 
     def _answer(self, records: list[wire.QueryRecord]) -> None:
         """
@@ -478,7 +489,13 @@ class ResultWatchers:
         Send ``protocol`` this task's outcome when it has one; if it already
         has one (or is unknown), send it now and return False.
         """
-        found = self._core.watch(task_id)
+        try:
+            found = self._core.watch(task_id)
+        except StoreUnavailable as e:
+            # The store cannot even be read: drop the connection with the
+            # reason; a client waiting by id reconnects and asks again.
+            protocol.fail(wire.ERROR_INTERNAL, str(e))
+            return False
         if isinstance(found, Deferred):
             waiting = self._waiting.get(task_id)
             if waiting is None:
@@ -515,11 +532,11 @@ class ResultWatchers:
         waiting = self._waiting.pop(task_id, None)
         if waiting is None:
             return
-        if isinstance(waiting, set):
-            for protocol in waiting:
+        for protocol in waiting if isinstance(waiting, set) else (waiting,):
+            try:
                 protocol.outcome(task_id, status, value)
-        else:
-            waiting.outcome(task_id, status, value)
+            except Exception:  # a bug for one connection must not keep the others from their answer
+                self.log.failure("bug while sending the outcome of task {task_id}", task_id=task_id)
 
     def _succeeded(self, value: bytes, task_id: int) -> bytes:
         self._deliver(task_id, wire.STATUS_OK, value)

@@ -9,6 +9,15 @@ anything: group commit, so durability costs one commit per turn rather than
 one per task.  Which tasks are running is deliberately not stored: after a
 restart every unfinished task is queued again (at-least-once).
 
+When the store cannot write (disk full, locked by another process, file
+made read-only), ``commit()`` raises ``taskmesh.errors.StoreUnavailable``
+and **keeps every buffered write**: the next ``commit()`` tries them all
+again, in their order, together with whatever was written since.  The core
+then holds back the acknowledgements and results of those writes and
+retries; if it gives up on some submissions it refuses them and takes
+their writes back with ``discard()``.  No store call may wait on a lock:
+the core runs on the reactor thread and retries on a timer instead.
+
 ``taskmesh.store.memory.MemoryStore`` keeps everything in this process
 (nothing survives a restart); ``taskmesh.store.sqlite.SqliteStore`` is the
 embedded default.
@@ -16,7 +25,7 @@ embedded default.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -84,20 +93,41 @@ class ITaskStore(Interface):
     def finish(task_id: int, state: State, value: bytes, finished_at: float) -> None:
         """Record a task's outcome (durable at the next commit)."""
 
-    def commit() -> None:
-        """Make every write since the last commit durable, at once."""
+    def commit() -> bool:
+        """
+        Make every write since the last successful commit durable, at once,
+        and return True; or, for a backlog too large to write without holding
+        the reactor, make its oldest part durable and return False (call
+        again: nothing may be acknowledged until it returns True); or raise
+        ``StoreUnavailable`` (at once, never waiting on a lock) and keep every
+        write not yet durable, in order, for the next commit.
+        """
+
+    def discard(task_ids: Collection[int]) -> None:
+        """
+        Take back the uncommitted writes of these tasks (their submissions
+        were refused, so they must never become durable).  Ids stay used.
+        """
 
     def unfinished() -> Iterator[StoredTask]:
         """Every task without an outcome, oldest first."""
 
     def outcome(task_id: int) -> Outcome | None:
-        """A finished task's outcome, or None (unfinished, unknown or pruned)."""
+        """
+        A finished task's durable outcome, or None (unfinished, unknown or
+        pruned).  Reads may raise ``StoreUnavailable``.
+        """
 
     def task_for_key(key: str) -> int | None:
         """The id of the task submitted with this deduplication key, if any."""
 
-    def prune(finished_before: float) -> int:
-        """Forget outcomes finished before this time; return how many."""
+    def prune(finished_before: float, limit: int) -> int:
+        """
+        Forget at most ``limit`` outcomes finished before this time; return
+        how many (the core calls again, next turn, while it gets ``limit``,
+        so a large backlog never holds the reactor).  May raise
+        ``StoreUnavailable``; buffered writes are not affected.
+        """
 
     def close() -> None:
-        """Commit and release the storage."""
+        """Commit what can be committed, and release the storage (and its lock)."""

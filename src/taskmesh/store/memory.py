@@ -8,7 +8,7 @@ remember outcomes and deduplication keys beyond them, for retrieval by id.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 from zope.interface import implementer
@@ -55,8 +55,17 @@ class MemoryStore:
     def finish(self, task_id: int, state: State, value: bytes, finished_at: float) -> None:
         self._outcomes[task_id] = Outcome(state, value, finished_at)
 
-    def commit(self) -> None:
-        """Nothing to do: every write is already as durable as it will be."""
+    def commit(self) -> bool:
+        """Nothing to do: every write is already as durable as it will be (so it never fails)."""
+        return True
+
+    def discard(self, task_ids: Collection[int]) -> None:
+        """Forget these tasks' keys and outcomes (never needed: commits never fail here)."""
+        for task_id in task_ids:
+            self._outcomes.pop(task_id, None)
+            key = self._key_of.pop(task_id, None)
+            if key is not None and self._keys.get(key) == task_id:
+                del self._keys[key]
 
     def unfinished(self) -> Iterator[StoredTask]:
         """Always empty: nothing outlives the process that held it."""
@@ -68,8 +77,13 @@ class MemoryStore:
     def task_for_key(self, key: str) -> int | None:
         return self._keys.get(key)
 
-    def prune(self, finished_before: float) -> int:
-        old = [task_id for task_id, o in self._outcomes.items() if o.finished_at < finished_before]
+    def prune(self, finished_before: float, limit: int) -> int:
+        old = []
+        for task_id, outcome in self._outcomes.items():
+            if outcome.finished_at < finished_before:
+                old.append(task_id)
+                if len(old) >= limit:
+                    break
         for task_id in old:
             del self._outcomes[task_id]
             key = self._key_of.pop(task_id, None)

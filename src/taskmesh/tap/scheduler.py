@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import resource
-import sqlite3
 from pathlib import Path
 
 from twisted.application.service import IService
@@ -11,6 +11,7 @@ from twisted.python import usage
 
 from taskmesh import wire
 from taskmesh.core.scheduler import Policy, Scheduler
+from taskmesh.errors import StoreUnavailable
 from taskmesh.net.auth import RoleSecrets
 from taskmesh.net.credentials import SECRET_VARIABLE, SecretError, read_secret_file, scheduler_secret
 from taskmesh.net.framing import (
@@ -24,7 +25,7 @@ from taskmesh.net.scheduler_protocol import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX
 from taskmesh.net.tls import ServerTLS
 from taskmesh.service import SchedulerService
 from taskmesh.store import ITaskStore, MemoryStore, time_based_first_id
-from taskmesh.store.sqlite import SYNC_MODES, SqliteStore
+from taskmesh.store.sqlite import MAX_PAGES_VARIABLE, SYNC_MODES, SqliteStore
 from taskmesh.tap import non_negative_float, positive_float, positive_int, release_default_pidfile
 
 DEFAULT_LISTEN = "tcp:9001"
@@ -61,8 +62,10 @@ class Options(usage.Options):
             "sync",
             None,
             "normal",
-            "SQLite durability: 'normal' survives the scheduler being killed, "
-            "'full' also a power loss (an fsync per commit), 'off' neither.",
+            "When SQLite acknowledges a commit. 'normal': once the OS has the write: "
+            "survives the scheduler being killed; a power loss may lose the last "
+            "commits. 'off': the same, but a power loss may also corrupt the file. "
+            "Only 'full' means on disk (an fsync per commit): survives a power loss.",
         ],
         ["name", None, "taskmesh-scheduler", "Name announced to clients and workers."],
         ["prefetch", None, _DEFAULTS.prefetch, "Tasks a worker may hold beyond its slots.", int],
@@ -122,6 +125,22 @@ class Options(usage.Options):
             "Queued tasks beyond which a connection that submits is paused until "
             "the queue is below 90% of it (other connections are still served).",
             positive_int,
+        ],
+        [
+            "store-grace",
+            None,
+            _DEFAULTS.store_grace,
+            "Seconds a submission waits for a store that cannot commit (disk full, "
+            "locked) before it is refused with the reason; held-back results are "
+            "never dropped.",
+            non_negative_float,
+        ],
+        [
+            "store-retry-max-delay",
+            None,
+            _DEFAULTS.store_retry_max_delay,
+            "Longest pause between attempts to commit to a store that failed, in seconds.",
+            positive_float,
         ],
         [
             "max-frame",
@@ -231,6 +250,9 @@ class Options(usage.Options):
                 heartbeat_tolerance=self["heartbeat-tolerance"],
                 result_ttl=self["result-ttl"],
                 max_queued=self["max-queued"],
+                store_grace=self["store-grace"],
+                store_retry_delay=min(_DEFAULTS.store_retry_delay, self["store-retry-max-delay"]),
+                store_retry_max_delay=self["store-retry-max-delay"],
             )
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
@@ -251,12 +273,15 @@ class Options(usage.Options):
 
 
 def open_store(path: str, sync: str) -> ITaskStore:
+    """The store, or exit with one line saying why not (read-only, in use by another scheduler)."""
     if path == "memory":
         return MemoryStore(first_id=time_based_first_id())
+    # For tests only (undocumented for users): a genuine SQLITE_FULL without filling a disk.
+    max_pages = os.environ.get(MAX_PAGES_VARIABLE)
     try:
-        return SqliteStore(path, synchronous=sync)
-    except (sqlite3.Error, RuntimeError) as e:
-        raise SystemExit(f"taskmesh-scheduler: cannot open the store {path}: {e}") from None
+        return SqliteStore(path, synchronous=sync, max_pages=int(max_pages) if max_pages else None)
+    except StoreUnavailable as e:
+        raise SystemExit(f"taskmesh-scheduler: cannot open the store {path}: {e.reason}") from None
 
 
 def makeService(options: Options) -> IService:
