@@ -5,6 +5,7 @@ every kind of bad input dropping only the offending connection.
 
 from __future__ import annotations
 
+import json
 import struct
 
 import pytest
@@ -688,3 +689,35 @@ def test_a_task_function_s_map_in_memory() -> None:
     assert [(index, ok) for index, ok, _ in written] == [(0, True), (1, False), (2, True)]
     assert "too many" in str(written[1][2])  # that item failed alone, unsent
     assert summary.failed == 1  # type: ignore[attr-defined]
+
+
+# -- what the independent implementation of docs/protocol.md found (issue 18) ----
+
+
+def test_paused_submitters_resume_when_the_queue_drains_by_cancels() -> None:
+    clock = Clock()
+    core = Scheduler(clock, policy=Policy(prefetch=0, max_queued=3))
+    changes: list[bool] = []
+    core.on_queue_full = changes.append
+    ids = [core.submit("nobody-runs-it", b"x")[0] for _ in range(4)]
+    assert changes == [True]
+    for task_id in ids:
+        core.cancel(task_id)
+    assert changes == [True, False]
+
+
+def test_the_status_report_fits_the_announced_frame_limit() -> None:
+    rig = Rig(max_frame=400, max_payload=100)
+    client, transport = rig.client()
+    for n in range(12):  # one frame each: twelve would not fit in 400 bytes
+        record = (n, f"type-{n}-with-a-long-name", b"x", wire.DEFAULT_OPTIONS)
+        client.dataReceived(frame(wire.Submit([record])))
+    rig.received(transport)
+    client.dataReceived(frame(wire.StatusRequest()))
+    data = transport.value()
+    (length,) = struct.unpack(">I", data[:4])
+    assert length <= 400
+    (report,) = frames(data)
+    status = json.loads(report.json)
+    assert status["truncated"]["waiting_by_type"] == 12
+    assert len(status.get("waiting_by_type", {})) < 12 and status["tasks"]["queued"] == 12

@@ -385,10 +385,10 @@ def describe_status(report: dict[str, Any]) -> str:
         total = running["total"]
         amount = f"{running['done']:g}" + (f"/{total:g}" if total else "")
         lines.append(f"  task {running['id']} ({running['type']}) at {amount} {running['note']}".rstrip())
-    for task_type, waiting in report["waiting_by_type"].items():
+    for task_type, waiting in report.get("waiting_by_type", {}).items():
         why = " (no connected worker runs this type)" if waiting["no_worker_runs_it"] else ""
         lines.append(f"  {waiting['queued']} {task_type} queued{why}")
-    workers = report["workers"]
+    workers = report.get("workers", [])
     lines.append(f"workers: {len(workers)}")
     if workers:
         lines.append(f"  {'name':<40} {'slots':>5} {'running':>7}  types")
@@ -407,6 +407,11 @@ def describe_status(report: dict[str, Any]) -> str:
     store = report.get("store")
     if store is not None:
         lines.append(describe_store(store))
+    if report.get("truncated"):
+        cut = ", ".join(
+            f"{name} ({count} entries)" if count >= 0 else name for name, count in report["truncated"].items()
+        )
+        lines.append(f"(cut to fit the scheduler's frame limit: {cut})")
     return "\n".join(lines)
 
 

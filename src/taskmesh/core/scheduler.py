@@ -460,6 +460,9 @@ class Scheduler:
         self._finish(task, State.CANCELLED, reason.encode("utf-8"))
         if worker is not None:
             self._fill(worker)
+        else:
+            # The queue may drain by cancels alone: paused submitters resume then too.
+            self._resume_if_room()
         return True
 
     def has_worker_for(self, task_type: str) -> bool:
@@ -923,7 +926,11 @@ class Scheduler:
                     self._lease_group(task, sizer.size, worker)
                     continue
             self._lease(task, worker)
-        if self._paused and len(queue) < self.policy.max_queued * 0.9:
+        self._resume_if_room()
+
+    def _resume_if_room(self) -> None:
+        """Submitters paused at the queue's bound resume once it is below 90 % of it."""
+        if self._paused and len(self._queue) < self.policy.max_queued * 0.9:
             self._paused = False
             self.log.info("queue has room again: resuming submitters")
             self.on_queue_full(False)

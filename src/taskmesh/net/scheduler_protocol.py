@@ -140,7 +140,7 @@ class SchedulerProtocol(FramedProtocol):
             case wire.Cancel(records=task_ids):
                 self._cancel(task_ids)
             case wire.StatusRequest():
-                self.send(wire.StatusReport(json.dumps(self.core.stats())))
+                self.send(wire.StatusReport(status_report(self.core.stats(), self.send_limit)))
             case wire.JobItems():
                 self._job_items(message)
             case wire.JobSubmit():
@@ -459,6 +459,42 @@ class SchedulerProtocol(FramedProtocol):
             for job in self.jobs.values():
                 self.core.close_job(job)
             self.jobs.clear()
+
+
+#: Lists of a status report dropped, in this order, until it fits a frame.
+_TRIMMABLE = ("progress", "jobs", "waiting_by_type", "workers")
+
+
+def status_report(stats: dict[str, Any], max_frame: int) -> str:
+    """
+    The status as JSON within the peer's frame limit: the longest lists are
+    cut (from the end) until it fits, and ``"truncated"`` names the lists
+    that were, with how many entries each had; if even that is too large,
+    only the task counts are kept and the other fields are named with -1.
+    """
+    text = json.dumps(stats)
+    budget = max_frame - wire.FRAME_OVERHEAD - 4 - 64  # kind, length, and room for "truncated"
+    if len(text.encode("utf-8")) <= budget:
+        return text
+    stats = dict(stats)
+    truncated: dict[str, int] = {}
+    for name in _TRIMMABLE:
+        entries = stats.get(name)
+        if not entries:
+            continue
+        truncated[name] = len(entries)
+        items = list(entries.items()) if isinstance(entries, dict) else list(entries)
+        while items:
+            items = items[: len(items) // 2]
+            stats[name] = dict(items) if isinstance(entries, dict) else items
+            stats["truncated"] = truncated
+            text = json.dumps(stats)
+            if len(text.encode("utf-8")) <= budget:
+                return text
+    # Still too large for a tiny limit: keep the task counts, name what was left out.
+    left_out = [name for name in stats if name not in ("tasks", "truncated")]
+    truncated.update({name: -1 for name in left_out if name not in truncated})
+    return json.dumps({"tasks": stats.get("tasks", {}), "truncated": truncated})
 
 
 class LimitPassed(PeerMisbehaved):
