@@ -242,6 +242,11 @@ class WorkerService(MultiService):
     def stopService(self) -> Deferred[None]:
         if self._retry_call is not None and self._retry_call.active():
             self._retry_call.cancel()
+        current = self.factory.current
+        if current is not None:
+            # Our own close first: it stops being the transport's producer,
+            # without which a TLS connection would never start its shutdown.
+            current.close()
         stopping = maybeDeferred(super().stopService)
         stopping.addBoth(self._stop_pools)
         return stopping

@@ -413,8 +413,7 @@ class Client:
         protocol = self._protocol
         if not protocol.closing:
             protocol.flush()
-            protocol.closing = True
-            protocol.transport.loseConnection()
+            protocol.close()
         return protocol.lost
 
 

@@ -101,6 +101,7 @@ class Transport(Protocol):
     def pauseProducing(self) -> None: ...
     def resumeProducing(self) -> None: ...
     def registerProducer(self, producer: object, streaming: bool) -> None: ...
+    def unregisterProducer(self) -> None: ...
 
 
 def describe_address(address: IAddress) -> str:
@@ -160,6 +161,8 @@ class FramedProtocol(Int32StringReceiver):
         self._queued = 0
         self._peer_full = False
         self._unsent = 0
+        #: Whether we are the transport's producer (from the end of the handshake).
+        self._registered = False
 
     # -- connection ----------------------------------------------------------
 
@@ -187,6 +190,7 @@ class FramedProtocol(Int32StringReceiver):
                 self._handshake_call.cancel()
             self._handshake_call = None
         self.transport.registerProducer(self, True)
+        self._registered = True
 
     def set_max_frame(self, max_frame: int) -> None:
         """Both directions follow the limit the scheduler announced (within our own)."""
@@ -443,6 +447,10 @@ class FramedProtocol(Int32StringReceiver):
         if self._peer_full:
             self.transport.abortConnection()
             return
+        if self._registered:
+            # A TLS transport will not start its shutdown while a producer is registered.
+            self._registered = False
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
         if self._abort_call is None:
             self._abort_call = self.clock.callLater(self.limits.close_grace, self._abort)

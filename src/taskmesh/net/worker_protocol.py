@@ -84,8 +84,7 @@ class WorkerProtocol(PeerProtocol):
                 self.log.error(
                     "scheduler {peer} dropped us: {message}", peer=self.peer, message=message.message
                 )
-                self.closing = True
-                self.transport.loseConnection()
+                self.close()
             case _:
                 raise PeerMisbehaved(f"a worker does not expect {type(message).__name__} now")
 
@@ -131,8 +130,7 @@ class WorkerProtocol(PeerProtocol):
         self.log.critical(
             "scheduler {peer} refused this worker: {reason}; giving up", peer=self.peer, reason=reason
         )
-        self.closing = True
-        self.transport.loseConnection()
+        self.close()
         self.factory.refused(reason)
 
     def _report(self, task_id: int, status: int, value: bytes) -> None:
