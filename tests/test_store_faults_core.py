@@ -8,13 +8,12 @@ restart, one log line per episode; and the protocol's side of it in memory.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from handshakes import SECRETS, shake
+from handshakes import SECRETS, frame, frames, shake
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, globalLogPublisher
@@ -349,20 +348,6 @@ def test_stop_during_an_outage_says_what_was_never_acknowledged(
 
 
 # -- the protocol's side, in memory ---------------------------------------------
-
-
-def frame(message: wire.Message) -> bytes:
-    body = wire.encode(message)
-    return struct.pack(">I", len(body)) + body
-
-
-def frames(data: bytes) -> list[wire.Message]:
-    messages = []
-    while data:
-        (length,) = struct.unpack(">I", data[:4])
-        messages.append(wire.decode(data[4 : 4 + length]))
-        data = data[4 + length :]
-    return messages
 
 
 def test_a_client_is_refused_with_the_reason_answered_while_degraded_and_told_the_health(

@@ -357,10 +357,6 @@ class FramedProtocol(Int32StringReceiver):
         if self.closing:
             return
         size += wire.RECORD_OVERHEAD
-        self._queued += size
-        if self._queued + self._unsent > self.limits.max_unsent:
-            self._overflow()
-            return
         segments = self._segments
         if not segments:
             self._flush_call = self.clock.callLater(0, self.flush)
@@ -369,6 +365,12 @@ class FramedProtocol(Int32StringReceiver):
             if last[0] is message_class and last[2] + size <= self.send_limit:
                 last[1].append(record)
                 last[2] += size
+                return
+            # Counted a segment at a time (each at most a frame), not a record at a time:
+            # the bound may be passed by one frame, which max_unsent (at least two) allows.
+            self._queued += last[2]
+            if self._queued + self._unsent > self.limits.max_unsent:
+                self._overflow()
                 return
         segments.append([message_class, [record], wire.FRAME_OVERHEAD + size])
 

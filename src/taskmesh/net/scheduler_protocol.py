@@ -298,8 +298,9 @@ class SchedulerProtocol(FramedProtocol):
             if state is None or wait:
                 if watch(self, task_id):
                     self._queried.add(task_id)
-                else:
+                else:  # answered now, from the store
                     answered.add(task_id)
+                    self._answered_this_turn(task_id)
             else:
                 answered.add(task_id)
                 progress = self.core.progress_of(task_id)
@@ -310,11 +311,16 @@ class SchedulerProtocol(FramedProtocol):
     def outcome(self, task_id: int, status: int, value: bytes) -> None:
         """A task has its outcome (from ResultWatchers): one record for every wait on it."""
         self.watching.discard(task_id)
-        self._queried.discard(task_id)
+        if self._queried and task_id in self._queried:
+            self._queried.discard(task_id)
+            self._answered_this_turn(task_id)
+        self.queue(wire.Results, (task_id, status, value), len(value))
+
+    def _answered_this_turn(self, task_id: int) -> None:
+        """A final record for this task is queued: later queries this turn need no other."""
         if not self._outcomes_queued:
             self.clock.callLater(0, self._outcomes_queued.clear)
         self._outcomes_queued.add(task_id)
-        self._send_result(task_id, status, value)
 
     def _cancel(self, task_ids: list[int]) -> None:
         self._count_queries(len(task_ids))
@@ -568,14 +574,29 @@ class ResultWatchers:
         waiting = self._waiting.pop(task_id, None)
         if waiting is None:
             return
-        for protocol in waiting if isinstance(waiting, set) else (waiting,):
+        try:
+            if not isinstance(waiting, set):
+                waiting.outcome(task_id, status, value)
+                return
+        except Exception:
+            self.log.failure("bug while sending the outcome of task {task_id}", task_id=task_id)
+            return
+        for protocol in waiting:
             try:
                 protocol.outcome(task_id, status, value)
             except Exception:  # a bug for one connection must not keep the others from their answer
                 self.log.failure("bug while sending the outcome of task {task_id}", task_id=task_id)
 
     def _succeeded(self, value: bytes, task_id: int) -> bytes:
-        self._deliver(task_id, wire.STATUS_OK, value)
+        waiting = self._waiting.pop(task_id, None)
+        if waiting is not None and not isinstance(waiting, set):  # the usual case, inline
+            try:
+                waiting.outcome(task_id, wire.STATUS_OK, value)
+            except Exception:
+                self.log.failure("bug while sending the outcome of task {task_id}", task_id=task_id)
+        elif waiting is not None:
+            self._waiting[task_id] = waiting
+            self._deliver(task_id, wire.STATUS_OK, value)
         return value  # others may watch the same task
 
     def _failed(self, failure: Failure, task_id: int) -> Failure:
