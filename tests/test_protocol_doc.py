@@ -97,3 +97,17 @@ def test_the_worker_hello_of_the_example() -> None:
         role=wire.ROLE_WORKER, name="demo-worker", slots=1, task_types=("sha256",), nonce=PEER_NONCE
     )
     assert body_of(documented_frame("#### A. Worker → scheduler: Hello")) == wire.encode(hello)
+
+
+def test_every_frame_of_the_document_decodes() -> None:
+    """Each "bytes on the wire" dump is one whole frame that decodes, and says its own size."""
+    dumps = re.findall(
+        r"(\d+) bytes on the wire \(4-byte length prefix \+ (\d+)-byte body\), "
+        r"as one hex string:\n\n```\n([0-9a-f]+)\n```",
+        DOC,
+    )
+    assert len(dumps) > 30
+    for total, body_size, text in dumps:
+        frame = bytes.fromhex(text)
+        assert len(frame) == int(total) and len(body_of(frame)) == int(body_size), text
+        wire.decode(body_of(frame))
