@@ -299,3 +299,13 @@ def test_a_secret_file_others_can_read_is_refused(tmp_path: Path) -> None:
 def test_a_short_secret_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SecretError, match="shorter than 16"):
         peer_secret(None, {"TASKMESH_SECRET": "short"})
+
+
+def test_an_explicit_secret_file_wins_over_the_variable(tmp_path: Path) -> None:
+    path = tmp_path / "given"
+    path.write_text("the secret in the file given\n")
+    path.chmod(0o600)
+    environ = {"XDG_CONFIG_HOME": str(tmp_path), "TASKMESH_SECRET": "the secret in the environment"}
+    assert peer_secret(str(path), environ) == b"the secret in the file given"
+    assert scheduler_secret(str(path), environ) == b"the secret in the file given"
+    assert peer_secret(None, environ) == b"the secret in the environment"

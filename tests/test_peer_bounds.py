@@ -408,3 +408,24 @@ def test_late_results_from_a_worker_cost_one_log_line_per_interval() -> None:
 def test_limits_are_checked(field: str) -> None:
     with pytest.raises(ValueError, match=field):
         ConnectionLimits(**{field: 0})  # type: ignore[arg-type]
+
+
+def test_a_paused_submitter_is_slowed_not_dropped_as_silent() -> None:
+    rig = Rig(limits=ConnectionLimits(handshake_timeout=None))
+    rig.factory.startFactory()
+    client, transport = rig.client()
+    rig.factory.pause(client)  # the queue is at its bound: its heartbeats wait unread
+    for _ in range(10):
+        rig.clock.advance(2.0)
+    assert not transport.disconnecting
+    assert wire.Heartbeat() in rig.received(transport)
+    rig.factory._queue_full(False)
+    for _ in range(4):
+        rig.clock.advance(2.0)
+    assert transport.disconnecting  # silent once it is read again
+    rig.factory.stopFactory()
+
+
+def test_a_prefetch_the_welcome_cannot_carry_is_refused() -> None:
+    with pytest.raises(ValueError, match="prefetch"):
+        Policy(prefetch=0x10000)

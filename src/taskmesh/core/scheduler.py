@@ -114,7 +114,8 @@ class Policy:
 
     def __post_init__(self) -> None:
         checks = {
-            "prefetch": self.prefetch >= 0,
+            # The welcome carries it as a u16.
+            "prefetch": 0 <= self.prefetch <= 0xFFFF,
             "max_losses": self.max_losses >= 1,
             "max_attempts": self.max_attempts >= 1,
             "retry_delay": self.retry_delay >= 0,

@@ -5,9 +5,9 @@ On first start a scheduler creates a random secret in a per-user file
 (``$XDG_CONFIG_HOME/taskmesh/secret``, else ``~/.config/taskmesh/secret``;
 mode 0600, like Erlang's cookie); workers and clients of the same user on the
 same machine read it by default.  Elsewhere a secret is given with
-``--secret-file PATH`` or the ``TASKMESH_SECRET`` environment variable (the
-variable wins).  A secret file that others may read is refused, as ssh
-refuses such a key.
+``--secret-file PATH`` or the ``TASKMESH_SECRET`` environment variable (an
+explicit file wins over the variable, which wins over the default file).  A
+secret file that others may read is refused, as ssh refuses such a key.
 """
 
 from __future__ import annotations
@@ -58,16 +58,18 @@ def read_secret_file(path: Path) -> bytes:
 
 def peer_secret(secret_file: str | None = None, environ: Mapping[str, str] = os.environ) -> bytes:
     """
-    A worker's or client's secret: ``TASKMESH_SECRET``, else the file given,
+    A worker's or client's secret: the file given, else ``TASKMESH_SECRET``,
     else the scheduler's default file of this user on this machine.
     """
+    if secret_file:
+        return read_secret_file(Path(secret_file))
     if environ.get(SECRET_VARIABLE):
         return _checked(environ[SECRET_VARIABLE], SECRET_VARIABLE)
-    path = Path(secret_file) if secret_file else default_secret_path(environ)
+    path = default_secret_path(environ)
     try:
         return read_secret_file(path)
     except SecretError as e:
-        if secret_file or path.exists():
+        if path.exists():
             raise
         raise SecretError(
             f"{e}: start the scheduler once on this machine as this user (it creates one), "
@@ -77,14 +79,14 @@ def peer_secret(secret_file: str | None = None, environ: Mapping[str, str] = os.
 
 def scheduler_secret(secret_file: str | None = None, environ: Mapping[str, str] = os.environ) -> bytes:
     """
-    The scheduler's secret: ``TASKMESH_SECRET``, else the file given (which
-    must exist), else the default file, created with a new random secret if
-    it does not exist yet.
+    The scheduler's secret: the file given (which must exist), else
+    ``TASKMESH_SECRET``, else the default file, created with a new random
+    secret if it does not exist yet.
     """
-    if environ.get(SECRET_VARIABLE):
-        return _checked(environ[SECRET_VARIABLE], SECRET_VARIABLE)
     if secret_file:
         return read_secret_file(Path(secret_file))
+    if environ.get(SECRET_VARIABLE):
+        return _checked(environ[SECRET_VARIABLE], SECRET_VARIABLE)
     path = default_secret_path(environ)
     if not path.exists():
         create_secret_file(path)

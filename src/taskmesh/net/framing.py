@@ -255,6 +255,10 @@ class FramedProtocol(Int32StringReceiver):
             self.transport.pauseProducing()
         self._read_pauses.add(reason)
 
+    @property
+    def reading_paused(self) -> bool:
+        return bool(self._read_pauses)
+
     def resume_reading(self, reason: str) -> None:
         if reason in self._read_pauses:
             self._read_pauses.discard(reason)

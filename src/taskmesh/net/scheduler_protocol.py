@@ -709,6 +709,12 @@ class SchedulerFactory(Factory):
         for protocol in list(self.connections):
             if protocol.role != wire.ROLE_CLIENT or protocol.closing:
                 continue
+            if protocol.reading_paused:
+                # We stopped reading it (flow control, or it does not read):
+                # its heartbeats wait unread, so its silence says nothing.
+                protocol.last_heard = now
+                protocol.send(wire.Heartbeat())
+                continue
             silent = now - protocol.last_heard
             if silent > limit:
                 protocol.fail(wire.ERROR_SILENT, f"no heartbeat for {silent:.1f} s")

@@ -12,7 +12,8 @@ Workers and clients connect with a ``tls:`` endpoint string, or with
 The host name is checked against the scheduler's certificate.
 
 ``make_test_certificates`` writes a throwaway CA and certificates for a test
-mesh (``taskmesh certs``): not for production, where a real CA signs them.
+mesh (see the README's Security section): not for production, where a real
+CA signs them.
 """
 
 from __future__ import annotations

@@ -101,7 +101,7 @@ class Options(usage.Options):
             "heartbeat",
             None,
             _DEFAULTS.heartbeat_interval,
-            "Seconds between heartbeats with each worker.",
+            "Seconds between heartbeats with each worker and client.",
             positive_float,
         ],
         [
@@ -161,7 +161,7 @@ class Options(usage.Options):
             "handshake-timeout",
             None,
             DEFAULT_HANDSHAKE_TIMEOUT,
-            "Seconds a new connection has to send its hello; then it is closed.",
+            "Seconds a new connection has to finish its handshake (hello to proof); then it is closed.",
             positive_float,
         ],
         [
