@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from taskmesh import wire
-from taskmesh.codec import task_failed
+from taskmesh.codec import decode_result, task_failed
 from taskmesh.errors import (
     AuthenticationFailed,
     SchedulerGone,
@@ -90,6 +90,24 @@ def outcome_error(task_id: int, status: int, value: bytes) -> Exception:
         done, total, note = progress
         return TaskPending(task_id, state, TaskProgress(done, total or None, note))
     return TaskUnknown(f"task {task_id}: {value.decode('utf-8', 'replace')}")
+
+
+def cancelled_state(task_id: int, status: int, value: bytes) -> str:
+    """A cancel's answer as the task's state afterwards; TaskUnknown for no such task."""
+    if status == wire.STATUS_UNKNOWN:
+        raise outcome_error(task_id, status, value)
+    return {
+        wire.STATUS_OK: "succeeded",
+        wire.STATUS_FAILED: "failed",
+        wire.STATUS_CANCELLED: "cancelled",
+    }.get(status) or value.decode("utf-8", "replace")
+
+
+def result_value(task_id: int, status: int, value: bytes, json: bool) -> Any:
+    """A query's answer as what ``result`` returns: the value, or the outcome's error raised."""
+    if status == wire.STATUS_OK:
+        return decode_result(value) if json else value
+    raise outcome_error(task_id, status, value)
 
 
 #: Turns a result's bytes into what a submitter's answer fires with (JSON, for a task function).
