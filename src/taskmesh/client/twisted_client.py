@@ -37,10 +37,11 @@ import socket
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from taskmesh import wire
 from taskmesh.client.mapping import DEFAULT_WINDOW, ItemRefused, MapSummary, Progress, Writer, run_map
@@ -131,6 +132,13 @@ class TaskHandle(Deferred[R], Generic[R]):
         for waiting in waiters or ():
             waiting.errback(failure)
         return failure
+
+
+def _timed_out(result: Any, timeout: float) -> Any:
+    """A wait cut short raises the builtin TimeoutError, in all three clients alike."""
+    if isinstance(result, Failure) and result.check(CancelledError):
+        raise TimeoutError(f"no answer within {timeout:g} s")
+    return result
 
 
 def _resolve_reactor(reactor: Any) -> Any:
@@ -306,7 +314,7 @@ class Client:
     def _bounded(self, waiting: Deferred[Any], wait_timeout: float | None) -> Deferred[Any]:
         seconds = self.wait_timeout if wait_timeout is None else wait_timeout
         if seconds is not None:
-            waiting.addTimeout(seconds, _resolve_reactor(self._reactor))
+            waiting.addTimeout(seconds, _resolve_reactor(self._reactor), onTimeoutCancel=_timed_out)
         return waiting
 
     def _submit(
