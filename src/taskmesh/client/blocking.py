@@ -59,7 +59,7 @@ class _ReactorThread:
         from twisted.internet import reactor
 
         self.reactor: Any = reactor
-        self._calls: deque[tuple[Callable[..., Any], tuple[Any, ...], Future[Any]]] = deque()
+        self._calls: deque[tuple[Callable[..., Any], tuple[Any, ...], Future[Any] | None]] = deque()
         self._scheduled = False
         self._thread: threading.Thread | None = None
         self._stopped = False
@@ -89,14 +89,21 @@ class _ReactorThread:
         result (a Deferred's, once it fires).  Thread-safe; calls made while
         a batch is pending join it, without another wake-up.
         """
+        future: Future[Any] = Future()
+        self._post(function, args, future)
+        return future
+
+    def post(self, function: Callable[..., Any], *args: Any) -> None:
+        """``call`` for a function that reports by itself: no Future (the pipelined hot path)."""
+        self._post(function, args, None)
+
+    def _post(self, function: Callable[..., Any], args: tuple[Any, ...], future: Future[Any] | None) -> None:
         if self._stopped:
             raise RuntimeError("the taskmesh reactor thread has stopped (the interpreter is exiting)")
-        future: Future[Any] = Future()
         self._calls.append((function, args, future))
         if not self._scheduled:
             self._scheduled = True
             self.reactor.callFromThread(self._drain)
-        return future
 
     def _drain(self) -> None:
         # Cleared before taking calls: one appended from now on schedules
@@ -108,7 +115,11 @@ class _ReactorThread:
             try:
                 result = function(*args)
             except BaseException as e:
+                if future is None:
+                    raise  # a bug: post()ed functions report their own errors
                 future.set_exception(e)
+                continue
+            if future is None:
                 continue
             if isinstance(result, Deferred):
                 result.addCallbacks(_set_result, _set_failure, (future,), {}, (future,))
@@ -184,12 +195,13 @@ def _wait(future: Future[T], timeout: float | None) -> T:
 class Handle:
     """A task submitted with ``start``: its id once accepted, its result later."""
 
-    __slots__ = ("_client", "_future", "_handle")
+    __slots__ = ("_client", "_future", "twisted_handle")
 
-    def __init__(self, client: BlockingClient, handle: Future[TaskHandle[Any]], result: Future[Any]) -> None:
+    def __init__(self, client: BlockingClient, result: Future[Any]) -> None:
         self._client = client
-        self._handle = handle
         self._future = result
+        #: The Twisted client's TaskHandle, set on the reactor thread (None if the submission raised).
+        self.twisted_handle: TaskHandle[Any] | None = None
 
     def result(self, timeout: float | None = -1.0) -> Any:
         """The task's result; waits at most ``timeout`` seconds (default: the client's wait_timeout)."""
@@ -201,9 +213,14 @@ class Handle:
     @property
     def task_id(self) -> int:
         """The task's id, once the scheduler accepted it (waits for that, within the client's bound)."""
-        handle = _wait(self._handle, self._client.wait_timeout)
-        found = self._client._thread.call(handle.id)
+        # Calls run in order on the reactor thread: this one after the submission's.
+        found = self._client._thread.call(self._id)
         return int(_wait(found, self._client.wait_timeout))
+
+    def _id(self) -> Any:
+        if self.twisted_handle is None:
+            return self._future.result(0)  # raises why the submission failed
+        return self.twisted_handle.id()
 
 
 class BlockingClient:
@@ -220,21 +237,18 @@ class BlockingClient:
 
     def start(self, task: Any, /, *args: Any, **kwargs: Any) -> Handle:
         """Submit without waiting, in ``submit``'s shape; the Handle has the result later."""
-        handle: Future[TaskHandle[Any]] = Future()
-        result: Future[Any] = Future()
-        self._thread.call(self._start, handle, result, task, args, kwargs)
-        return Handle(self, handle, result)
+        handle = Handle(self, Future())
+        self._thread.post(self._start, handle, task, args, kwargs)
+        return handle
 
-    def _start(
-        self, handle: Future[TaskHandle[Any]], result: Future[Any], task: Any, args: Any, kwargs: Any
-    ) -> None:
+    def _start(self, handle: Handle, task: Any, args: Any, kwargs: Any) -> None:
+        result = handle._future
         try:
             waiting = self._client.submit(task, *args, **kwargs)
         except BaseException as e:
-            handle.set_exception(e)
             result.set_exception(e)
             return
-        handle.set_result(waiting)
+        handle.twisted_handle = waiting
         waiting.addCallbacks(_set_result, _set_failure, (result,), {}, (result,))
 
     def submit(self, task: Any, /, *args: Any, **kwargs: Any) -> Any:
