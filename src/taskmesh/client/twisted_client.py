@@ -192,7 +192,8 @@ class Client:
         reconnect: Callable[[], Deferred[ClientProtocol]] | None = None,
     ) -> None:
         self._protocol = protocol
-        self._reactor = _resolve_reactor(reactor) if (wait_timeout or reconnect) else reactor
+        # Time for timeouts and backoff: the connection's own clock unless told otherwise.
+        self._reactor = protocol.clock if reactor is None else reactor
         #: The default bound, in seconds, of every wait (None: unbounded).
         self.wait_timeout = wait_timeout
         self._reconnect = reconnect
@@ -314,7 +315,7 @@ class Client:
     def _bounded(self, waiting: Deferred[Any], wait_timeout: float | None) -> Deferred[Any]:
         seconds = self.wait_timeout if wait_timeout is None else wait_timeout
         if seconds is not None:
-            waiting.addTimeout(seconds, _resolve_reactor(self._reactor), onTimeoutCancel=_timed_out)
+            waiting.addTimeout(seconds, self._reactor, onTimeoutCancel=_timed_out)
         return waiting
 
     def _submit(
