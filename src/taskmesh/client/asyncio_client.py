@@ -66,7 +66,7 @@ from taskmesh.net.connection import (
     result_value,
 )
 from taskmesh.net.frames import FrameTooLarge
-from taskmesh.net.framing import DEFAULT_MAX_UNSENT
+from taskmesh.net.framing import CLOSE_GRACE, DEFAULT_MAX_UNSENT
 from taskmesh.net.tls import ClientTLS
 
 __all__ = ["AsyncClient", "TaskFuture", "connect"]
@@ -621,7 +621,13 @@ class AsyncClient:
         self._connected.set()
         protocol = self._protocol
         protocol.close()
-        await protocol.lost
+        try:
+            # A scheduler that does not take our last bytes is not waited for forever.
+            await asyncio.wait_for(asyncio.shield(protocol.lost), CLOSE_GRACE)
+        except TimeoutError:
+            if protocol.transport is not None:
+                protocol.transport.abort()
+            await protocol.lost
 
     @property
     def max_payload(self) -> int:
