@@ -96,7 +96,7 @@ def run_client(address: str, count: int, output: Path) -> None:
                 if refused:
                     print(f"refused {refused}", flush=True)
                 waiting = [i for i in ids if i not in results and i not in failures]
-                answers = [Deferred.fromCoroutine(client.result(ids[i])) for i in waiting]
+                answers = [client.result(ids[i]) for i in waiting]
                 for i, (ok, value) in zip(waiting, await DeferredList(answers, consumeErrors=True)):
                     if ok:
                         results[i] = value.decode()

@@ -106,9 +106,7 @@ def fuzz(mesh: Mesh, frames: int, per_connection: int, seed: int) -> tuple[int, 
 
 
 async def concurrent(reactor: object, address: str, clients: int, tasks: int) -> list[float]:
-    connected = await defer.gatherResults(
-        [defer.Deferred.fromCoroutine(Client.connect(address, reactor)) for _ in range(clients)]
-    )
+    connected = await defer.gatherResults([Client.connect(address, reactor) for _ in range(clients)])
     latencies: list[float] = []
 
     async def one(client: Client, number: int) -> None:

@@ -62,10 +62,11 @@ def test_the_worked_example_handshake_is_what_the_protocols_send(
     core = Scheduler(clock)
     factory = SchedulerFactory(core, clock, RoleSecrets.shared(SECRET))
     scheduler, scheduler_transport = factory.buildProtocol(None), StringTransport()
-    client, client_transport = ClientProtocol(clock, "demo-client", secret=SECRET), StringTransport()
     scheduler.makeConnection(scheduler_transport)
 
     monkeypatch.setattr(auth, "new_nonce", lambda: PEER_NONCE)
+    # The client's nonce is drawn when its connection core is made.
+    client, client_transport = ClientProtocol(clock, "demo-client", secret=SECRET), StringTransport()
     client.makeConnection(client_transport)
     hello = client_transport.value()
     assert hello == documented_frame("#### 1. Client → scheduler: Hello")

@@ -628,7 +628,7 @@ def test_task_functions_through_all_three_roles_in_memory() -> None:
     assert "raise KeyError" in error.traceback
 
     pending: list[object] = []
-    Deferred.fromCoroutine(client.result(slow_id[0], wait=False)).addErrback(pending.append)
+    client.result(slow_id[0], wait=False).addErrback(pending.append)
     pump()
     (failure,) = pending
     assert isinstance(failure, Failure) and failure.check(TaskPending)
@@ -642,7 +642,7 @@ def test_task_functions_through_all_three_roles_in_memory() -> None:
     gate.callback(None)
     pump()
     done: list[object] = []
-    Deferred.fromCoroutine(client.result(slow_id[0], json=True)).addBoth(done.append)
+    client.result(slow_id[0], json=True).addBoth(done.append)
     pump()
     assert done == [3]
 
@@ -671,7 +671,8 @@ def test_a_task_function_s_map_in_memory() -> None:
 
     def run(coroutine: object) -> list[object]:
         box: list[object] = []
-        Deferred.fromCoroutine(coroutine).addBoth(box.append)  # type: ignore[arg-type]
+        waiting = coroutine if isinstance(coroutine, Deferred) else Deferred.fromCoroutine(coroutine)  # type: ignore[arg-type]
+        waiting.addBoth(box.append)
         for _ in range(20):
             clock.advance(0)
             worker_pump.flush()

@@ -10,6 +10,9 @@ A scheduler queues tasks from clients and hands them to workers over TCP;
         return x + y
 
     total = await client.submit(add, 2, 3)   # 5, computed on a worker
+
+``taskmesh.connect(address)`` is the blocking client (scripts, Flask,
+Django, Jupyter); ``taskmesh.aio.connect(address)`` the asyncio one.
 """
 
 from taskmesh._version import __version__
@@ -22,6 +25,7 @@ from taskmesh.client import (
     TaskRejected,
     TaskUnknown,
 )
+from taskmesh.client.blocking import connect
 from taskmesh.context import TaskContext, current_task, report_progress
 from taskmesh.errors import Retry, TaskProgress
 from taskmesh.functions import TaskFunction, remote, task
@@ -41,6 +45,7 @@ __all__ = [
     "TaskRejected",
     "TaskUnknown",
     "__version__",
+    "connect",
     "current_task",
     "remote",
     "report_progress",

@@ -21,7 +21,7 @@ BLOCK = re.compile(r"<!-- readme-example: (?P<name>\S+) -->\n```[a-z]*\n(?P<body
 
 def examples() -> dict[str, str]:
     found = {match["name"]: match["body"] for match in BLOCK.finditer(README.read_text())}
-    assert set(found) == {"tasks.py", "commands", "add.py"}, found.keys()
+    assert {"tasks.py", "commands", "add.py"} <= set(found), found.keys()
     return found
 
 

@@ -1,9 +1,12 @@
 """
-The clients: ``Client`` is the Twisted API (every call a Deferred or a
-coroutine); maps stream items through a bounded window.
+The clients, one connection core (``taskmesh.net.connection``) under three
+faces: ``Client`` is the Twisted API (every call a Deferred; ``submit`` a
+``TaskHandle``), ``blocking`` the one for plain threads (``taskmesh.connect``),
+``asyncio_client`` the native asyncio one (``taskmesh.aio``).  Maps stream
+items through a bounded window.
 """
 
-from taskmesh.client.twisted_client import Client, MapSummary
+from taskmesh.client.twisted_client import Client, MapSummary, TaskHandle
 from taskmesh.errors import (
     SchedulerGone,
     TaskCancelled,
@@ -19,6 +22,7 @@ __all__ = [
     "SchedulerGone",
     "TaskCancelled",
     "TaskFailed",
+    "TaskHandle",
     "TaskPending",
     "TaskRejected",
     "TaskUnknown",

@@ -3,6 +3,8 @@ The Python API: connect to a scheduler, submit tasks, get Deferreds back.
 
     client = await Client.connect("localhost:9001")
     total = await client.submit(add, 2, 3)              # 5: a task function, JSON in and out
+    handle = client.submit(add, 2, 3)                   # a TaskHandle: a Deferred of the result,
+    task_id = await handle.id()                         #   which knows the task's id once accepted
     sums = await client.map(add, [(1, 2), (3, 4)])      # [3, 7], in input order
     digest = await client.submit("Hello, World!")       # b"dffd60...": a payload and a type (sha256)
     task_id = await client.enqueue(add, 2, 3)           # durable, not waited for
@@ -14,6 +16,18 @@ the task, a task function (``@taskmesh.task``) followed by *its* arguments,
 all of them; or a payload (str or bytes) followed by a task type name and
 keyword options, as before task functions.  A task function's options come
 with it: its decorator's defaults, or ``add.options(priority=5, ...)``.
+
+One rule for return types: every method returns a Deferred (``connect``
+too), so ``await`` works in Twisted coroutines and ``addCallback`` works
+anywhere.  Every wait can be bounded: ``wait_timeout=`` (seconds) on
+``result``, ``cancel``, ``status`` and ``map``, and ``connect(...,
+wait_timeout=)`` as the default for every call, ``submit`` included.  (The
+task option ``timeout=`` bounds the worker's attempt, not the caller's
+wait.)  A timed-out wait fails with TimeoutError; the task itself goes on.
+With ``connect(..., reconnect=True)`` a dropped connection is made again
+(with backoff, until ``close``) and every submission the scheduler had
+accepted is re-attached by its id: its handle fires with the result all the
+same.  A submission not yet accepted fails with SchedulerGone.
 """
 
 from __future__ import annotations
@@ -21,19 +35,31 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Coroutine, Iterable, Iterator
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import connectProtocol
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from taskmesh import wire
 from taskmesh.client.mapping import DEFAULT_WINDOW, ItemRefused, MapSummary, Progress, Writer, run_map
 from taskmesh.codec import decode_result, encode_arguments, task_failed
-from taskmesh.errors import SchedulerGone, TaskCancelled, TaskFailed, TaskPending, TaskRejected, TaskUnknown
+from taskmesh.errors import (
+    AuthenticationFailed,
+    SchedulerGone,
+    TaskCancelled,
+    TaskFailed,
+    TaskPending,
+    TaskRejected,
+    TaskUnknown,
+)
 from taskmesh.functions import TaskFunction, as_task, task_options
 from taskmesh.handlers import DEFAULT_TASK_TYPE
 from taskmesh.net.address import DEFAULT_ADDRESS, client_endpoint
 from taskmesh.net.client_protocol import ClientProtocol, outcome_error
+from taskmesh.net.connection import cancelled_state, result_value
 from taskmesh.net.credentials import peer_secret
 from taskmesh.net.tls import ClientTLS
 
@@ -43,6 +69,7 @@ __all__ = [
     "SchedulerGone",
     "TaskCancelled",
     "TaskFailed",
+    "TaskHandle",
     "TaskPending",
     "TaskRejected",
     "TaskUnknown",
@@ -51,6 +78,11 @@ __all__ = [
 
 #: How long connect() waits for the scheduler's handshake before giving up.
 DEFAULT_CONNECT_TIMEOUT = 10.0
+#: Seconds between attempts to reach a scheduler that went away (doubling up to the cap).
+RECONNECT_FIRST_DELAY = 0.1
+RECONNECT_MAX_DELAY = 2.0
+
+_log = Logger()
 
 Payload = str | bytes
 P = ParamSpec("P")
@@ -59,14 +91,122 @@ R = TypeVar("R")
 ValueWriter = Callable[[int, bool, Any], None]
 
 
+class TaskHandle(Deferred[R], Generic[R]):
+    """
+    What ``submit`` returns at once: a Deferred of the task's result that
+    also knows the task's id, once the scheduler has accepted it
+    (``task_id``, or ``id()``, a Deferred of it).  A caller that gives up
+    waiting can still ``client.cancel(handle.task_id)`` or fetch the result
+    later with ``client.result(task_id)``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: The task's id, once the scheduler has accepted it (None before).
+        self.task_id: int | None = None
+        self._id_waiters: list[Deferred[int]] | None = None
+
+    def id(self) -> Deferred[int]:
+        """The task's id, once accepted; fails as the submission does if it never is."""
+        if self.task_id is not None:
+            return succeed(self.task_id)
+        waiting: Deferred[int] = Deferred()
+        if self.called:
+            # Failed (or cancelled) before the scheduler accepted it.
+            waiting.errback(SchedulerGone("the task was never accepted"))
+            return waiting
+        if self._id_waiters is None:
+            self._id_waiters = []
+            self.addErrback(self._no_id)
+        self._id_waiters.append(waiting)
+        return waiting
+
+    def accepted(self, task_id: int) -> None:
+        self.task_id = task_id
+        waiters, self._id_waiters = self._id_waiters, None
+        for waiting in waiters or ():
+            waiting.callback(task_id)
+
+    def _no_id(self, failure: Any) -> Any:
+        waiters, self._id_waiters = self._id_waiters, None
+        for waiting in waiters or ():
+            waiting.errback(failure)
+        return failure
+
+
+def _timed_out(result: Any, timeout: float) -> Any:
+    """A wait cut short raises the builtin TimeoutError, in all three clients alike."""
+    if isinstance(result, Failure) and result.check(CancelledError):
+        raise TimeoutError(f"no answer within {timeout:g} s")
+    return result
+
+
+def _resolve_reactor(reactor: Any) -> Any:
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        return global_reactor
+    return reactor
+
+
+def _secret_bytes(secret: str | bytes | None, secret_file: str | None) -> bytes:
+    if secret is None:
+        return peer_secret(secret_file)
+    return secret.encode("utf-8") if isinstance(secret, str) else secret
+
+
+async def open_protocol(
+    reactor: Any,
+    address: str,
+    timeout: float,
+    on_no_worker: Callable[[str], None],
+    key: bytes,
+    tls: ClientTLS | None,
+) -> ClientProtocol:
+    """One connection, its handshake done within ``timeout`` seconds."""
+    protocol = ClientProtocol(
+        reactor, name=f"{socket.gethostname()}-{os.getpid()}", on_no_worker=on_no_worker, secret=key
+    )
+    connecting = connectProtocol(client_endpoint(reactor, address, tls), protocol)
+    connecting.addTimeout(timeout, reactor)
+    await connecting
+    ready = protocol.ready
+    ready.addTimeout(timeout, reactor)
+    try:
+        await ready
+    except BaseException:
+        protocol.transport.abortConnection()
+        raise
+    return protocol
+
+
 class Client:
     """A connection to a scheduler, for submitting tasks and fetching results."""
 
-    def __init__(self, protocol: ClientProtocol) -> None:
+    def __init__(
+        self,
+        protocol: ClientProtocol,
+        *,
+        reactor: Any = None,
+        wait_timeout: float | None = None,
+        reconnect: Callable[[], Deferred[ClientProtocol]] | None = None,
+    ) -> None:
         self._protocol = protocol
+        # Time for timeouts and backoff: the connection's own clock unless told otherwise.
+        self._reactor = protocol.clock if reactor is None else reactor
+        #: The default bound, in seconds, of every wait (None: unbounded).
+        self.wait_timeout = wait_timeout
+        self._reconnect = reconnect
+        self._closed = False
+        #: Waiting for the next connection (while reconnecting).
+        self._next_protocol: list[Deferred[ClientProtocol]] = []
+        #: Times the connection was made again.
+        self.reconnections = 0
+        if reconnect is not None:
+            self._watch(protocol)
 
     @classmethod
-    async def connect(
+    def connect(
         cls,
         address: str = DEFAULT_ADDRESS,
         reactor: Any = None,
@@ -76,7 +216,9 @@ class Client:
         secret: str | bytes | None = None,
         secret_file: str | None = None,
         tls: ClientTLS | None = None,
-    ) -> Client:
+        wait_timeout: float | None = None,
+        reconnect: bool = False,
+    ) -> Deferred[Client]:
         """
         Connect and shake hands.  ``address`` is ``host:port`` or an endpoint
         string.  ``on_no_worker(task_type)`` is called when a task is accepted
@@ -86,32 +228,132 @@ class Client:
         file ``secret_file``, else the one a scheduler of this user created on
         this machine; AuthenticationFailed if the scheduler refuses it or
         cannot prove it knows it.  ``tls`` connects a ``host:port`` over TLS.
-        """
-        if reactor is None:
-            from twisted.internet import reactor as global_reactor
 
-            reactor = global_reactor
-        if secret is None:
-            key = peer_secret(secret_file)
+        ``wait_timeout``: the default bound of every wait (see the module's
+        docstring).  ``reconnect``: make the connection again when it drops,
+        and re-attach accepted submissions by id.
+        """
+        reactor = _resolve_reactor(reactor)
+        key = _secret_bytes(secret, secret_file)
+
+        def again() -> Deferred[ClientProtocol]:
+            return Deferred.fromCoroutine(open_protocol(reactor, address, timeout, on_no_worker, key, tls))
+
+        async def first() -> Client:
+            protocol = await open_protocol(reactor, address, timeout, on_no_worker, key, tls)
+            return cls(
+                protocol, reactor=reactor, wait_timeout=wait_timeout, reconnect=again if reconnect else None
+            )
+
+        return Deferred.fromCoroutine(first())
+
+    # -- reconnecting ----------------------------------------------------------
+
+    def _watch(self, protocol: ClientProtocol) -> None:
+        protocol.lost.addCallback(lambda _: self._lost(protocol))
+
+    def _lost(self, protocol: ClientProtocol) -> None:
+        if self._closed or protocol is not self._protocol:
+            return
+        _log.info("connection to the scheduler lost: reconnecting")
+        Deferred.fromCoroutine(self._reconnect_loop())
+
+    async def _reconnect_loop(self) -> None:
+        assert self._reconnect is not None
+        delay = RECONNECT_FIRST_DELAY
+        while not self._closed:
+            try:
+                protocol = await self._reconnect()
+            except AuthenticationFailed as e:
+                _log.error("reconnecting: {error}; giving up", error=str(e))
+                self._closed = True
+                self._wake(None, e)
+                return
+            except Exception as e:
+                _log.debug("reconnecting: {error}", error=str(e))
+                await deferLater(self._reactor, delay, lambda: None)
+                delay = min(delay * 2, RECONNECT_MAX_DELAY)
+                continue
+            if self._closed:
+                protocol.transport.loseConnection()
+                return
+            self._protocol = protocol
+            self.reconnections += 1
+            self._watch(protocol)
+            _log.info("reconnected to the scheduler")
+            self._wake(protocol, None)
+            return
+        self._wake(None, SchedulerGone("the client was closed"))
+
+    def _wake(self, protocol: ClientProtocol | None, error: Exception | None) -> None:
+        waiting, self._next_protocol = self._next_protocol, []
+        for answer in waiting:
+            if protocol is not None:
+                answer.callback(protocol)
+            else:
+                answer.errback(error)
+
+    def _current(self) -> Deferred[ClientProtocol]:
+        """The connection now, or the next one while reconnecting."""
+        protocol = self._protocol
+        if self._reconnect is None or self._closed or not protocol.closing:
+            return succeed(protocol)
+        waiting: Deferred[ClientProtocol] = Deferred()
+        self._next_protocol.append(waiting)
+        return waiting
+
+    async def _retrying(self, request: Callable[[ClientProtocol], Deferred[Any]]) -> Any:
+        """Make a request; while reconnecting, again on the next connection (requests here are idempotent)."""
+        while True:
+            protocol = await self._current()
+            try:
+                return await request(protocol)
+            except SchedulerGone:
+                if self._reconnect is None or self._closed:
+                    raise
+
+    def _bounded(self, waiting: Deferred[Any], wait_timeout: float | None) -> Deferred[Any]:
+        seconds = self.wait_timeout if wait_timeout is None else wait_timeout
+        if seconds is not None:
+            waiting.addTimeout(seconds, self._reactor, onTimeoutCancel=_timed_out)
+        return waiting
+
+    def _submit(
+        self, task_type: str, payload: bytes, options: wire.TaskOptions, decode: Any = None
+    ) -> TaskHandle[Any]:
+        handle: TaskHandle[Any] = TaskHandle()
+        if self._reconnect is None:
+            self._protocol.submit(task_type, payload, options, decode, handle.accepted, handle)
         else:
-            key = secret.encode("utf-8") if isinstance(secret, str) else secret
-        protocol = ClientProtocol(
-            reactor, name=f"{socket.gethostname()}-{os.getpid()}", on_no_worker=on_no_worker, secret=key
-        )
-        connecting = connectProtocol(client_endpoint(reactor, address, tls), protocol)
-        connecting.addTimeout(timeout, reactor)
-        await connecting
-        ready = protocol.ready
-        ready.addTimeout(timeout, reactor)
-        try:
-            await ready
-        except BaseException:
-            protocol.transport.abortConnection()
-            raise
-        return cls(protocol)
+            inner = self._protocol.submit(task_type, payload, options, decode, handle.accepted)
+            inner.addCallbacks(handle.callback, self._reattach, errbackArgs=(handle, decode))
+        if self.wait_timeout is not None:
+            self._bounded(handle, None)
+        return handle
+
+    def _reattach(self, failure: Any, handle: TaskHandle[Any], decode: Any) -> None:
+        """The connection dropped under an accepted task: fetch its result by id on the next one."""
+        if handle.called:
+            return
+        task_id = handle.task_id
+        if task_id is None or not failure.check(SchedulerGone) or self._closed:
+            handle.errback(failure)
+            return
+
+        async def fetch() -> Any:
+            status, value = await self._retrying(lambda protocol: protocol.query(task_id, True))
+            if status != wire.STATUS_OK:
+                raise outcome_error(task_id, status, value)
+            return value if decode is None else decode(value)
+
+        def fire(result: Any) -> None:
+            if not handle.called:
+                handle.callback(result)
+
+        Deferred.fromCoroutine(fetch()).addBoth(fire)
 
     @overload
-    def submit(self, task: TaskFunction[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Deferred[R]: ...
+    def submit(self, task: TaskFunction[P, R], /, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]: ...
 
     @overload
     def submit(
@@ -125,14 +367,14 @@ class Client:
         max_attempts: int = 0,
         key: str | None = None,
         retry_on_error: bool = False,
-    ) -> Deferred[bytes]: ...
+    ) -> TaskHandle[bytes]: ...
 
     @overload
     def submit(
         self, task: Callable[P, Coroutine[Any, Any, R]] | Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
-    ) -> Deferred[R]: ...
+    ) -> TaskHandle[R]: ...
 
-    def submit(self, task: Any, /, *args: Any, **kwargs: Any) -> Deferred[Any]:
+    def submit(self, task: Any, /, *args: Any, **kwargs: Any) -> TaskHandle[Any]:
         """
         Run one task and wait for it.
 
@@ -161,12 +403,10 @@ class Client:
         if isinstance(task, (str, bytes)):  # noqa: UP038  (a tuple is quicker here)
             if not kwargs and len(args) < 2:  # the common case, without a second call
                 task_type = args[0] if args else DEFAULT_TASK_TYPE
-                return self._protocol.submit(
-                    wire.check_task_type(task_type), _as_bytes(task), wire.DEFAULT_OPTIONS
-                )
+                return self._submit(wire.check_task_type(task_type), _as_bytes(task), wire.DEFAULT_OPTIONS)
             return self._submit_payload(task, *args, **kwargs)
         function = as_task(task)
-        return self._protocol.submit(
+        return self._submit(
             function.name, function.call_payload(args, kwargs), function.submit_options, decode_result
         )
 
@@ -180,9 +420,9 @@ class Client:
         max_attempts: int = 0,
         key: str | None = None,
         retry_on_error: bool = False,
-    ) -> Deferred[bytes]:
+    ) -> TaskHandle[bytes]:
         options = task_options(priority, timeout, max_attempts, key, retry_on_error)
-        return self._protocol.submit(wire.check_task_type(task_type), _as_bytes(payload), options)
+        return self._submit(wire.check_task_type(task_type), _as_bytes(payload), options)
 
     @overload
     def enqueue(self, task: TaskFunction[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Deferred[int]: ...
@@ -214,9 +454,10 @@ class Client:
         if isinstance(task, str | bytes):
             return self._enqueue_payload(task, *args, **kwargs)
         function = as_task(task)
-        return self._protocol.submit(
-            function.name, function.call_payload(args, kwargs), function.enqueue_options
-        )
+        return self._enqueue(function.name, function.call_payload(args, kwargs), function.enqueue_options)
+
+    def _enqueue(self, task_type: str, payload: bytes, options: wire.TaskOptions) -> Deferred[int]:
+        return self._bounded(self._protocol.submit(task_type, payload, options), None)
 
     def _enqueue_payload(
         self,
@@ -230,9 +471,11 @@ class Client:
         retry_on_error: bool = False,
     ) -> Deferred[int]:
         options = task_options(priority, timeout, max_attempts, key, retry_on_error, True)
-        return self._protocol.submit(wire.check_task_type(task_type), _as_bytes(payload), options)
+        return self._enqueue(wire.check_task_type(task_type), _as_bytes(payload), options)
 
-    async def result(self, task_id: int, wait: bool = True, *, json: bool = False) -> Any:
+    def result(
+        self, task_id: int, wait: bool = True, *, json: bool = False, wait_timeout: float | None = None
+    ) -> Deferred[Any]:
         """
         A task's result by id: its bytes, or with ``json`` a task function's
         decoded result.  With ``wait`` it waits until the task is finished;
@@ -240,24 +483,23 @@ class Client:
         ``.state``, and what it last reported with ``report_progress`` in
         ``.progress``).  TaskUnknown: no such id, or its result was pruned.
         """
-        status, value = await self._protocol.query(task_id, wait)
-        if status == wire.STATUS_OK:
-            return decode_result(value) if json else value
-        raise outcome_error(task_id, status, value)
 
-    async def cancel(self, task_id: int) -> str:
-        """Cancel a task; returns its state afterwards ('cancelled', 'succeeded' or 'failed')."""
-        status, value = await self._protocol.cancel(task_id)
-        if status == wire.STATUS_UNKNOWN:
-            raise outcome_error(task_id, status, value)
-        return {
-            wire.STATUS_OK: "succeeded",
-            wire.STATUS_FAILED: "failed",
-            wire.STATUS_CANCELLED: "cancelled",
-            wire.STATUS_PENDING: value.decode("utf-8", "replace"),
-        }[status]
+        async def fetch() -> Any:
+            status, value = await self._retrying(lambda protocol: protocol.query(task_id, wait))
+            return result_value(task_id, status, value, json)
 
-    async def map_stream(self, task: Any, /, *args: Any, **kwargs: Any) -> MapSummary:
+        return self._bounded(Deferred.fromCoroutine(fetch()), wait_timeout)
+
+    def cancel(self, task_id: int, *, wait_timeout: float | None = None) -> Deferred[str]:
+        """Cancel a task; fires with its state afterwards ('cancelled', 'succeeded' or 'failed')."""
+
+        async def cancel() -> str:
+            status, value = await self._retrying(lambda protocol: protocol.cancel(task_id))
+            return cancelled_state(task_id, status, value)
+
+        return self._bounded(Deferred.fromCoroutine(cancel()), wait_timeout)
+
+    def map_stream(self, task: Any, /, *args: Any, **kwargs: Any) -> Deferred[MapSummary]:
         """
         Run every item as a task; ``write(index, ok, value)`` is called for
         each answer in input order, as soon as every earlier item has one.
@@ -277,9 +519,12 @@ class Client:
         (a task function's own by default), ``chunk_size``, ``window``,
         ``size_hint``, ``progress``.
         """
+        wait_timeout = kwargs.pop("wait_timeout", None)
         if _is_function(task):
-            return await self._map_function(as_task(task), *args, **kwargs)
-        return await self._map_payloads(task, *args, **kwargs)
+            running = self._map_function(as_task(task), *args, **kwargs)
+        else:
+            running = self._map_payloads(task, *args, **kwargs)
+        return self._bounded(Deferred.fromCoroutine(running), wait_timeout)
 
     async def _map_function(
         self,
@@ -341,13 +586,17 @@ class Client:
         size_hint: int,
         progress: Progress,
     ) -> MapSummary:
-        protocol = self._protocol
+        first = self._protocol
 
-        async def same_connection() -> ClientProtocol:
-            return protocol
+        async def connection() -> ClientProtocol:
+            if self._reconnect is None:
+                return first
+            if self._closed:
+                raise SchedulerGone("the client was closed")
+            return await self._current()
 
         return await run_map(
-            same_connection,
+            connection,
             payloads,
             write,
             task_type,
@@ -356,9 +605,10 @@ class Client:
             window=window,
             size_hint=size_hint,
             progress=progress,
+            reconnect=self._reconnect is not None,
         )
 
-    async def map(self, task: Any, /, *args: Any, **kwargs: Any) -> list[Any]:
+    def map(self, task: Any, /, *args: Any, **kwargs: Any) -> Deferred[list[Any]]:
         """
         Run every item as a task and return the results in input order.
 
@@ -370,6 +620,10 @@ class Client:
         in its place.  Keyword options: ``priority``, ``chunk_size``.  Holds
         every result in memory; for large inputs use ``map_stream``.
         """
+        wait_timeout = kwargs.pop("wait_timeout", None)
+        return self._bounded(Deferred.fromCoroutine(self._map(task, *args, **kwargs)), wait_timeout)
+
+    async def _map(self, task: Any, /, *args: Any, **kwargs: Any) -> list[Any]:
         results: list[Any] = []
 
         def collect(index: int, ok: bool, value: Any) -> None:
@@ -394,9 +648,11 @@ class Client:
         await self._map_payloads(task, collect_bytes, *args, **kwargs)
         return results
 
-    def status(self) -> Deferred[dict[str, Any]]:
+    def status(self, *, wait_timeout: float | None = None) -> Deferred[dict[str, Any]]:
         """The scheduler's workers and task counts, as a dict (see ``taskmesh status --json``)."""
-        return self._protocol.status()
+        return self._bounded(
+            Deferred.fromCoroutine(self._retrying(lambda protocol: protocol.status())), wait_timeout
+        )
 
     @property
     def protocol(self) -> ClientProtocol:
@@ -410,6 +666,8 @@ class Client:
 
     def close(self) -> Deferred[None]:
         """Send what is queued and disconnect; what is still pending fails with SchedulerGone."""
+        self._closed = True
+        self._wake(None, SchedulerGone("the client was closed"))
         protocol = self._protocol
         if not protocol.closing:
             protocol.flush()

@@ -1,0 +1,386 @@
+"""
+The blocking client, for code that is not Twisted code: scripts, Flask and
+Django views, Jupyter.
+
+    import taskmesh
+    from tasks import add
+
+    client = taskmesh.connect("localhost:9001")
+    print(client.submit(add, 2, 3))                 # 5: waits for the result
+    task_id = client.enqueue(add, 2, 3)             # the id, once the task is durable
+    print(client.result(task_id, json=True))        # 5
+    for total in client.map(add, [(1, 2), (3, 4)]): # 3, 7: in input order
+        print(total)
+
+It drives the Twisted ``Client`` (so the same connection core) on one
+reactor thread per process, started on first use and stopped at interpreter
+exit (before non-daemon threads are joined, so a script never hangs there).
+Every method may be called from any thread.  Every wait is bounded: by
+``wait_timeout=`` where a method takes it, else by the ``wait_timeout``
+given to ``connect`` (60 s by default; None waits forever).  A timed-out
+wait raises TimeoutError; the task itself goes on.
+
+Pipelining: ``start(...)`` submits without waiting and returns a ``Handle``
+(``.result(timeout)``, ``.task_id``): start many, then gather, and each task
+costs no thread round trip of its own.  Calls from user threads are handed
+to the reactor in batches (one wake-up of the reactor per batch, not per
+call).
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred
+
+from taskmesh.client.twisted_client import DEFAULT_CONNECT_TIMEOUT, Client, TaskHandle
+from taskmesh.net.address import DEFAULT_ADDRESS
+from taskmesh.net.tls import ClientTLS
+
+__all__ = ["BlockingClient", "Handle", "connect", "shutdown"]
+
+#: The default bound of every wait, in seconds.
+DEFAULT_WAIT_TIMEOUT = 60.0
+#: Seconds the reactor thread has to stop at exit.
+STOP_TIMEOUT = 5.0
+
+T = TypeVar("T")
+
+
+class _ReactorThread:
+    """The process's one reactor, running in a daemon thread; calls reach it in batches."""
+
+    def __init__(self) -> None:
+        from twisted.internet import reactor
+
+        self.reactor: Any = reactor
+        self._calls: deque[tuple[Callable[..., Any], tuple[Any, ...], Future[Any] | None]] = deque()
+        self._scheduled = False
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def start(self) -> None:
+        if self.reactor.running:
+            raise RuntimeError(
+                "the Twisted reactor already runs in this process: use taskmesh.Client, "
+                "not the blocking client"
+            )
+        started = threading.Event()
+        self.reactor.callWhenRunning(started.set)
+        self._thread = threading.Thread(
+            target=self.reactor.run,
+            kwargs={"installSignalHandlers": False},
+            name="taskmesh-reactor",
+            daemon=True,
+        )
+        self._thread.start()
+        if not started.wait(STOP_TIMEOUT * 2):
+            raise RuntimeError("the reactor thread did not start")
+        _at_exit(self.stop)
+
+    def call(self, function: Callable[..., Any], *args: Any) -> Future[Any]:
+        """
+        Run ``function(*args)`` on the reactor thread; the Future has its
+        result (a Deferred's, once it fires).  Thread-safe; calls made while
+        a batch is pending join it, without another wake-up.
+        """
+        future: Future[Any] = Future()
+        self._post(function, args, future)
+        return future
+
+    def post(self, function: Callable[..., Any], *args: Any) -> None:
+        """``call`` for a function that reports by itself: no Future (the pipelined hot path)."""
+        self._post(function, args, None)
+
+    def _post(self, function: Callable[..., Any], args: tuple[Any, ...], future: Future[Any] | None) -> None:
+        if self._stopped:
+            raise RuntimeError("the taskmesh reactor thread has stopped (the interpreter is exiting)")
+        self._calls.append((function, args, future))
+        if not self._scheduled:
+            self._scheduled = True
+            self.reactor.callFromThread(self._drain)
+
+    def _drain(self) -> None:
+        # Cleared before taking calls: one appended from now on schedules
+        # another drain, so none is left behind.
+        self._scheduled = False
+        calls = self._calls
+        while calls:
+            function, args, future = calls.popleft()
+            try:
+                result = function(*args)
+            except BaseException as e:
+                if future is None:
+                    raise  # a bug: post()ed functions report their own errors
+                future.set_exception(e)
+                continue
+            if future is None:
+                continue
+            if isinstance(result, Deferred):
+                result.addCallbacks(_set_result, _set_failure, (future,), {}, (future,))
+            else:
+                future.set_result(result)
+
+    def stop(self) -> None:
+        """Stop the reactor (it closes its connections and thread pool) and wait for its thread."""
+        if self._stopped or self._thread is None:
+            return
+        self._stopped = True
+        if self.reactor.running:
+            self.reactor.callFromThread(self.reactor.stop)
+        self._thread.join(STOP_TIMEOUT)
+
+
+def _set_result(result: Any, future: Future[Any]) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _set_failure(failure: Any, future: Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(failure.value)
+
+
+def _at_exit(stop: Callable[[], None]) -> None:
+    """
+    Stop at interpreter exit, before non-daemon threads are joined (the
+    reactor's thread pool holds some: joined first, they would hang the exit).
+    """
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        try:
+            register(stop)
+            return
+        except RuntimeError:  # already shutting down
+            pass
+    atexit.register(stop)
+
+
+_lock = threading.Lock()
+_thread: _ReactorThread | None = None
+
+
+def reactor_thread() -> _ReactorThread:
+    """The process's reactor thread, started on first use."""
+    global _thread
+    with _lock:
+        if _thread is None:
+            thread = _ReactorThread()
+            thread.start()
+            _thread = thread
+        return _thread
+
+
+def shutdown() -> None:
+    """Stop the reactor thread now (it is stopped at exit anyway); clients stop working."""
+    with _lock:
+        if _thread is not None:
+            _thread.stop()
+
+
+def _wait(future: Future[T], timeout: float | None) -> T:
+    try:
+        return future.result(timeout)
+    except TimeoutError:
+        if future.done():
+            raise  # the task's own TimeoutError
+        raise TimeoutError(f"no answer within {timeout:g} s") from None
+
+
+class Handle:
+    """A task submitted with ``start``: its id once accepted, its result later."""
+
+    __slots__ = ("_client", "_future", "twisted_handle")
+
+    def __init__(self, client: BlockingClient, result: Future[Any]) -> None:
+        self._client = client
+        self._future = result
+        #: The Twisted client's TaskHandle, set on the reactor thread (None if the submission raised).
+        self.twisted_handle: TaskHandle[Any] | None = None
+
+    def result(self, timeout: float | None = -1.0) -> Any:
+        """The task's result; waits at most ``timeout`` seconds (default: the client's wait_timeout)."""
+        return _wait(self._future, self._client.wait_timeout if timeout == -1.0 else timeout)
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    @property
+    def task_id(self) -> int:
+        """The task's id, once the scheduler accepted it (waits for that, within the client's bound)."""
+        # Calls run in order on the reactor thread: this one after the submission's.
+        found = self._client._thread.call(self._id)
+        return int(_wait(found, self._client.wait_timeout))
+
+    def _id(self) -> Any:
+        if self.twisted_handle is None:
+            return self._future.result(0)  # raises why the submission failed
+        return self.twisted_handle.id()
+
+
+class BlockingClient:
+    """A connection to a scheduler whose every method blocks (boundedly); thread-safe."""
+
+    def __init__(self, client: Client, thread: _ReactorThread, wait_timeout: float | None) -> None:
+        self._client = client
+        self._thread = thread
+        #: The default bound of every wait, in seconds (None: unbounded).
+        self.wait_timeout = wait_timeout
+
+    def _bound(self, wait_timeout: float | None) -> float | None:
+        return self.wait_timeout if wait_timeout is None else wait_timeout
+
+    def start(self, task: Any, /, *args: Any, **kwargs: Any) -> Handle:
+        """Submit without waiting, in ``submit``'s shape; the Handle has the result later."""
+        handle = Handle(self, Future())
+        self._thread.post(self._start, handle, task, args, kwargs)
+        return handle
+
+    def _start(self, handle: Handle, task: Any, args: Any, kwargs: Any) -> None:
+        result = handle._future
+        try:
+            waiting = self._client.submit(task, *args, **kwargs)
+        except BaseException as e:
+            result.set_exception(e)
+            return
+        handle.twisted_handle = waiting
+        waiting.addCallbacks(_set_result, _set_failure, (result,), {}, (result,))
+
+    def submit(self, task: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """
+        Run one task and return its result: ``submit(add, 2, 3)`` is 5;
+        ``submit("text", "sha256")`` the result's bytes.  Raises as the
+        Twisted client's Deferred fails (TaskFailed, TaskCancelled,
+        TaskRejected, SchedulerGone), or TimeoutError after the client's
+        ``wait_timeout``.
+        """
+        return self.start(task, *args, **kwargs).result()
+
+    def enqueue(self, task: Any, /, *args: Any, **kwargs: Any) -> int:
+        """Queue one task without waiting for it; returns its id once it is durable."""
+        found = self._thread.call(lambda: self._client.enqueue(task, *args, **kwargs))
+        return int(_wait(found, self.wait_timeout))
+
+    def result(
+        self, task_id: int, wait: bool = True, *, json: bool = False, wait_timeout: float | None = None
+    ) -> Any:
+        """A task's result by id (see ``Client.result``), waiting at most ``wait_timeout`` seconds."""
+        bound = self._bound(wait_timeout)
+        found = self._thread.call(lambda: self._client.result(task_id, wait, json=json, wait_timeout=bound))
+        return _wait(found, None if bound is None else bound + 1)
+
+    def cancel(self, task_id: int, *, wait_timeout: float | None = None) -> str:
+        """Cancel a task; returns its state afterwards ('cancelled', 'succeeded' or 'failed')."""
+        bound = self._bound(wait_timeout)
+        found = self._thread.call(lambda: self._client.cancel(task_id, wait_timeout=bound))
+        return str(_wait(found, None if bound is None else bound + 1))
+
+    def status(self, *, wait_timeout: float | None = None) -> dict[str, Any]:
+        """The scheduler's workers and task counts, as a dict."""
+        bound = self._bound(wait_timeout)
+        found = self._thread.call(lambda: self._client.status(wait_timeout=bound))
+        return dict(_wait(found, None if bound is None else bound + 1))
+
+    def map(self, task: Any, /, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        """
+        Run every item as a task (``map(add, [(1, 2), (3, 4)])``, or payloads
+        and a task type, as ``Client.map``); yields the results in input
+        order as they come, a failed item's TaskFailed in its place.  Each
+        result must come within ``wait_timeout`` (keyword) of the one before.
+        """
+        bound = self._bound(kwargs.pop("wait_timeout", None))
+        answers: deque[tuple[bool, Any]] = deque()
+        ready = threading.Condition()
+
+        def put(entry: tuple[bool, Any]) -> None:
+            with ready:
+                answers.append(entry)
+                ready.notify()
+
+        def write(index: int, ok: bool, value: Any) -> None:
+            put((False, value))
+
+        def run() -> Deferred[Any]:
+            if callable(task) and not isinstance(task, str | bytes):
+                running = self._client.map_stream(task, args[0], write, *args[1:], **kwargs)
+            else:
+                running = self._client.map_stream(task, _bytes_writer(write), *args, **kwargs)
+            return running.addBoth(lambda outcome: put((True, outcome)))
+
+        self._thread.call(run)
+        return self._answers(answers, ready, bound)
+
+    @staticmethod
+    def _answers(
+        answers: deque[tuple[bool, Any]], ready: threading.Condition, bound: float | None
+    ) -> Iterator[Any]:
+        while True:
+            with ready:
+                if not answers and not ready.wait_for(lambda: bool(answers), bound):
+                    raise TimeoutError(f"no answer within {bound} s")
+                finished, value = answers.popleft()
+            if finished:
+                if hasattr(value, "raiseException"):
+                    value.raiseException()
+                return
+            yield value
+
+    def close(self, *, wait_timeout: float | None = None) -> None:
+        """Disconnect; what is still pending fails with SchedulerGone."""
+        if self._thread._stopped:
+            return
+        _wait(self._thread.call(self._client.close), self._bound(wait_timeout))
+
+    def __enter__(self) -> BlockingClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _bytes_writer(write: Callable[[int, bool, Any], None]) -> Callable[[int, bool, bytes], None]:
+    from taskmesh.codec import task_failed
+
+    def written(index: int, ok: bool, value: bytes) -> None:
+        write(index, ok, value if ok else task_failed(value))
+
+    return written
+
+
+def connect(
+    address: str = DEFAULT_ADDRESS,
+    *,
+    timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    wait_timeout: float | None = DEFAULT_WAIT_TIMEOUT,
+    secret: str | bytes | None = None,
+    secret_file: str | None = None,
+    tls: ClientTLS | None = None,
+    reconnect: bool = False,
+    on_no_worker: Callable[[str], None] = lambda task_type: None,
+) -> BlockingClient:
+    """
+    Connect to the scheduler at ``address`` (``host:port`` or an endpoint
+    string), within ``timeout`` seconds; see ``taskmesh.Client.connect`` for
+    the secret, TLS and ``reconnect``.  ``wait_timeout`` bounds every later
+    wait (None: unbounded).  The first call starts the reactor thread.
+    """
+    thread = reactor_thread()
+    connecting = thread.call(
+        lambda: Client.connect(
+            address,
+            thread.reactor,
+            timeout,
+            on_no_worker,
+            secret=secret,
+            secret_file=secret_file,
+            tls=tls,
+            reconnect=reconnect,
+        )
+    )
+    client = _wait(connecting, timeout * 2 + 1)
+    return BlockingClient(client, thread, wait_timeout)

@@ -1,0 +1,131 @@
+"""
+Programs the client tests run as processes of their own (each client must
+work in a process that is not pytest's: the blocking client starts its own
+reactor thread, the asyncio client must never import Twisted's reactor).
+
+``python client_scripts.py KIND ADDRESS FOLDER`` runs one and prints one JSON
+line of what it saw; every wait in them is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import sample_tasks
+
+import taskmesh
+
+WAIT = 60.0
+
+
+def blocking(address: str, folder: Path) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    client = taskmesh.connect(address, wait_timeout=WAIT)
+    seen["submit"] = client.submit(sample_tasks.add, 2, 3)
+    task_id = client.enqueue(sample_tasks.add, 4, 5)
+    seen["result"] = client.result(task_id, json=True)
+    seen["map"] = list(client.map(sample_tasks.add, [(i, i) for i in range(50)]))
+    gate = folder / "gate-blocking"
+    handle = client.start(sample_tasks.gated, str(gate), 2)
+    try:
+        handle.result(timeout=0.2)
+    except TimeoutError:
+        seen["bounded"] = True
+    seen["cancel"] = client.cancel(handle.task_id)
+    gate.touch()
+    try:
+        client.result(handle.task_id, json=True)
+    except taskmesh.TaskCancelled:
+        seen["cancelled"] = True
+    seen["status"] = isinstance(client.status(), dict)
+    with ThreadPoolExecutor(16) as pool:
+        seen["threads"] = sorted(pool.map(lambda i: client.submit(sample_tasks.add, i, 1), range(200)))
+    handles = [client.start(sample_tasks.add, i, i) for i in range(1000)]
+    seen["pipelined"] = sum(handle.result() for handle in handles)
+    client.close()
+    from taskmesh.client.blocking import shutdown
+
+    shutdown()
+    seen["threads_left"] = sorted(thread.name for thread in threading.enumerate())
+    return seen
+
+
+def blocking_restart(address: str, folder: Path) -> dict[str, Any]:
+    """Submit a gated task, let the test restart the scheduler under it, get its result."""
+    client = taskmesh.connect(address, wait_timeout=WAIT, reconnect=True)
+    handle = client.start(sample_tasks.gated, str(folder / "gate-restart"), 2)
+    print(f"accepted {handle.task_id}", flush=True)
+    seen = {"result": handle.result(), "after": client.submit(sample_tasks.add, 1, 1)}
+    client.close()
+    return seen
+
+
+async def aio(address: str, folder: Path) -> dict[str, Any]:
+    import taskmesh.aio
+
+    seen: dict[str, Any] = {}
+    client = await taskmesh.aio.connect(address, wait_timeout=WAIT)
+    seen["submit"] = await client.submit(sample_tasks.add, 2, 3)
+    task_id = await client.enqueue(sample_tasks.add, 4, 5)
+    seen["result"] = await client.result(task_id, json=True)
+    seen["map"] = await client.map(sample_tasks.add, [(i, i) for i in range(50)])
+    seen["gather"] = sum(await asyncio.gather(*(client.submit(sample_tasks.add, i, i) for i in range(1000))))
+    gate = folder / "gate-aio"
+    handle = client.start(sample_tasks.gated, str(gate), 2)
+    try:
+        await asyncio.wait_for(asyncio.shield(handle), 0.2)
+    except TimeoutError:
+        seen["bounded"] = True
+    seen["cancel"] = await client.cancel(await handle.id())
+    gate.touch()
+    try:
+        await client.result(await handle.id(), json=True)
+    except taskmesh.TaskCancelled:
+        seen["cancelled"] = True
+    try:
+        await client.result(
+            await client.enqueue(sample_tasks.gated, str(folder / "never"), 1), wait_timeout=0.2
+        )
+    except TimeoutError:
+        seen["wait_timeout"] = True
+    seen["status"] = isinstance(await client.status(), dict)
+    await client.close()
+    seen["reactor_imported"] = "twisted.internet.reactor" in sys.modules
+    return seen
+
+
+async def aio_restart(address: str, folder: Path) -> dict[str, Any]:
+    import taskmesh.aio
+
+    client = await taskmesh.aio.connect(address, wait_timeout=WAIT, reconnect=True)
+    handle = client.start(sample_tasks.gated, str(folder / "gate-restart"), 2)
+    print(f"accepted {await handle.id()}", flush=True)
+    seen = {"result": await handle, "after": await client.submit(sample_tasks.add, 1, 1)}
+    await client.close()
+    seen["reactor_imported"] = "twisted.internet.reactor" in sys.modules
+    return seen
+
+
+def main() -> None:
+    kind, address, folder = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    if kind == "blocking":
+        seen = blocking(address, folder)
+    elif kind == "blocking-restart":
+        seen = blocking_restart(address, folder)
+    elif kind == "aio":
+        seen = asyncio.run(aio(address, folder))
+    elif kind == "aio-restart":
+        seen = asyncio.run(aio_restart(address, folder))
+    else:
+        raise SystemExit(f"unknown kind {kind}")
+    print(json.dumps(seen), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""
+The blocking and asyncio clients against real scheduler and worker
+processes, each in a process of its own (``client_scripts.py``): submit,
+enqueue, result by id, cancel, status, a map in order, bounded waits, many
+threads at once (blocking), a scheduler restart survived with reconnect on,
+a clean exit with no thread left, and no Twisted reactor in the asyncio one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TIMEOUT, Mesh
+
+HERE = Path(__file__).resolve().parent
+TASKS: dict[str, Any] = dict(options=("--tasks", "sample_tasks"), extra_path=HERE)
+
+
+def run_script(mesh: Mesh, kind: str) -> dict[str, Any]:
+    script = mesh.start(
+        kind,
+        [sys.executable, str(HERE / "client_scripts.py"), kind, mesh.address, str(mesh.folder)],
+        extra_path=HERE,
+    )
+    assert script.wait(TIMEOUT * 2) == 0, script.describe()
+    return json.loads(script.stdout.strip().splitlines()[-1])
+
+
+def check_common(seen: dict[str, Any]) -> None:
+    assert seen["submit"] == 5
+    assert seen["result"] == 9
+    assert seen["map"] == [2 * i for i in range(50)]
+    assert seen["bounded"] is True
+    assert seen["cancel"] == "cancelled"
+    assert seen["cancelled"] is True
+    assert seen["status"] is True
+
+
+@pytest.mark.integration
+def test_the_blocking_client_against_real_processes(mesh: Mesh) -> None:
+    mesh.scheduler()
+    mesh.workers("w1", concurrency=4, **TASKS)
+    seen = run_script(mesh, "blocking")
+    check_common(seen)
+    assert seen["threads"] == [i + 1 for i in range(200)]  # 16 threads at once
+    assert seen["pipelined"] == sum(2 * i for i in range(1000))
+    assert seen["threads_left"] == ["MainThread"]
+
+
+@pytest.mark.integration
+def test_the_asyncio_client_against_real_processes_without_a_reactor(mesh: Mesh) -> None:
+    mesh.scheduler()
+    mesh.workers("w1", concurrency=4, **TASKS)
+    seen = run_script(mesh, "aio")
+    check_common(seen)
+    assert seen["gather"] == sum(2 * i for i in range(1000))
+    assert seen["wait_timeout"] is True
+    assert seen["reactor_imported"] is False
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", ["blocking-restart", "aio-restart"])
+def test_a_client_with_reconnect_survives_a_scheduler_restart(mesh: Mesh, kind: str) -> None:
+    first = mesh.scheduler("scheduler1")
+    mesh.workers("w1", concurrency=2, **TASKS)
+    script = mesh.start(
+        kind,
+        [sys.executable, str(HERE / "client_scripts.py"), kind, mesh.address, str(mesh.folder)],
+        extra_path=HERE,
+    )
+    script.wait_for(r"accepted \d+", source="stdout")
+    first.kill()
+    mesh.scheduler("scheduler2")  # the same port and store
+    (mesh.folder / "gate-restart").touch()
+    assert script.wait(TIMEOUT * 2) == 0, script.describe() + mesh.describe()
+    seen = json.loads(script.stdout.strip().splitlines()[-1])
+    assert seen["result"] == "through"
+    assert seen["after"] == 2
+    assert re.search(r"accepted \d+", script.stdout)
+    if kind == "aio-restart":
+        assert seen["reactor_imported"] is False
