@@ -168,7 +168,18 @@ class IWorkerChannel(Interface):
 class WorkerState:
     """The core's view of one connected worker: what it runs and what it holds."""
 
-    __slots__ = ("channel", "name", "slots", "task_types", "capacity", "leases", "last_seen")
+    __slots__ = (
+        "channel",
+        "name",
+        "slots",
+        "task_types",
+        "capacity",
+        "leases",
+        "last_seen",
+        "joined_at",
+        "done",
+        "failed",
+    )
 
     def __init__(
         self,
@@ -188,6 +199,10 @@ class WorkerState:
         #: Tasks this worker holds, by id.
         self.leases: dict[int, Lease] = {}
         self.last_seen = now
+        self.joined_at = now
+        #: Outcomes this worker reported (a chunk's or group's items each count): for monitoring.
+        self.done = 0
+        self.failed = 0
 
 
 def _consume(failure: Failure) -> None:
@@ -268,6 +283,15 @@ class Scheduler:
         #: What a peer can repeat at will is summarised, not logged each time.
         self._repeated = RepeatedEvents(self.log, clock)
         self.counts = {State.SUCCEEDED: 0, State.FAILED: 0, State.CANCELLED: 0}
+        # Monitoring counters (read by the web layer at scrape time): one
+        # dict increment per task, no work per request.
+        self.started_at = clock.seconds()
+        #: Task type -> tasks submitted (map items not included: see job_items).
+        self.submitted_by_type: dict[str, int] = {}
+        #: (task type, final state) -> tasks finished.
+        self.finished_by_type: dict[tuple[str, State], int] = {}
+        #: Map items answered: [succeeded, failed] (a job's items are no tasks of their own).
+        self.job_items = [0, 0]
         #: The latest progress of running tasks that reported some: task id ->
         #: (done, total, note).  In memory only: after a restart the task runs
         #: again from the start, and reports again.
@@ -363,6 +387,8 @@ class Scheduler:
         task = Task(self._next_id, task_type, payload, options, self._clock.seconds())
         self._next_id += 1
         self._tasks[task.id] = task
+        by_type = self.submitted_by_type
+        by_type[task_type] = by_type.get(task_type, 0) + 1
         if key is not None:
             self._keys[key] = task.id
         self._store.add(task)
@@ -484,6 +510,7 @@ class Scheduler:
         slots = sum(worker.slots for worker in self._workers if task_type in worker.task_types)
         sizer = ChunkSizer(min(chunk_size, MAX_CHUNK), size_hint, slots)
         job = Job(self._next_id, task_type, priority, sizer, report)
+        job.opened_at = self._clock.seconds()
         self._next_id += 1
         self._jobs[job.id] = job
         return job
@@ -589,6 +616,9 @@ class Scheduler:
                 )
             lease.answered += len(outcomes)
             done = lease.answered == items
+            ok = sum(1 for status, _ in outcomes if status == STATUS_OK)
+            worker.done += ok
+            worker.failed += len(outcomes) - ok
             if done:
                 del leases[chunk_id]
                 lease.worker = None
@@ -599,6 +629,9 @@ class Scheduler:
                 continue
             job = lease.job
             job.outstanding -= len(outcomes)
+            self.job_items[0] += ok
+            self.job_items[1] += len(outcomes) - ok
+            job.failed += len(outcomes) - ok
             if done:
                 del job.chunks[chunk_id]
                 job.sizer.observe(items, now - lease.leased_at)
@@ -731,11 +764,13 @@ class Scheduler:
                 task.timer.cancel()
                 task.timer = None
             if status == STATUS_OK:
+                worker.done += 1
                 # A single task's time includes a round trip: an upper bound,
                 # enough to tell quick types (worth grouping) from slow ones.
                 self._group_size(task.type).observe(1, now - task.leased_at)
                 self._finish(task, State.SUCCEEDED, value)
             else:
+                worker.failed += 1
                 self._outcome(task, status, value)
         self._fill(worker)
 
@@ -774,13 +809,18 @@ class Scheduler:
 
     def stats(self) -> dict[str, Any]:
         now = self._clock.seconds()
-        running = sum(self._held(worker) for worker in self._workers)
+        held = sum(self._held(worker) for worker in self._workers)
+        # Running: what occupies a slot; the rest a worker holds is prefetched,
+        # waiting on the worker for a slot.
+        running = sum(min(len(worker.leases), worker.slots) for worker in self._workers)
         waiting = self._queue.waiting_by_type()
         return {
             "tasks": {
                 "queued": len(self._queue),
                 "waiting_to_retry": self._waiting_retry,
                 "running": running,
+                "held": held,
+                "prefetched": max(0, held - running),
                 "succeeded": self.counts[State.SUCCEEDED],
                 "failed": self.counts[State.FAILED],
                 "cancelled": self.counts[State.CANCELLED],
@@ -797,6 +837,9 @@ class Scheduler:
                     "held": self._held(worker),
                     "types": sorted(worker.task_types),
                     "last_seen_seconds_ago": round(now - worker.last_seen, 3),
+                    "done": worker.done,
+                    "failed": worker.failed,
+                    "connected_seconds": round(now - worker.joined_at, 3),
                 }
                 for worker in self._workers
             ],
@@ -806,11 +849,19 @@ class Scheduler:
                     "type": job.type,
                     "priority": job.priority,
                     "items_outstanding": job.outstanding,
+                    "items_received": job.received,
+                    "items_done": job.received - job.outstanding,
+                    "items_failed": job.failed,
+                    "open_seconds": round(now - job.opened_at, 3),
+                    "ended": job.ended,
                     "chunk_size": job.sizer.size,
                 }
                 for job in self._jobs.values()
             ],
             "paused_submitters": self._paused,
+            "uptime_seconds": round(now - self.started_at, 3),
+            "submitted": sum(self.submitted_by_type.values()),
+            "map_items": {"succeeded": self.job_items[0], "failed": self.job_items[1]},
             "progress": [
                 {
                     "id": task_id,
@@ -1066,6 +1117,8 @@ class Scheduler:
         """Record an outcome; the Deferred fires once it is durable."""
         task.state = state
         self.counts[state] += 1
+        finished_key = (task.type, state)
+        self.finished_by_type[finished_key] = self.finished_by_type.get(finished_key, 0) + 1
         if self._progress:
             self._progress.pop(task.id, None)
         if state is not State.SUCCEEDED:

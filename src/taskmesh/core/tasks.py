@@ -117,6 +117,8 @@ class Job:
         "id",
         "options",
         "outstanding",
+        "failed",
+        "opened_at",
         "priority",
         "received",
         "report",
@@ -143,6 +145,9 @@ class Job:
         self.outstanding = 0
         self.received = 0
         self.ended = False
+        #: For monitoring: items answered with a failure, and when the job was opened.
+        self.failed = 0
+        self.opened_at = 0.0
 
 
 class Chunk:
