@@ -15,7 +15,8 @@ from urllib.parse import quote
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.logger import Logger
-from twisted.web.resource import ErrorPage, Resource
+from twisted.web.pages import errorPage
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.static import File
 
@@ -169,13 +170,13 @@ class Guard(Resource):
         if given and hmac.compare_digest(given, expected):
             request.addCookie(COOKIE, expected, path=b"/", httpOnly=True, sameSite="strict")
             return True
-        cookie = request.getCookie(COOKIE) or b""
+        cookie = request.received_cookies.get(COOKIE) or b""
         return bool(cookie) and hmac.compare_digest(cookie, expected)
 
-    def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
+    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
         if path == b"health" or self._allowed(request):  # health: for load balancers, tells nothing
             return self._inner.getChildWithDefault(path, request)
-        return ErrorPage(
+        return errorPage(
             403,
             "Forbidden",
             "Open the link with ?token=... that the scheduler logged "
