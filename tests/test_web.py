@@ -185,3 +185,22 @@ def test_a_task_page_shows_the_payload_as_text_and_the_outcome_once_finished() -
     request, _ = get(root, "/api/tasks/999999")
     assert request.responseCode == 404
     assert payload_preview(b"x" * 3000, limit=10).endswith("(2990 more bytes)")
+
+
+def test_status_text_counts_map_items_and_separates_running_from_held() -> None:
+    from taskmesh.cli.commands import describe_status
+
+    clock, core, view, root, _ = mesh()
+    clock.advance(10)  # before the worker joins: a silent fake worker would miss its heartbeats
+    worker = core.add_worker(FakeChannel(), "w1", 1, frozenset({"echo"}))
+    for n in range(3):
+        core.submit("echo", b"%d" % n)
+    core.job_items[0] += 100_000  # as a finished map leaves them
+    text = describe_status(core.stats())
+    assert "scheduler 0.1.0, up 10 s, 3 tasks submitted" in text
+    assert "1 running, 2 prefetched" in text
+    assert "map items: 100,000 succeeded, 0 failed" in text
+    assert "rate: 10,000.0 completed/s on average since start" in text
+    assert "store: available" in text
+    assert "w1" in text and worker.slots == 1
+    assert "rate: 5.0 completed/s" in describe_status(core.stats(), rate=5.0)

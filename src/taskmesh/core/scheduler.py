@@ -40,6 +40,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface
 
+from taskmesh._version import __version__
 from taskmesh.codec import add_note, failure_summary
 from taskmesh.core.chunking import MAX_CHUNK, ChunkSizer
 from taskmesh.core.logsummary import RepeatedEvents
@@ -859,6 +860,7 @@ class Scheduler:
                 for job in self._jobs.values()
             ],
             "paused_submitters": self._paused,
+            "version": __version__,
             "uptime_seconds": round(now - self.started_at, 3),
             "submitted": sum(self.submitted_by_type.values()),
             "map_items": {"succeeded": self.job_items[0], "failed": self.job_items[1]},
