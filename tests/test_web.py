@@ -204,3 +204,38 @@ def test_status_text_counts_map_items_and_separates_running_from_held() -> None:
     assert "store: available" in text
     assert "w1" in text and worker.slots == 1
     assert "rate: 5.0 completed/s" in describe_status(core.stats(), rate=5.0)
+
+
+def test_the_task_list_pages_through_the_store_with_live_states_and_filters(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from taskmesh.store.sqlite import SqliteStore
+    from taskmesh.web.resources import build_root as build
+
+    store = SqliteStore(str(tmp_path / "t.sqlite"))
+    try:
+        clock = Clock()
+        core = Scheduler(clock, store, Policy(prefetch=0))
+        core.start()
+        root, _ = build(MeshView(core, clock, store), None)
+        worker = core.add_worker(FakeChannel(), "w1", 1, frozenset({"echo"}))
+        ids = [core.submit("echo" if n % 2 else "other", b"%d" % n)[0] for n in range(5)]
+        clock.advance(0)  # committed
+        core.complete(worker, [(ids[1], STATUS_FAILED, b"boom")])  # the worker then runs ids[3]
+        clock.advance(0)
+        _, body = get(root, "/api/tasks", args={b"limit": [b"2"]})
+        page = json.loads(body)
+        assert [t["id"] for t in page["tasks"]] == [ids[4], ids[3]]
+        assert page["next_before"] == ids[3]
+        _, body = get(root, "/api/tasks", args={b"before": [str(ids[3]).encode()]})
+        rest = json.loads(body)["tasks"]
+        assert [t["id"] for t in rest] == [ids[2], ids[1], ids[0]]
+        states = {t["id"]: t["state"] for t in rest}
+        assert states == {ids[0]: "queued", ids[1]: "failed", ids[2]: "queued"}
+        assert page["tasks"][1]["state"] == "running"  # ids[3]: live state from the core
+        _, body = get(root, "/api/tasks", args={b"state": [b"failed"]})
+        assert [t["id"] for t in json.loads(body)["tasks"]] == [ids[1]]
+        _, body = get(root, "/api/tasks", args={b"type": [b"echo"], b"state": [b"unfinished"]})
+        assert [t["id"] for t in json.loads(body)["tasks"]] == [ids[3]]
+        request, _ = get(root, "/api/tasks", args={b"state": [b"bogus"]})
+        assert request.responseCode == 400
+    finally:
+        store.close()

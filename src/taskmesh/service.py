@@ -86,7 +86,7 @@ class SchedulerService(Service):
         if web is not None:
             from taskmesh.web import WebService
 
-            self.web = WebService(reactor, web, core, secrets.client)
+            self.web = WebService(reactor, web, core, secrets.client, store)
 
     def startService(self) -> None:
         """Listen now; if the port cannot be had, raise so twistd exits with the reason."""

@@ -203,6 +203,17 @@ def test_the_dashboard_lists_workers_and_shows_a_new_task_without_a_reload(
                 30,
                 f"the {page} page to show",
             )
+            if page == "tasks":  # the list read from the store has the task submitted above
+                wait_until(
+                    lambda: (
+                        "succeeded"
+                        in devtools.evaluate(
+                            "[...document.querySelectorAll('#task-list td')].map(c => c.textContent)"
+                        )
+                    ),
+                    30,
+                    "the task list to show the finished task",
+                )
             devtools.screenshot(screenshots / f"{page}.png")
         assert devtools.evaluate("window.taskmeshMarker") == "same page"
     finally:

@@ -20,8 +20,13 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.static import File
 
+from taskmesh.errors import StoreUnavailable
 from taskmesh.web.metrics import registry_for
-from taskmesh.web.view import MeshView
+from taskmesh.web.view import LIST_STATES, MeshView
+
+#: Rows on a page of the task list, by default and at the most.
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
 
 STATIC = Path(__file__).parent / "static"
 #: The cookie a token link sets, so the pages' own requests carry it.
@@ -94,6 +99,8 @@ class Api(Resource):
             return _json(request, view.status()["jobs"])
         if path == ["history"]:
             return _json(request, view.chart())
+        if path == ["tasks"]:
+            return self._list(request)
         if len(path) == 2 and path[0] == "tasks":
             try:
                 task_id = int(path[1])
@@ -104,6 +111,26 @@ class Api(Resource):
                 return _json(request, {"error": f"no task {task_id} (never submitted, or pruned)"}, 404)
             return _json(request, task)
         return _json(request, {"error": "not found"}, 404)
+
+    def _list(self, request: Request) -> bytes:
+        def arg(name: str) -> str | None:
+            values = (request.args or {}).get(name.encode())
+            return values[0].decode("utf-8", "replace") if values and values[0] else None
+
+        state = arg("state")
+        if state is not None and state not in LIST_STATES:
+            return _json(request, {"error": f"state is one of {', '.join(LIST_STATES)}"}, 400)
+        try:
+            before = arg("before")
+            before_id = int(before) if before is not None else None
+            limit = min(MAX_PAGE, max(1, int(arg("limit") or DEFAULT_PAGE)))
+        except ValueError:
+            return _json(request, {"error": "before and limit are numbers"}, 400)
+        try:
+            page = self._view.list_tasks(state, arg("type"), arg("key"), limit, before_id)
+        except StoreUnavailable as e:
+            return _json(request, {"error": str(e)}, 503)
+        return _json(request, page)
 
 
 class Events(Resource):

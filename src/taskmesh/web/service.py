@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from taskmesh.core.scheduler import Scheduler
+from taskmesh.store.interface import ITaskStore
 from taskmesh.web.resources import build_root, token_link, web_token
 from taskmesh.web.view import MeshView
 
@@ -51,10 +52,17 @@ class WebService(Service):
 
     log = Logger()
 
-    def __init__(self, reactor: Any, listen: str, core: Scheduler, client_secret: bytes) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        listen: str,
+        core: Scheduler,
+        client_secret: bytes,
+        store: ITaskStore | None = None,
+    ) -> None:
         self.listen = listen
         self.reactor = reactor
-        self.view = MeshView(core, reactor)
+        self.view = MeshView(core, reactor, store)
         self.token = None if endpoint_is_loopback(listen) else web_token(client_secret)
         root, self.events = build_root(self.view, self.token)
         self.site = Site(root)

@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from taskmesh._version import __version__
 from taskmesh.core.scheduler import Scheduler
-from taskmesh.store.interface import Outcome, State
+from taskmesh.store.interface import ITaskStore, Outcome, State
 
 #: Samples kept for the charts: one a second, five minutes.
 HISTORY = 300
@@ -25,9 +25,10 @@ HISTORY = 300
 class MeshView:
     """What the web layer may know about a scheduler: counts, workers, jobs, history."""
 
-    def __init__(self, core: Scheduler, clock: IReactorTime) -> None:
+    def __init__(self, core: Scheduler, clock: IReactorTime, store: ITaskStore | None = None) -> None:
         self._core = core
         self._clock = clock
+        self._store = store
         #: (time, submitted, completed, failed, queued, running) once a second.
         self.history: deque[tuple[float, int, int, int, int, int]] = deque(maxlen=HISTORY)
 
@@ -138,6 +139,62 @@ class MeshView:
             "finished_seconds_ago": round(now - outcome.finished_at, 3),
         }
 
+    def list_tasks(
+        self,
+        state: str | None,
+        task_type: str | None,
+        key: str | None,
+        limit: int,
+        before_id: int | None,
+    ) -> dict[str, Any]:
+        """
+        A page of the store's task list, newest first, each unfinished task
+        with its live state from the core; ``key`` finds the one task
+        submitted with it.  ``state``: unfinished, succeeded, failed or
+        cancelled (None: all).
+        """
+        if key is not None:
+            task_id = self._store.task_for_key(key) if self._store is not None else None
+            found = self.task(task_id) if task_id is not None else None
+            return {"tasks": [found] if found is not None else [], "next_before": None}
+        if self._store is None:
+            return {"tasks": [], "next_before": None}
+        wanted = None if state is None else LIST_STATES[state]
+        rows, next_before = self._store.list_tasks(wanted, task_type, limit, before_id)
+        now = self._clock.seconds()
+        listed = []
+        for row in rows:
+            if row.finished_at is not None:
+                shown = row.state.name.lower()
+            else:  # the store knows it unfinished; the core knows whether queued or running
+                live = self._core.state_of(row.id)
+                shown = live.name.lower() if live is not None else "unfinished"
+            listed.append(
+                {
+                    "id": row.id,
+                    "type": row.type,
+                    "state": shown,
+                    "attempts": row.attempts,
+                    "losses": row.losses,
+                    "key": row.key,
+                    "submitted_seconds_ago": None
+                    if row.submitted_at is None
+                    else round(now - row.submitted_at, 3),
+                    "finished_seconds_ago": None
+                    if row.finished_at is None
+                    else round(now - row.finished_at, 3),
+                }
+            )
+        return {"tasks": listed, "next_before": next_before}
+
+
+#: The task list's state filter: a name -> what the store filters on (QUEUED: unfinished).
+LIST_STATES = {
+    "unfinished": State.QUEUED,
+    "succeeded": State.SUCCEEDED,
+    "failed": State.FAILED,
+    "cancelled": State.CANCELLED,
+}
 
 #: Bytes of a payload or result shown on a task's page at the most.
 PREVIEW_BYTES = 2048

@@ -106,6 +106,7 @@ function render() {
 
 function showPage() {
   const name = (location.hash || "#overview").slice(1);
+  if (name === "tasks") listTasks(null);
   for (const page of document.querySelectorAll(".page")) page.classList.toggle("shown", page.id === "page-" + name);
   for (const link of document.querySelectorAll("nav a")) link.classList.toggle("active", link.hash === "#" + name);
 }
@@ -113,12 +114,37 @@ function showPage() {
 async function showTask(id) {
   const detail = $("task-detail");
   detail.replaceChildren();
-  const response = await fetch("/api/tasks/" + encodeURIComponent(id));
-  const task = await response.json();
+  const url = /^[0-9]+$/.test(id) ? "/api/tasks/" + id : "/api/tasks?key=" + encodeURIComponent(id);
+  const answer = await (await fetch(url)).json();
+  const task = answer.tasks ? (answer.tasks[0] || { error: "no task with key " + id }) : answer;
   const pre = document.createElement("pre");
   pre.textContent = JSON.stringify(task, null, 2);
   detail.appendChild(pre);
 }
+
+// The task list: read from the store a page at a time, on request (not live:
+// a list that moves under the reader is no list).
+let nextBefore = null;
+async function listTasks(before) {
+  const query = new URLSearchParams();
+  if ($("filter-state").value) query.set("state", $("filter-state").value);
+  if ($("filter-type").value.trim()) query.set("type", $("filter-type").value.trim());
+  if (before) query.set("before", before);
+  const answer = await (await fetch("/api/tasks?" + query)).json();
+  if (answer.error) { fill("task-list", [[answer.error]]); return; }
+  nextBefore = answer.next_before;
+  $("tasks-older").disabled = nextBefore === null;
+  fill("task-list", answer.tasks.map(t => [t.id, t.type === null ? "-" : t.type, t.state, t.attempts, t.losses,
+    t.key === null ? "" : t.key, t.submitted_seconds_ago === null ? "" : duration(t.submitted_seconds_ago) + " ago",
+    t.finished_seconds_ago === null ? "" : duration(t.finished_seconds_ago) + " ago"]));
+  for (const tr of $("task-list").children) {
+    tr.firstChild.style.cursor = "pointer";
+    tr.firstChild.addEventListener("click", () => showTask(tr.firstChild.textContent));
+  }
+}
+$("task-filter").addEventListener("submit", e => { e.preventDefault(); listTasks(null); });
+$("tasks-newest").addEventListener("click", () => listTasks(null));
+$("tasks-older").addEventListener("click", () => { if (nextBefore !== null) listTasks(nextBefore); });
 
 function connect() {
   const events = new EventSource("/events");
