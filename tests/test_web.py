@@ -115,6 +115,10 @@ def test_metrics_parse_with_prometheus_clients_own_parser() -> None:
     assert samples[("taskmesh_worker_slots", (("worker", "w1"),))] == 2
     assert samples[("taskmesh_store_available", ())] == 1
     assert families["taskmesh_task_submitted"].type == "counter"
+    assert families["taskmesh_task_runtime_seconds"].type == "histogram"
+    assert samples[("taskmesh_task_runtime_seconds_count", (("type", "echo"),))] == 2
+    assert samples[("taskmesh_task_runtime_seconds_bucket", (("le", "0.001"), ("type", "echo")))] == 2
+    assert samples[("taskmesh_task_queue_wait_seconds_bucket", (("le", "+Inf"), ("type", "echo")))] == 2
 
 
 def test_events_stream_the_status_once_per_publish_and_forget_finished_listeners() -> None:

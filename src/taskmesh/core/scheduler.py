@@ -46,6 +46,7 @@ from taskmesh.core.chunking import MAX_CHUNK, ChunkSizer
 from taskmesh.core.logsummary import RepeatedEvents
 from taskmesh.core.taskqueue import TaskQueue
 from taskmesh.core.tasks import Chunk, Group, Job, JobReport, Lease, Queued, Task
+from taskmesh.core.timings import Histogram
 from taskmesh.errors import StoreUnavailable, TaskCancelled, TaskFailed
 from taskmesh.store.interface import ITaskStore, Outcome, State
 from taskmesh.store.memory import MemoryStore
@@ -293,6 +294,9 @@ class Scheduler:
         self.finished_by_type: dict[tuple[str, State], int] = {}
         #: Map items answered: [succeeded, failed] (a job's items are no tasks of their own).
         self.job_items = [0, 0]
+        #: Task type -> seconds from lease to outcome, and from submission to (last) lease.
+        self.run_times: dict[str, Histogram] = {}
+        self.queue_waits: dict[str, Histogram] = {}
         #: The latest progress of running tasks that reported some: task id ->
         #: (done, total, note).  In memory only: after a restart the task runs
         #: again from the start, and reports again.
@@ -1012,9 +1016,11 @@ class Scheduler:
             return
         group = Group(self._next_id, members, worker, self._clock.seconds())
         self._next_id += 1
+        leased_at = group.leased_at
         for member in members:
             member.worker = worker
             member.state = State.RUNNING
+            member.leased_at = leased_at
         worker.leases[group.id] = group
         default_attempts = self.policy.max_attempts
         worker.channel.assign_group(
@@ -1121,6 +1127,8 @@ class Scheduler:
         self.counts[state] += 1
         finished_key = (task.type, state)
         self.finished_by_type[finished_key] = self.finished_by_type.get(finished_key, 0) + 1
+        if task.leased_at >= 0 and state is not State.CANCELLED:
+            self._observe(task)
         if self._progress:
             self._progress.pop(task.id, None)
         if state is not State.SUCCEEDED:
@@ -1136,6 +1144,15 @@ class Scheduler:
         self._finished.append((task, value))
         if self._commit_call is None:
             self._commit_call = self._clock.callLater(0, self._commit)
+
+    def _observe(self, task: Task) -> None:
+        """Run time and queue wait of a task that ran (for /metrics)."""
+        run = self.run_times.get(task.type)
+        if run is None:
+            run = self.run_times[task.type] = Histogram()
+            self.queue_waits[task.type] = Histogram()
+        run.observe(self._clock.seconds() - task.leased_at)
+        self.queue_waits[task.type].observe(task.leased_at - task.submitted_at)
 
     def _commit(self) -> None:
         """

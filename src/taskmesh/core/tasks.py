@@ -75,7 +75,8 @@ class Task:
         self.timer: IDelayedCall | None = None
         #: Place in line among equal priorities.
         self.seq = task_id
-        self.leased_at = 0.0
+        #: When last leased; negative: never (what /metrics reports run times of).
+        self.leased_at = -1.0
 
     @property
     def deferred(self) -> Deferred[bytes]:

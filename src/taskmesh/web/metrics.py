@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from taskmesh._version import __version__
@@ -59,6 +59,19 @@ class MeshCollector(Collector):
         items.add_metric(["succeeded"], core.job_items[0])
         items.add_metric(["failed"], core.job_items[1])
         yield items
+
+        for name, histograms, text in (
+            ("taskmesh_task_runtime_seconds", core.run_times, "Seconds from a task's lease to its outcome."),
+            (
+                "taskmesh_task_queue_wait_seconds",
+                core.queue_waits,
+                "Seconds from submission to (last) lease.",
+            ),
+        ):
+            family = HistogramMetricFamily(name, text, labels=["type"])
+            for histogram_type, histogram in sorted(histograms.items()):
+                family.add_metric([histogram_type], histogram.cumulative(), histogram.total)
+            yield family
 
         workers = stats["workers"]
         yield GaugeMetricFamily("taskmesh_workers", "Connected workers.", value=len(workers))
