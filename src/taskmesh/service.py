@@ -66,6 +66,7 @@ class SchedulerService(Service):
         factory_options: dict[str, Any] | None = None,
         secrets: RoleSecrets | None = None,
         tls: ServerTLS | None = None,
+        web: str | None = None,
     ) -> None:
         if secrets is None:
             raise ValueError("a scheduler needs its secrets: nobody may connect without one")
@@ -80,11 +81,19 @@ class SchedulerService(Service):
         #: What listens: the factory, inside TLS when certificates are given.
         self.listening_factory = tls.wrap(self.factory) if tls is not None else self.factory
         self.port: IListeningPort | None = None
+        #: The dashboard (taskmesh.web), on its own endpoint; None: no dashboard.
+        self.web: Service | None = None
+        if web is not None:
+            from taskmesh.web import WebService
+
+            self.web = WebService(reactor, web, core, secrets.client, store)
 
     def startService(self) -> None:
         """Listen now; if the port cannot be had, raise so twistd exits with the reason."""
         super().startService()
         self.core.start()
+        if self.web is not None:
+            self.web.startService()
         failures: list[Failure] = []
         self.endpoint.listen(self.listening_factory).addCallbacks(self._listening, failures.append)
         if failures:
@@ -103,6 +112,9 @@ class SchedulerService(Service):
         super().stopService()
         port, self.port = self.port, None
         stopping: Deferred[Any] = maybeDeferred(port.stopListening) if port is not None else succeed(None)
+        if self.web is not None and self.web.running:
+            web = self.web
+            stopping.addBoth(lambda kept: maybeDeferred(web.stopService).addBoth(lambda _: kept))
         stopping.addBoth(self._close_store)
         return stopping
 

@@ -258,7 +258,13 @@ class Mesh:
         )
 
     def scheduler(self, name: str = "scheduler", *options: str) -> Process:
-        """Start a scheduler on this mesh's port and store, and wait until it listens."""
+        """
+        Start a scheduler on this mesh's port and store, and wait until it
+        listens.  Its dashboard is off unless ``--web`` is among the options
+        (tests run side by side: the default port is for people).
+        """
+        if "--web" not in options:
+            options = (*options, "--web", "none")
         process = self.twistd(
             name,
             "taskmesh-scheduler",

@@ -163,8 +163,20 @@ class CancelOptions(ConnectionOptions):
 
 class StatusOptions(ConnectionOptions):
     synopsis = "[options]"
-    longdesc = "Print the scheduler's workers and its tasks counted by state."
-    optFlags = [["json", None, "Print JSON, for scripts."]]
+    longdesc = (
+        "Print the scheduler's workers and its tasks counted by state (map items too), "
+        "rates, uptime, version and the store's health. --watch refreshes in place."
+    )
+    optFlags = [
+        ["json", None, "Print JSON, for scripts."],
+        ["watch", "w", "Refresh every --interval seconds until interrupted."],
+    ]
+    optParameters = [["interval", None, 2.0, "Seconds between refreshes with --watch.", float]]
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        if self["interval"] <= 0:
+            raise usage.UsageError("--interval must be positive")
 
 
 class MapOptions(ConnectionOptions):
@@ -378,9 +390,40 @@ async def cancel(options: CancelOptions, reactor: Any) -> None:
         await client.close()
 
 
-def describe_status(report: dict[str, Any]) -> str:
+def completed(report: dict[str, Any]) -> int:
+    """Tasks and map items finished since the scheduler started."""
     tasks = report["tasks"]
-    lines = ["tasks: " + ", ".join(f"{count} {state.replace('_', ' ')}" for state, count in tasks.items())]
+    items = report.get("map_items", {})
+    return int(
+        tasks["succeeded"]
+        + tasks["failed"]
+        + tasks["cancelled"]
+        + items.get("succeeded", 0)
+        + items.get("failed", 0)
+    )
+
+
+def describe_status(report: dict[str, Any], rate: float | None = None) -> str:
+    """``rate``: completions per second since the previous report (--watch), else the average since start."""
+    tasks = report["tasks"]
+    shown = {state: count for state, count in tasks.items() if state != "held"}  # held = running + prefetched
+    lines = []
+    if "version" in report:
+        lines.append(
+            f"scheduler {report['version']}, up {report['uptime_seconds']:.0f} s, "
+            f"{report.get('submitted', 0):,} tasks submitted"
+        )
+    lines.append(
+        "tasks: " + ", ".join(f"{count} {state.replace('_', ' ')}" for state, count in shown.items())
+    )
+    items = report.get("map_items")
+    if items is not None:
+        lines.append(f"map items: {items['succeeded']:,} succeeded, {items['failed']:,} failed")
+    uptime = report.get("uptime_seconds")
+    if rate is not None:
+        lines.append(f"rate: {rate:,.1f} completed/s")
+    elif uptime:
+        lines.append(f"rate: {completed(report) / uptime:,.1f} completed/s on average since start")
     for running in report.get("progress", []):
         total = running["total"]
         amount = f"{running['done']:g}" + (f"/{total:g}" if total else "")
@@ -391,10 +434,13 @@ def describe_status(report: dict[str, Any]) -> str:
     workers = report.get("workers", [])
     lines.append(f"workers: {len(workers)}")
     if workers:
-        lines.append(f"  {'name':<40} {'slots':>5} {'running':>7}  types")
+        lines.append(
+            f"  {'name':<40} {'slots':>5} {'running':>7} {'held':>5} {'done':>8} {'failed':>6}  types"
+        )
         for worker in workers:
             lines.append(
-                f"  {worker['name']:<40} {worker['slots']:>5} {worker['running']:>7}  "
+                f"  {worker['name']:<40} {worker['slots']:>5} {worker['running']:>7} "
+                f"{worker.get('held', 0):>5} {worker.get('done', 0):>8} {worker.get('failed', 0):>6}  "
                 + ",".join(worker["types"])
             )
     for job in report.get("jobs", []):
@@ -435,13 +481,27 @@ def describe_store(store: dict[str, Any]) -> str:
 
 async def status(options: StatusOptions, reactor: Any) -> None:
     client = await connect(options, reactor)
+    previous: tuple[float, int] | None = None
     try:
-        report = await client.status()
+        while True:
+            report = await client.status()
+            now = reactor.seconds()
+            rate = None
+            if previous is not None and now > previous[0]:
+                rate = (completed(report) - previous[1]) / (now - previous[0])
+            previous = (now, completed(report))
+            text = json.dumps(report, indent=2) if options["json"] else describe_status(report, rate)
+            if not options["watch"]:
+                out(text)
+                return
+            if sys.stdout.isatty():
+                sys.stdout.write("\x1b[H\x1b[2J")  # refresh in place: home, clear
+            out(text)
+            await task.deferLater(reactor, options["interval"], lambda: None)
     except SchedulerGone as e:
         raise CommandFailed(str(e), EXIT_UNREACHABLE) from None
     finally:
         await client.close()
-    out(json.dumps(report, indent=2) if options["json"] else describe_status(report))
 
 
 def count_lines(path: str) -> int:

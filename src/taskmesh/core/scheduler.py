@@ -40,11 +40,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface
 
+from taskmesh._version import __version__
 from taskmesh.codec import add_note, failure_summary
 from taskmesh.core.chunking import MAX_CHUNK, ChunkSizer
 from taskmesh.core.logsummary import RepeatedEvents
 from taskmesh.core.taskqueue import TaskQueue
 from taskmesh.core.tasks import Chunk, Group, Job, JobReport, Lease, Queued, Task
+from taskmesh.core.timings import Histogram
 from taskmesh.errors import StoreUnavailable, TaskCancelled, TaskFailed
 from taskmesh.store.interface import ITaskStore, Outcome, State
 from taskmesh.store.memory import MemoryStore
@@ -169,7 +171,18 @@ class IWorkerChannel(Interface):
 class WorkerState:
     """The core's view of one connected worker: what it runs and what it holds."""
 
-    __slots__ = ("channel", "name", "slots", "task_types", "capacity", "leases", "last_seen")
+    __slots__ = (
+        "channel",
+        "name",
+        "slots",
+        "task_types",
+        "capacity",
+        "leases",
+        "last_seen",
+        "joined_at",
+        "done",
+        "failed",
+    )
 
     def __init__(
         self,
@@ -189,6 +202,10 @@ class WorkerState:
         #: Tasks this worker holds, by id.
         self.leases: dict[int, Lease] = {}
         self.last_seen = now
+        self.joined_at = now
+        #: Outcomes this worker reported (a chunk's or group's items each count): for monitoring.
+        self.done = 0
+        self.failed = 0
 
 
 def _consume(failure: Failure) -> None:
@@ -269,6 +286,18 @@ class Scheduler:
         #: What a peer can repeat at will is summarised, not logged each time.
         self._repeated = RepeatedEvents(self.log, clock)
         self.counts = {State.SUCCEEDED: 0, State.FAILED: 0, State.CANCELLED: 0}
+        # Monitoring counters (read by the web layer at scrape time): one
+        # dict increment per task, no work per request.
+        self.started_at = clock.seconds()
+        #: Task type -> tasks submitted (map items not included: see job_items).
+        self.submitted_by_type: dict[str, int] = {}
+        #: (task type, final state) -> tasks finished.
+        self.finished_by_type: dict[tuple[str, State], int] = {}
+        #: Map items answered: [succeeded, failed] (a job's items are no tasks of their own).
+        self.job_items = [0, 0]
+        #: Task type -> seconds from lease to outcome, and from submission to (last) lease.
+        self.run_times: dict[str, Histogram] = {}
+        self.queue_waits: dict[str, Histogram] = {}
         #: The latest progress of running tasks that reported some: task id ->
         #: (done, total, note).  In memory only: after a restart the task runs
         #: again from the start, and reports again.
@@ -364,6 +393,8 @@ class Scheduler:
         task = Task(self._next_id, task_type, payload, options, self._clock.seconds())
         self._next_id += 1
         self._tasks[task.id] = task
+        by_type = self.submitted_by_type
+        by_type[task_type] = by_type.get(task_type, 0) + 1
         if key is not None:
             self._keys[key] = task.id
         self._store.add(task)
@@ -488,6 +519,7 @@ class Scheduler:
         slots = sum(worker.slots for worker in self._workers if task_type in worker.task_types)
         sizer = ChunkSizer(min(chunk_size, MAX_CHUNK), size_hint, slots)
         job = Job(self._next_id, task_type, priority, sizer, report)
+        job.opened_at = self._clock.seconds()
         self._next_id += 1
         self._jobs[job.id] = job
         return job
@@ -593,6 +625,9 @@ class Scheduler:
                 )
             lease.answered += len(outcomes)
             done = lease.answered == items
+            ok = sum(1 for status, _ in outcomes if status == STATUS_OK)
+            worker.done += ok
+            worker.failed += len(outcomes) - ok
             if done:
                 del leases[chunk_id]
                 lease.worker = None
@@ -603,6 +638,9 @@ class Scheduler:
                 continue
             job = lease.job
             job.outstanding -= len(outcomes)
+            self.job_items[0] += ok
+            self.job_items[1] += len(outcomes) - ok
+            job.failed += len(outcomes) - ok
             if done:
                 del job.chunks[chunk_id]
                 job.sizer.observe(items, now - lease.leased_at)
@@ -735,11 +773,13 @@ class Scheduler:
                 task.timer.cancel()
                 task.timer = None
             if status == STATUS_OK:
+                worker.done += 1
                 # A single task's time includes a round trip: an upper bound,
                 # enough to tell quick types (worth grouping) from slow ones.
                 self._group_size(task.type).observe(1, now - task.leased_at)
                 self._finish(task, State.SUCCEEDED, value)
             else:
+                worker.failed += 1
                 self._outcome(task, status, value)
         self._fill(worker)
 
@@ -778,13 +818,18 @@ class Scheduler:
 
     def stats(self) -> dict[str, Any]:
         now = self._clock.seconds()
-        running = sum(self._held(worker) for worker in self._workers)
+        held = sum(self._held(worker) for worker in self._workers)
+        # Running: what occupies a slot; the rest a worker holds is prefetched,
+        # waiting on the worker for a slot.
+        running = sum(min(len(worker.leases), worker.slots) for worker in self._workers)
         waiting = self._queue.waiting_by_type()
         return {
             "tasks": {
                 "queued": len(self._queue),
                 "waiting_to_retry": self._waiting_retry,
                 "running": running,
+                "held": held,
+                "prefetched": max(0, held - running),
                 "succeeded": self.counts[State.SUCCEEDED],
                 "failed": self.counts[State.FAILED],
                 "cancelled": self.counts[State.CANCELLED],
@@ -801,6 +846,9 @@ class Scheduler:
                     "held": self._held(worker),
                     "types": sorted(worker.task_types),
                     "last_seen_seconds_ago": round(now - worker.last_seen, 3),
+                    "done": worker.done,
+                    "failed": worker.failed,
+                    "connected_seconds": round(now - worker.joined_at, 3),
                 }
                 for worker in self._workers
             ],
@@ -810,11 +858,20 @@ class Scheduler:
                     "type": job.type,
                     "priority": job.priority,
                     "items_outstanding": job.outstanding,
+                    "items_received": job.received,
+                    "items_done": job.received - job.outstanding,
+                    "items_failed": job.failed,
+                    "open_seconds": round(now - job.opened_at, 3),
+                    "ended": job.ended,
                     "chunk_size": job.sizer.size,
                 }
                 for job in self._jobs.values()
             ],
             "paused_submitters": self._paused,
+            "version": __version__,
+            "uptime_seconds": round(now - self.started_at, 3),
+            "submitted": sum(self.submitted_by_type.values()),
+            "map_items": {"succeeded": self.job_items[0], "failed": self.job_items[1]},
             "progress": [
                 {
                     "id": task_id,
@@ -967,9 +1024,11 @@ class Scheduler:
             return
         group = Group(self._next_id, members, worker, self._clock.seconds())
         self._next_id += 1
+        leased_at = group.leased_at
         for member in members:
             member.worker = worker
             member.state = State.RUNNING
+            member.leased_at = leased_at
         worker.leases[group.id] = group
         default_attempts = self.policy.max_attempts
         worker.channel.assign_group(
@@ -1074,6 +1133,10 @@ class Scheduler:
         """Record an outcome; the Deferred fires once it is durable."""
         task.state = state
         self.counts[state] += 1
+        finished_key = (task.type, state)
+        self.finished_by_type[finished_key] = self.finished_by_type.get(finished_key, 0) + 1
+        if task.leased_at >= 0 and state is not State.CANCELLED:
+            self._observe(task)
         if self._progress:
             self._progress.pop(task.id, None)
         if state is not State.SUCCEEDED:
@@ -1089,6 +1152,15 @@ class Scheduler:
         self._finished.append((task, value))
         if self._commit_call is None:
             self._commit_call = self._clock.callLater(0, self._commit)
+
+    def _observe(self, task: Task) -> None:
+        """Run time and queue wait of a task that ran (for /metrics)."""
+        run = self.run_times.get(task.type)
+        if run is None:
+            run = self.run_times[task.type] = Histogram()
+            self.queue_waits[task.type] = Histogram()
+        run.observe(self._clock.seconds() - task.leased_at)
+        self.queue_waits[task.type].observe(task.leased_at - task.submitted_at)
 
     def _commit(self) -> None:
         """

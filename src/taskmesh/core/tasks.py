@@ -75,7 +75,8 @@ class Task:
         self.timer: IDelayedCall | None = None
         #: Place in line among equal priorities.
         self.seq = task_id
-        self.leased_at = 0.0
+        #: When last leased; negative: never (what /metrics reports run times of).
+        self.leased_at = -1.0
 
     @property
     def deferred(self) -> Deferred[bytes]:
@@ -117,6 +118,8 @@ class Job:
         "id",
         "options",
         "outstanding",
+        "failed",
+        "opened_at",
         "priority",
         "received",
         "report",
@@ -143,6 +146,9 @@ class Job:
         self.outstanding = 0
         self.received = 0
         self.ended = False
+        #: For monitoring: items answered with a failure, and when the job was opened.
+        self.failed = 0
+        self.opened_at = 0.0
 
 
 class Chunk:

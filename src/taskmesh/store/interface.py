@@ -73,6 +73,25 @@ class Outcome:
     finished_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class TaskSummary:
+    """One row of the dashboard's task list (a store's view: an unfinished task is QUEUED here)."""
+
+    id: int
+    type: str | None  # None: a store that does not keep types (memory)
+    state: State
+    submitted_at: float | None
+    finished_at: float | None
+    attempts: int
+    losses: int
+    key: str | None
+
+
+#: Rows a task list page looks at, at the most, to find its matches: a
+#: bounded read however rare the filter, continued from where it stopped.
+LIST_SCAN_ROWS = 20000
+
+
 class ITaskStore(Interface):
     """Durable task and result storage, written in groups."""
 
@@ -127,6 +146,17 @@ class ITaskStore(Interface):
         how many (the core calls again, next turn, while it gets ``limit``,
         so a large backlog never holds the reactor).  May raise
         ``StoreUnavailable``; buffered writes are not affected.
+        """
+
+    def list_tasks(
+        finished: State | None, task_type: str | None, limit: int, before_id: int | None
+    ) -> tuple[list[TaskSummary], int | None]:
+        """
+        Committed tasks, newest first, with ids below ``before_id`` (None: all),
+        filtered by outcome (``QUEUED``: the unfinished) and type; at most
+        ``limit`` of them, looking at no more than ``LIST_SCAN_ROWS`` rows.
+        Returns the rows and the ``before_id`` of the next page (None: no more).
+        For the dashboard; read-only.  Reads may raise ``StoreUnavailable``.
         """
 
     def close() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from zope.interface import implementer
 
-from taskmesh.store.interface import ITaskStore, Outcome, State, StoredTask
+from taskmesh.store.interface import LIST_SCAN_ROWS, ITaskStore, Outcome, State, StoredTask, TaskSummary
 
 
 def time_based_first_id() -> int:
@@ -90,6 +90,44 @@ class MemoryStore:
             if key is not None:
                 self._keys.pop(key, None)
         return len(old)
+
+    def list_tasks(
+        self, finished: State | None, task_type: str | None, limit: int, before_id: int | None
+    ) -> tuple[list[TaskSummary], int | None]:
+        """
+        Finished tasks only, without types (unfinished ones live in the
+        core), latest finished first; ``before_id`` pages by id, and every
+        row looked at (skipped or not) counts towards ``LIST_SCAN_ROWS``.
+        """
+        if finished is State.QUEUED or task_type is not None:
+            return [], None
+        found: list[TaskSummary] = []
+        scanned = 0
+        last: int | None = None
+        for task_id in reversed(self._outcomes):  # in finishing order: no sort of every outcome
+            scanned += 1
+            if scanned > LIST_SCAN_ROWS:
+                return found, last
+            if before_id is not None and task_id >= before_id:
+                continue
+            last = task_id
+            outcome = self._outcomes[task_id]
+            if finished is None or outcome.state is finished:
+                found.append(
+                    TaskSummary(
+                        task_id,
+                        None,
+                        outcome.state,
+                        None,
+                        outcome.finished_at,
+                        0,
+                        0,
+                        self._key_of.get(task_id),
+                    )
+                )
+                if len(found) == limit:
+                    return found, task_id
+        return found, None
 
     def close(self) -> None:
         """Nothing to release."""

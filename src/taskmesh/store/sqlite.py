@@ -68,7 +68,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from taskmesh.errors import StoreUnavailable
-from taskmesh.store.interface import ITaskStore, Outcome, State, StoredTask
+from taskmesh.store.interface import LIST_SCAN_ROWS, ITaskStore, Outcome, State, StoredTask, TaskSummary
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -438,6 +438,55 @@ class SqliteStore:
         except sqlite3.Error as e:
             raise StoreUnavailable(describe_error(e)) from e
         return None if row is None else int(row[0])
+
+    def list_tasks(
+        self, finished: State | None, task_type: str | None, limit: int, before_id: int | None
+    ) -> tuple[list[TaskSummary], int | None]:
+        # The inner query reads at most LIST_SCAN_ROWS rows by primary key,
+        # so a rare filter costs a bounded read, not a table scan.
+        conditions = []
+        arguments: list[object] = [before_id if before_id is not None else 2**63 - 1, LIST_SCAN_ROWS]
+        if finished is State.QUEUED:
+            conditions.append("finished_at IS NULL")
+        elif finished is not None:
+            conditions.append("finished_at IS NOT NULL AND state = ?")
+            arguments.append(int(finished))
+        if task_type is not None:
+            conditions.append("type = ?")
+            arguments.append(task_type)
+        where = ("WHERE " + " AND ".join(conditions)) if conditions else ""
+        try:
+            scanned = self._db.execute(
+                "SELECT count(*), min(id) FROM (SELECT id FROM tasks WHERE id < ? ORDER BY id DESC LIMIT ?)",
+                arguments[:2],
+            ).fetchone()
+            rows = self._db.execute(
+                "SELECT id, type, state, submitted_at, finished_at, attempts, losses, key FROM"
+                " (SELECT * FROM tasks WHERE id < ? ORDER BY id DESC LIMIT ?) "
+                + where
+                + " ORDER BY id DESC LIMIT ?",
+                [*arguments, limit],
+            ).fetchall()
+        except sqlite3.Error as e:
+            raise StoreUnavailable(describe_error(e)) from e
+        found = [
+            TaskSummary(
+                id=row[0],
+                type=row[1],
+                state=State(row[2]) if row[4] is not None else State.QUEUED,
+                submitted_at=row[3],
+                finished_at=row[4],
+                attempts=row[5],
+                losses=row[6],
+                key=row[7],
+            )
+            for row in rows
+        ]
+        if len(found) == limit:
+            return found, found[-1].id
+        # Fewer than asked: the window is exhausted; go on below it, if anything is there.
+        more = scanned[0] == LIST_SCAN_ROWS
+        return found, (int(scanned[1]) if more else None)
 
     def prune(self, finished_before: float, limit: int) -> int:
         try:

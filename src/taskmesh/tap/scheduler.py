@@ -29,6 +29,8 @@ from taskmesh.store.sqlite import MAX_PAGES_VARIABLE, SYNC_MODES, SqliteStore
 from taskmesh.tap import non_negative_float, positive_float, positive_int, release_default_pidfile
 
 DEFAULT_LISTEN = "tcp:9001"
+#: The dashboard's endpoint (taskmesh.web): loopback only unless told otherwise.
+DEFAULT_WEB = "tcp:9002:interface=127.0.0.1"
 DEFAULT_STORE = "taskmesh.sqlite"
 _DEFAULTS = Policy()
 
@@ -50,6 +52,13 @@ class Options(usage.Options):
             "l",
             DEFAULT_LISTEN,
             "Endpoint to listen on, e.g. tcp:9001 or tcp:9001:interface=127.0.0.1.",
+        ],
+        [
+            "web",
+            None,
+            DEFAULT_WEB,
+            "Endpoint of the dashboard, /metrics, /health and /api/ ('none': off). "
+            "Beyond loopback it asks for a token derived from the clients' secret (logged as a link).",
         ],
         [
             "store",
@@ -307,6 +316,7 @@ def makeService(options: Options) -> IService:
         },
         secrets=secrets,
         tls=options["tls-options"],
+        web=None if options["web"] == "none" else options["web"],
     )
 
 

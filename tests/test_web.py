@@ -1,0 +1,245 @@
+"""The web layer in memory: a real core on a Clock, its resources rendered with DummyRequest."""
+
+from __future__ import annotations
+
+import json
+
+from prometheus_client.parser import text_string_to_metric_families
+from test_scheduler_core import FakeChannel
+from twisted.internet.task import Clock
+from twisted.web.resource import getChildForRequest
+from twisted.web.server import NOT_DONE_YET
+from twisted.web.test.requesthelper import DummyRequest
+
+from taskmesh.core.scheduler import Policy, Scheduler
+from taskmesh.errors import StoreUnavailable
+from taskmesh.store.memory import MemoryStore
+from taskmesh.web.resources import build_root, web_token
+from taskmesh.web.service import endpoint_is_loopback
+from taskmesh.web.view import MeshView, payload_preview
+from taskmesh.wire import STATUS_FAILED, STATUS_OK
+
+
+class BrokenStore(MemoryStore):
+    """A store whose commits fail while ``broken``."""
+
+    broken = False
+
+    def commit(self) -> bool:
+        if self.broken:
+            raise StoreUnavailable("disk full")
+        return True
+
+
+def mesh(store: MemoryStore | None = None, token: str | None = None):  # type: ignore[no-untyped-def]
+    clock = Clock()
+    core = Scheduler(clock, store or MemoryStore(), Policy(prefetch=2))
+    core.start()
+    view = MeshView(core, clock)
+    root, events = build_root(view, token)
+    return clock, core, view, root, events
+
+
+class Request(DummyRequest):
+    """DummyRequest with the cookie API the guard uses."""
+
+    cookies: list[bytes]
+
+    def addCookie(self, name: bytes, value: bytes, **attributes: object) -> None:
+        self.cookies = [*getattr(self, "cookies", []), name + b"=" + value]
+
+
+def get(root, path: str, args: dict[bytes, list[bytes]] | None = None, cookie: bytes | None = None):  # type: ignore[no-untyped-def]
+    request = Request([part.encode() for part in path.strip("/").split("/")] if path != "/" else [b""])
+    request.method = b"GET"
+    if args:
+        request.args = args
+    # What twisted.web's Request parses from the Cookie header (DummyRequest has none).
+    request.received_cookies = {b"taskmesh_token": cookie} if cookie is not None else {}
+    resource = getChildForRequest(root, request)
+    body = resource.render(request)
+    if body is not NOT_DONE_YET:
+        request.write(body)
+    return request, b"".join(request.written)
+
+
+def test_health_is_200_serving_and_503_while_the_store_cannot_commit() -> None:
+    store = BrokenStore()
+    clock, core, view, root, _ = mesh(store)
+    request, body = get(root, "/health")
+    assert request.responseCode == 200 and body == b"serving\n"
+    store.broken = True
+    core.submit("echo", b"x")
+    clock.advance(0)
+    request, body = get(root, "/health")
+    assert request.responseCode == 503
+    assert b"store unavailable" in body and b"disk full" in body
+
+
+def test_status_separates_running_from_prefetched_and_counts_per_worker() -> None:
+    clock, core, view, root, _ = mesh()
+    channel = FakeChannel()
+    worker = core.add_worker(channel, "w1", 1, frozenset({"echo"}))
+    ids = [core.submit("echo", b"%d" % n)[0] for n in range(3)]
+    _, body = get(root, "/api/status")
+    status = json.loads(body)
+    assert status["tasks"]["running"] == 1
+    assert status["tasks"]["prefetched"] == 2
+    assert status["version"]
+    core.complete(worker, [(ids[0], STATUS_OK, b"ok"), (ids[1], STATUS_FAILED, b"boom")])
+    clock.advance(0)
+    _, body = get(root, "/api/workers")
+    (listed,) = json.loads(body)
+    assert (listed["name"], listed["slots"], listed["done"], listed["failed"]) == ("w1", 1, 1, 1)
+
+
+def test_metrics_parse_with_prometheus_clients_own_parser() -> None:
+    clock, core, view, root, _ = mesh()
+    worker = core.add_worker(FakeChannel(), "w1", 2, frozenset({"echo"}))
+    ok, _ = core.submit("echo", b"a")
+    bad, _ = core.submit("echo", b"b")
+    core.complete(worker, [(ok, STATUS_OK, b""), (bad, STATUS_FAILED, b"no")])
+    clock.advance(0)
+    request, body = get(root, "/metrics")
+    assert request.responseHeaders.getRawHeaders(b"content-type")[0].startswith(b"text/plain")
+    families = {family.name: family for family in text_string_to_metric_families(body.decode())}
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in families.values()
+        for sample in family.samples
+    }
+    assert samples[("taskmesh_task_submitted_total", (("type", "echo"),))] == 2
+    assert samples[("taskmesh_task_finished_total", (("outcome", "succeeded"), ("type", "echo")))] == 1
+    assert samples[("taskmesh_task_finished_total", (("outcome", "failed"), ("type", "echo")))] == 1
+    assert samples[("taskmesh_workers", ())] == 1
+    assert samples[("taskmesh_worker_slots", (("worker", "w1"),))] == 2
+    assert samples[("taskmesh_store_available", ())] == 1
+    assert families["taskmesh_task_submitted"].type == "counter"
+    assert families["taskmesh_task_runtime_seconds"].type == "histogram"
+    assert samples[("taskmesh_task_runtime_seconds_count", (("type", "echo"),))] == 2
+    assert samples[("taskmesh_task_runtime_seconds_bucket", (("le", "0.001"), ("type", "echo")))] == 2
+    assert samples[("taskmesh_task_queue_wait_seconds_bucket", (("le", "+Inf"), ("type", "echo")))] == 2
+
+
+def test_events_stream_the_status_once_per_publish_and_forget_finished_listeners() -> None:
+    clock, core, view, root, events = mesh()
+    view.sample()
+    request, body = get(root, "/events")
+    assert request.responseHeaders.getRawHeaders(b"content-type") == [b"text/event-stream"]
+    assert b"event: history\n" in body and b"event: status\n" in body
+    assert events.listeners == {request}
+    core.submit("echo", b"x")
+    clock.advance(1)
+    view.sample()
+    before = len(request.written)
+    events.publish()
+    update = b"".join(request.written[before:])
+    status = json.loads(update.split(b"event: status\ndata: ")[1].split(b"\n\n")[0])
+    assert status["tasks"]["queued"] == 1
+    assert b"event: point\n" in update
+    request.processingFailed(Exception("gone"))  # the browser went away
+    assert events.listeners == set()
+
+
+def test_rates_come_from_samples_not_from_work_per_task() -> None:
+    clock, core, view, root, _ = mesh()
+    view.sample()
+    for n in range(20):
+        core.submit("echo", b"%d" % n)
+    clock.advance(2)
+    view.sample()
+    assert view.rates()["submitted_per_second"] == 10.0
+    assert view.chart()[-1]["queued"] == 20
+
+
+def test_beyond_loopback_the_token_is_asked_once_then_its_cookie() -> None:
+    token = web_token(b"s" * 32)
+    clock, core, view, root, _ = mesh(token=token)
+    request, _ = get(root, "/api/status")
+    assert request.responseCode == 403
+    request, _ = get(root, "/api/status", args={b"token": [b"wrong"]})
+    assert request.responseCode == 403
+    request, body = get(root, "/api/status", args={b"token": [token.encode()]})
+    assert request.responseCode in (None, 200) and json.loads(body)["tasks"]
+    assert any(token.encode() in cookie for cookie in request.cookies)
+    request, _ = get(root, "/metrics", cookie=token.encode())
+    assert request.responseCode in (None, 200)
+    request, _ = get(root, "/health")  # for load balancers: says serving or not, nothing more
+    assert request.responseCode == 200
+
+
+def test_which_endpoints_count_as_loopback() -> None:
+    assert endpoint_is_loopback("tcp:9002:interface=127.0.0.1")
+    assert not endpoint_is_loopback("tcp:9002")
+    assert not endpoint_is_loopback("tcp:9002:interface=0.0.0.0")
+
+
+def test_a_task_page_shows_the_payload_as_text_and_the_outcome_once_finished() -> None:
+    clock, core, view, root, _ = mesh()
+    task_id, _ = core.submit("echo", b"<script>alert(1)</script>\xff")
+    _, body = get(root, f"/api/tasks/{task_id}")
+    task = json.loads(body)
+    assert task["state"] == "queued" and task["type"] == "echo"
+    assert task["payload"] == "<script>alert(1)</script>\ufffd"  # text for textContent, never markup
+    worker = core.add_worker(FakeChannel(), "w1", 1, frozenset({"echo"}))
+    core.complete(worker, [(task_id, STATUS_OK, b"done")])
+    clock.advance(0)
+    _, body = get(root, f"/api/tasks/{task_id}")
+    assert json.loads(body)["state"] == "succeeded"
+    request, _ = get(root, "/api/tasks/999999")
+    assert request.responseCode == 404
+    assert payload_preview(b"x" * 3000, limit=10).endswith("(2990 more bytes)")
+
+
+def test_status_text_counts_map_items_and_separates_running_from_held() -> None:
+    from taskmesh.cli.commands import describe_status
+
+    clock, core, view, root, _ = mesh()
+    clock.advance(10)  # before the worker joins: a silent fake worker would miss its heartbeats
+    worker = core.add_worker(FakeChannel(), "w1", 1, frozenset({"echo"}))
+    for n in range(3):
+        core.submit("echo", b"%d" % n)
+    core.job_items[0] += 100_000  # as a finished map leaves them
+    text = describe_status(core.stats())
+    assert "scheduler 0.1.0, up 10 s, 3 tasks submitted" in text
+    assert "1 running, 2 prefetched" in text
+    assert "map items: 100,000 succeeded, 0 failed" in text
+    assert "rate: 10,000.0 completed/s on average since start" in text
+    assert "store: available" in text
+    assert "w1" in text and worker.slots == 1
+    assert "rate: 5.0 completed/s" in describe_status(core.stats(), rate=5.0)
+
+
+def test_the_task_list_pages_through_the_store_with_live_states_and_filters(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from taskmesh.store.sqlite import SqliteStore
+    from taskmesh.web.resources import build_root as build
+
+    store = SqliteStore(str(tmp_path / "t.sqlite"))
+    try:
+        clock = Clock()
+        core = Scheduler(clock, store, Policy(prefetch=0))
+        core.start()
+        root, _ = build(MeshView(core, clock, store), None)
+        worker = core.add_worker(FakeChannel(), "w1", 1, frozenset({"echo"}))
+        ids = [core.submit("echo" if n % 2 else "other", b"%d" % n)[0] for n in range(5)]
+        clock.advance(0)  # committed
+        core.complete(worker, [(ids[1], STATUS_FAILED, b"boom")])  # the worker then runs ids[3]
+        clock.advance(0)
+        _, body = get(root, "/api/tasks", args={b"limit": [b"2"]})
+        page = json.loads(body)
+        assert [t["id"] for t in page["tasks"]] == [ids[4], ids[3]]
+        assert page["next_before"] == ids[3]
+        _, body = get(root, "/api/tasks", args={b"before": [str(ids[3]).encode()]})
+        rest = json.loads(body)["tasks"]
+        assert [t["id"] for t in rest] == [ids[2], ids[1], ids[0]]
+        states = {t["id"]: t["state"] for t in rest}
+        assert states == {ids[0]: "queued", ids[1]: "failed", ids[2]: "queued"}
+        assert page["tasks"][1]["state"] == "running"  # ids[3]: live state from the core
+        _, body = get(root, "/api/tasks", args={b"state": [b"failed"]})
+        assert [t["id"] for t in json.loads(body)["tasks"]] == [ids[1]]
+        _, body = get(root, "/api/tasks", args={b"type": [b"echo"], b"state": [b"unfinished"]})
+        assert [t["id"] for t in json.loads(body)["tasks"]] == [ids[3]]
+        request, _ = get(root, "/api/tasks", args={b"state": [b"bogus"]})
+        assert request.responseCode == 400
+    finally:
+        store.close()
