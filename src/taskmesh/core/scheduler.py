@@ -292,7 +292,10 @@ class Scheduler:
         #: Task type -> tasks submitted (map items not included: see job_items).
         self.submitted_by_type: dict[str, int] = {}
         #: (task type, final state) -> tasks finished.
-        self.finished_by_type: dict[tuple[str, State], int] = {}
+        #: Task type -> finished counts, indexed by State (see ``finished_by_type``).
+        self._finished_counts: dict[str, list[int]] = {}
+        #: Task type -> (run time, queue wait) histograms, the same objects as below.
+        self._timings: dict[str, tuple[Histogram, Histogram]] = {}
         #: Map items answered: [succeeded, failed] (a job's items are no tasks of their own).
         self.job_items = [0, 0]
         #: Task type -> seconds from lease to outcome, and from submission to (last) lease.
@@ -1129,14 +1132,31 @@ class Scheduler:
         self._waiting_retry -= 1
         self._enqueue(task)
 
+    @property
+    def finished_by_type(self) -> dict[tuple[str, State], int]:
+        """Finished tasks by (type, state), built when someone asks (a scrape), not per task."""
+        return {
+            (task_type, State(state)): count
+            for task_type, counts in self._finished_counts.items()
+            for state, count in enumerate(counts)
+            if count
+        }
+
     def _finish(self, task: Task, state: State, value: bytes) -> None:
         """Record an outcome; the Deferred fires once it is durable."""
         task.state = state
         self.counts[state] += 1
-        finished_key = (task.type, state)
-        self.finished_by_type[finished_key] = self.finished_by_type.get(finished_key, 0) + 1
-        if task.leased_at >= 0 and state is not State.CANCELLED:
-            self._observe(task)
+        now = self._clock.seconds()
+        task_type = task.type
+        counts = self._finished_counts.get(task_type)
+        if counts is None:
+            counts = self._finished_counts[task_type] = [0] * len(State)
+        counts[state] += 1
+        leased_at = task.leased_at
+        if leased_at >= 0 and state is not State.CANCELLED:
+            timings = self._timings.get(task_type) or self._new_timings(task_type)
+            timings[0].observe(now - leased_at)
+            timings[1].observe(leased_at - task.submitted_at)
         if self._progress:
             self._progress.pop(task.id, None)
         if state is not State.SUCCEEDED:
@@ -1148,19 +1168,16 @@ class Scheduler:
             )
         if task.options.key is not None:
             self._keys.pop(task.options.key, None)
-        self._store.finish(task.id, state, value, self._clock.seconds())
+        self._store.finish(task.id, state, value, now)
         self._finished.append((task, value))
         if self._commit_call is None:
             self._commit_call = self._clock.callLater(0, self._commit)
 
-    def _observe(self, task: Task) -> None:
-        """Run time and queue wait of a task that ran (for /metrics)."""
-        run = self.run_times.get(task.type)
-        if run is None:
-            run = self.run_times[task.type] = Histogram()
-            self.queue_waits[task.type] = Histogram()
-        run.observe(self._clock.seconds() - task.leased_at)
-        self.queue_waits[task.type].observe(task.leased_at - task.submitted_at)
+    def _new_timings(self, task_type: str) -> tuple[Histogram, Histogram]:
+        """Run time and queue wait histograms of a type (for /metrics), made at its first task."""
+        timings = self._timings[task_type] = (Histogram(), Histogram())
+        self.run_times[task_type], self.queue_waits[task_type] = timings
+        return timings
 
     def _commit(self) -> None:
         """
