@@ -24,7 +24,6 @@ late result for an abandoned wait is dropped, not an error.
 from __future__ import annotations
 
 import json
-import struct
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -41,6 +40,7 @@ from taskmesh.errors import (
     TaskUnknown,
 )
 from taskmesh.net.auth import PeerHandshake
+from taskmesh.net.frames import PREFIX
 
 # (framing.py imports no reactor: the asyncio client may import it)
 from taskmesh.net.framing import PeerMisbehaved
@@ -402,9 +402,6 @@ class ClientConnection:
             _fail(answer, SchedulerGone(f"connection to the scheduler lost before the answer came: {why}"))
 
 
-_PREFIX = struct.Struct(">I")
-
-
 class RecordBatcher:
     """
     Sans-I/O batching of outgoing records, for drivers without FramedProtocol
@@ -425,7 +422,7 @@ class RecordBatcher:
     def frame(self, body: bytes) -> None:
         """One whole frame's body, after what is queued."""
         self._flush_segments()
-        self._out.append(_PREFIX.pack(len(body)) + body)
+        self._out.append(PREFIX.pack(len(body)) + body)
 
     def send(self, message: wire.Message) -> None:
         self.frame(wire.encode(message))
@@ -453,7 +450,7 @@ class RecordBatcher:
             self._encode(message_class, records[:half])
             self._encode(message_class, records[half:])
         else:
-            self._out.append(_PREFIX.pack(len(data)) + data)
+            self._out.append(PREFIX.pack(len(data)) + data)
 
     def data(self) -> bytes:
         """Everything queued and sent so far, as bytes to write; empties the batcher."""

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import struct
 
-_PREFIX = struct.Struct(">I")
-PREFIX_SIZE = _PREFIX.size
+#: The length prefix of every frame (what Int32StringReceiver speaks): one place for all.
+PREFIX = struct.Struct(">I")
+PREFIX_SIZE = PREFIX.size
 
 
 class FrameTooLarge(Exception):
@@ -115,7 +116,7 @@ class FrameReader:
                     return []
                 head = b"".join(self._pieces)  # a few bytes: the prefix arrived in pieces
                 self._pieces = [head]
-                self._start(_PREFIX.unpack_from(head)[0])
+                self._start(PREFIX.unpack_from(head)[0])
             assert self._length is not None
             if self._buffered < PREFIX_SIZE + self._length:
                 return []
@@ -128,7 +129,7 @@ class FrameReader:
         frames: list[bytes] = []
         size = len(data)
         offset = 0
-        unpack = _PREFIX.unpack_from
+        unpack = PREFIX.unpack_from
         limit = self.max_frame
         while offset + PREFIX_SIZE <= size:
             (length,) = unpack(data, offset)

@@ -26,7 +26,6 @@ peer can make it hold:
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -39,9 +38,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from taskmesh import wire
-from taskmesh.net.frames import FrameReader, FrameTooLarge, PartialFrameBudget
-
-_PREFIX = struct.Struct(">I")
+from taskmesh.net.frames import PREFIX, FrameReader, FrameTooLarge, PartialFrameBudget
 
 #: Seconds a new connection has to finish its handshake.
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
@@ -411,7 +408,7 @@ class FramedProtocol(Int32StringReceiver):
 
     def sendString(self, string: bytes) -> None:
         """Write one frame, counting what piles up while the peer does not read."""
-        self.transport.write(_PREFIX.pack(len(string)) + string)
+        self.transport.write(PREFIX.pack(len(string)) + string)
         if self._peer_full:
             self._unsent += len(string) + 4
             if self._unsent > self.limits.max_unsent:
