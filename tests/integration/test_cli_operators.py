@@ -312,7 +312,7 @@ def test_a_piped_map_of_slow_tasks_uses_every_slot(
 
 
 def screen(data: str, columns: int) -> tuple[list[str], int]:
-    """What a terminal of ``columns`` shows for ``data`` (\\r, \\n, erase-line), and how many lines wrapped."""
+    """What a terminal of ``columns`` shows for ``data`` (\\r, \\n, erase-line), and the wraps."""
     lines = [""]
     column = 0
     wraps = 0
