@@ -52,7 +52,7 @@ class ChunkSizer:
 
     def first_size(self, buffered: int, slots: int) -> int:
         """While ``guessing``: a chunk of at most an even share of ``buffered`` items among ``slots``."""
-        return max(1, min(self.size, buffered // max(1, 4 * slots)))
+        return max(1, min(self.size, buffered // (4 * max(1, slots))))
 
     def observe(self, items: int, seconds: float) -> None:
         """A chunk of ``items`` took ``seconds`` from assignment to answer."""
