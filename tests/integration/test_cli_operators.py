@@ -6,6 +6,7 @@ real terminal (a pty), a real peer that does not speak taskmesh.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import hashlib
 import json
@@ -26,6 +27,8 @@ from pathlib import Path
 import pytest
 from conftest import TIMEOUT, TWISTD, Mesh, wait_until
 
+import taskmesh.aio
+from taskmesh.errors import NotTaskmesh
 from taskmesh.testing import TASKMESH, child_env
 
 HERE = Path(__file__).resolve().parent
@@ -436,6 +439,9 @@ def test_a_peer_that_is_not_taskmesh_is_named_at_once_on_every_side(mesh: Mesh) 
             f"taskmesh: 127.0.0.1:{server.port} is not a taskmesh scheduler: it sent "
             "'HTTP/1.1 400 Bad Request' (a web server's answer)\n"
         )
+        # The asyncio client shares the check (it has no Twisted protocol).
+        with pytest.raises(NotTaskmesh, match="is not a taskmesh scheduler: it sent 'HTTP/1.1 400"):
+            asyncio.run(taskmesh.aio.connect(f"127.0.0.1:{server.port}", timeout=25))
         worker = mesh.twistd("worker", "taskmesh-worker", "--connect", f"127.0.0.1:{server.port}")
         worker.wait_for(rf"127\.0\.0\.1:{server.port} is not a taskmesh scheduler: it sent 'HTTP/1\.1 400")
     finally:

@@ -48,6 +48,18 @@ def foreign_greeting(data: bytes, max_frame: int) -> str | None:
     return head.decode("ascii")[:80]
 
 
+def not_taskmesh_reason(peer: str, expected: str, sample: str) -> str:
+    """The one line saying that ``peer`` is not a ``expected`` (a taskmesh scheduler, or peer)."""
+    first = sample.split(" ", 1)[0]
+    if sample.startswith("HTTP/"):
+        hint = " (a web server's answer)"
+    elif first in HTTP_METHODS:
+        hint = " (an HTTP request: the dashboard is on the scheduler's --web address)"
+    else:
+        hint = ""
+    return f"{peer} is not a {expected}: it sent {sample!r}{hint}"
+
+
 class FrameTooLarge(Exception):
     """A peer announced a frame over the limit."""
 

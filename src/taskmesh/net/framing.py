@@ -45,6 +45,7 @@ from taskmesh.net.frames import (
     FrameTooLarge,
     PartialFrameBudget,
     foreign_greeting,
+    not_taskmesh_reason,
 )
 
 #: What the scheduler answers an HTTP request sent to its taskmesh port.
@@ -265,17 +266,10 @@ class FramedProtocol(Int32StringReceiver):
 
     def not_taskmesh(self, sample: str) -> None:
         """The peer's first bytes were text, not a frame: one line saying what it is, and close."""
-        words = sample.split(" ", 1)
-        if sample.startswith("HTTP/"):
-            hint = " (a web server's answer)"
-        elif words[0] in HTTP_METHODS:
-            hint = " (an HTTP request: the dashboard is on the scheduler's --web address)"
-        else:
-            hint = ""
-        reason = f"{self.peer} is not a {self.expected_peer}: it sent {sample!r}{hint}"
+        reason = not_taskmesh_reason(self.peer, self.expected_peer, sample)
         self.log.warn("{reason}", reason=reason)
         self.foreign = self.closed_because = reason
-        if words[0] in HTTP_METHODS:
+        if sample.split(" ", 1)[0] in HTTP_METHODS:
             self.transport.write(NOT_HTTP_ANSWER)
         self.close()
 
