@@ -100,6 +100,43 @@ def test_an_interrupted_map_exits_128_plus_the_signal_and_leaves_no_complete_loo
 
 
 @pytest.mark.integration
+def test_ctrl_c_while_map_waits_for_its_input_exits_130(
+    mesh: Mesh, spawned: list[subprocess.Popen[bytes]]
+) -> None:
+    """A map reading a pipe with nothing in it yet is blocked in a read: the signal must still end it."""
+    mesh.scheduler()
+    mesh.workers("w1")
+    run = spawn(
+        spawned,
+        mesh,
+        "map",
+        "--connect",
+        mesh.address,
+        "-",
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert run.stdin is not None
+    run.stdin.write(b"one\ntwo\n")
+    run.stdin.flush()  # and the pipe stays open: the map waits for more
+
+    # Connected (the job is open) before the signal: wait until the scheduler lists the map.
+    def job_open() -> bool:
+        status = mesh.command("status", "--json", "--connect", mesh.address)
+        status.wait()
+        return bool(json.loads(status.stdout)["jobs"])
+
+    wait_until(job_open, TIMEOUT, "the map's job")
+    run.send_signal(signal.SIGINT)
+    assert run.wait(TIMEOUT) == 130  # with its input still open: the blocked read was interrupted
+    assert run.stderr is not None
+    err = run.stderr.read()
+    assert err.decode().startswith("taskmesh: interrupted (SIGINT): ") and err.count(b"\n") == 1, err
+    assert b"Traceback" not in err
+
+
+@pytest.mark.integration
 def test_sigterm_while_submit_waits_exits_143_with_one_line(mesh: Mesh) -> None:
     mesh.scheduler()
     (worker,) = mesh.workers("w1", **TRACED)

@@ -28,7 +28,7 @@ from twisted.python import usage
 from taskmesh import __version__
 from taskmesh.cli.mapoutput import FORMATS, OutputFile, ResultSink
 from taskmesh.cli.progress import ProgressBar
-from taskmesh.cli.runner import CommandFailed, StoppedEarly, Stopper
+from taskmesh.cli.runner import CommandFailed, InterruptedRead, StoppedEarly, Stopper
 from taskmesh.cli.runner import run as run_command
 from taskmesh.client.mapping import DEFAULT_WINDOW, ItemRefused, run_map
 from taskmesh.client.twisted_client import DEFAULT_CONNECT_TIMEOUT, Client, task_options
@@ -634,8 +634,22 @@ def count_lines(path: str) -> int:
     return lines + (last != b"\n")
 
 
-def read_lines(stream: BinaryIO) -> Iterator[bytes]:
-    for line in stream:
+def read_lines(stream: BinaryIO, stopper: Stopper | None = None) -> Iterator[bytes]:
+    """
+    The lines of ``stream``, without their line ends.  While a read blocks
+    (standard input with nothing in it yet), ``stopper.reading`` is set, so
+    that a signal interrupts the read instead of waiting for the reactor.
+    """
+    while True:
+        if stopper is not None:
+            stopper.reading = True
+        try:
+            line = stream.readline()
+        finally:
+            if stopper is not None:
+                stopper.reading = False
+        if not line:
+            return
         if line.endswith(b"\n"):
             line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
         yield line
@@ -713,7 +727,7 @@ async def map_lines(options: MapOptions, reactor: Any, stopper: Stopper | None =
         sink.flush()
         bar.update(done, failed)
 
-    items: Iterator[bytes | ItemRefused] = read_lines(stream)
+    items: Iterator[bytes | ItemRefused] = read_lines(stream, stopper)
     if options["json"]:
         items = json_arguments(items)
     complete = False
@@ -750,7 +764,7 @@ async def map_lines(options: MapOptions, reactor: Any, stopper: Stopper | None =
         failed_lines = summary.failed
         failure_list = summary.failures
         complete = not sink.closed
-    except CancelledError:
+    except (CancelledError, InterruptedRead):
         bar.erase()
         raise StoppedEarly(how_far()) from None
     except CommandFailed as e:
@@ -816,6 +830,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     options = Options()
     try:
         options.parseOptions(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:  # Ctrl-C while `submit -` reads its payload
+        sys.stderr.write("taskmesh: interrupted (SIGINT)\n")
+        raise SystemExit(EXIT_INTERRUPTED) from None
     except usage.UsageError as e:
         sys.stderr.write(f"taskmesh: error: {e}\n")
         sys.stderr.write("Run 'taskmesh --help' (or 'taskmesh COMMAND --help') for the options.\n")

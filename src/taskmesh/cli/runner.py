@@ -45,6 +45,10 @@ class StoppedEarly(Exception):
         self.progress = progress
 
 
+class InterruptedRead(Exception):
+    """A signal came while the command was blocked reading its input (a pipe with nothing in it yet)."""
+
+
 class Stopper:
     """Why the running command is being stopped early, and the means to stop it."""
 
@@ -55,6 +59,9 @@ class Stopper:
         self.signum: int | None = None
         #: True when stdout was closed by its reader.
         self.output_closed = False
+        #: True while the command is blocked in a read of its input: the reactor
+        #: cannot run then, so a signal interrupts the read itself.
+        self.reading = False
 
     @property
     def stopping(self) -> bool:
@@ -129,7 +136,7 @@ def run(
     async def main() -> None:
         try:
             await command(stopper)
-        except (CancelledError, StoppedEarly) as e:
+        except (CancelledError, StoppedEarly, InterruptedRead) as e:
             if not stopper.stopping:
                 raise
             message = stopper.message(e.progress if isinstance(e, StoppedEarly) else "")
@@ -173,6 +180,9 @@ def run(
     def on_signal(signum: int, frame: Any) -> None:
         if stopper.signum is not None:  # a second one: go now
             os._exit(128 + signum)
+        if stopper.reading:
+            stopper.signum = signum
+            raise InterruptedRead()
         reactor.callFromThread(stopper.interrupt, signum)
 
     previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
