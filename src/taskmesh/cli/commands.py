@@ -77,6 +77,7 @@ Exit status:
   5    the scheduler refused our secret (or could not prove it knows it)
   130  interrupted (SIGINT, Ctrl-C); 143: terminated (SIGTERM)
   141  stdout was closed by its reader (as for a tool killed by SIGPIPE)
+  70   a bug in taskmesh (its traceback is printed): please report it
 Anything but 0 after map means the output is not complete, except 1.
 """
 
