@@ -17,6 +17,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import termios
 import threading
 import urllib.error
@@ -25,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TIMEOUT, TWISTD, Mesh, wait_until
+from conftest import TIMEOUT, TWISTD, Mesh, free_port, wait_until
 
 import taskmesh.aio
 from taskmesh.errors import NotTaskmesh
@@ -490,3 +491,34 @@ def test_a_peer_that_is_not_taskmesh_is_named_at_once_on_every_side(mesh: Mesh) 
     assert answer.value.code == 400 and b"taskmesh protocol, not HTTP" in answer.value.read()
     (logged,) = scheduler.wait_for(r"is not a taskmesh peer: it sent 'GET / HTTP/1\.1'")
     assert "the dashboard is on the scheduler's --web address" in logged
+
+
+@pytest.mark.integration
+def test_a_silent_web_server_is_questioned_not_waited_on_forever(
+    mesh: Mesh, spawned: list[subprocess.Popen[bytes]]
+) -> None:
+    """
+    A real web server (python -m http.server) reads our binary hello as an
+    unfinished request line and says nothing: the client says what it may
+    be when its connect timeout is up, the worker when the handshake's is.
+    """
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=mesh.folder,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    spawned.append(server)  # type: ignore[arg-type]
+    wait_until(lambda: port_open(port), TIMEOUT, "the web server")
+    submit = mesh.run_submit("hi", "--connect-timeout", "2", address=f"127.0.0.1:{port}")
+    assert submit.popen.returncode == 3, submit.describe()
+    assert "did not answer within 2 seconds (is it a taskmesh scheduler's address?" in one_line(submit.stderr)
+    worker = mesh.twistd("worker", "taskmesh-worker", "--connect", f"127.0.0.1:{port}")
+    line = worker.wait_for(r"no answer to our hello within 10 s")[0]
+    assert f"is 127.0.0.1:{port} a taskmesh scheduler?" in line
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
