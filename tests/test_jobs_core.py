@@ -253,3 +253,27 @@ def test_a_half_answered_chunk_lost_with_its_worker_reruns_only_the_rest() -> No
         pass
     assert [p for _, _, p in survivor.chunks] == [[b"item-2"], [b"item-3"]]
     assert sorted(rig.answers) == [0, 1, 2, 3]
+
+
+def test_with_no_size_announced_the_first_chunks_are_split_among_the_slots() -> None:
+    """Issue 16: 16 piped lines (total unknown) used to go as one chunk of 16, run one by one."""
+    rig = JobRig()
+    channel, worker = rig.join(slots=3)  # capacity 4 with prefetch 1
+    job = rig.open()  # no size_hint: a map from a pipe
+    rig.items(job, 16)
+    assert [len(p) for _, _, p in channel.chunks] == [1, 1, 1, 1]  # every slot busy at once
+    rig.core.end_job(job)
+    while rig.answer(worker, channel):
+        pass
+    assert sorted(rig.answers) == list(range(16))
+
+
+def test_a_large_buffer_still_starts_with_first_chunks_and_a_measured_size_wins() -> None:
+    sizer = ChunkSizer()
+    assert sizer.guessing
+    assert sizer.first_size(2000, 3) == FIRST_CHUNK  # quick big maps keep their first chunk size
+    assert sizer.first_size(16, 3) == 1
+    assert sizer.first_size(16, 0) == 4  # no worker yet: as if one slot
+    sizer.observe(1, 0.25)
+    assert not sizer.guessing and sizer.size == 1
+    assert not ChunkSizer(size_hint=16).guessing and not ChunkSizer(fixed=5).guessing

@@ -183,7 +183,6 @@ def test_a_task_whose_type_no_worker_runs_is_accepted_with_a_flag() -> None:
             wire.ERROR_UNEXPECTED,
         ),
         (frame(wire.Hello(role=wire.ROLE_WORKER, name="w", slots=1)), wire.ERROR_UNEXPECTED),
-        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", wire.ERROR_FRAME_TOO_LARGE),
         (b"\x00\x10\x00\x01" + b"x" * 10, wire.ERROR_FRAME_TOO_LARGE),
     ],
 )
@@ -200,6 +199,30 @@ def test_bad_input_drops_only_that_connection(garbage: bytes, code: int) -> None
     assert rig.received(client_transport) == [wire.Accepted([(1, 1, 0)])]
     worker.dataReceived(frame(wire.Results([(1, wire.STATUS_OK, HELLO_DIGEST)])))
     assert rig.received(client_transport) == [wire.Results([(1, wire.STATUS_OK, HELLO_DIGEST)])]
+
+
+@pytest.mark.parametrize(
+    "greeting, sent",
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "'GET / HTTP/1.1' (an HTTP request"),
+        (b"SSH-2.0-OpenSSH_9.2\r\n", "'SSH-2.0-OpenSSH_9.2'"),
+    ],
+)
+def test_a_peer_speaking_text_is_named_at_once_and_only_it_is_dropped(greeting: bytes, sent: str) -> None:
+    """Its first bytes cannot start a frame (a length over any limit) and read as text: say what it sent."""
+    rig = Rig()
+    client, client_transport = rig.client()
+    bad, bad_transport = rig.connect()
+    bad.dataReceived(greeting)
+    assert bad_transport.disconnecting
+    assert bad.closed_because is not None and f"is not a taskmesh peer: it sent {sent}" in bad.closed_because
+    answer = bad_transport.value()
+    if greeting.startswith(b"GET"):  # a browser is answered in HTTP, saying where it is
+        assert answer.startswith(b"HTTP/1.0 400 Bad Request\r\n") and b"not HTTP" in answer
+    else:
+        assert answer == b""
+    client.dataReceived(frame(wire.Submit([(1, "sha256", b"Hello, World!", wire.DEFAULT_OPTIONS)])))
+    assert rig.received(client_transport) == [wire.Accepted([(1, 1, wire.ACCEPTED_NO_WORKER)])]
 
 
 @pytest.mark.parametrize(

@@ -86,6 +86,10 @@ class SchedulerGone(Exception):
     """The connection to the scheduler ended before the answer came."""
 
 
+class NotTaskmesh(SchedulerGone):
+    """The address answered, but not in taskmesh's protocol (a web server, say): what it said."""
+
+
 class AuthenticationFailed(Exception):
     """The handshake failed: no secret, the wrong one, or not the scheduler meant; the message says which."""
 

@@ -89,16 +89,27 @@ class SchedulerService(Service):
             self.web = WebService(reactor, web, core, secrets.client, store)
 
     def startService(self) -> None:
-        """Listen now; if the port cannot be had, raise so twistd exits with the reason."""
+        """
+        Listen first: if the port cannot be had, exit with one line saying
+        so, and close the store (removing it if this start created it), so a
+        failed start leaves nothing behind.  Then take back the store's
+        unfinished tasks (no connection is accepted before the reactor runs).
+        """
+        failures: list[Failure] = []
+        self.endpoint.listen(self.listening_factory).addCallbacks(self._listening, failures.append)
+        if failures:
+            # TCP and UNIX endpoints fail at once.
+            self.store.close()
+            discard = getattr(self.store, "discard_created", None)
+            if discard is not None:
+                discard()
+            raise SystemExit(
+                f"taskmesh-scheduler: cannot listen on {self.listen}: {failures[0].getErrorMessage()}"
+            )
         super().startService()
         self.core.start()
         if self.web is not None:
             self.web.startService()
-        failures: list[Failure] = []
-        self.endpoint.listen(self.listening_factory).addCallbacks(self._listening, failures.append)
-        if failures:
-            # TCP and UNIX endpoints fail at once: twistd reports this and exits.
-            failures[0].raiseException()
 
     def _listening(self, port: IListeningPort) -> None:
         self.port = port

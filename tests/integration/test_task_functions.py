@@ -204,7 +204,7 @@ def test_taskmesh_map_reads_json_arguments_one_array_a_line(mesh: Mesh) -> None:
     source.write_text('[1, 2]\n[3, 4]\nnot json\n{"args": [5], "kwargs": {"y": 6}}\n[1, "x"]\n')
     mapped = mesh.command("map", "--connect", mesh.address, "--type", "add", "--json", str(source))
     assert mapped.wait() == 1  # two lines failed
-    assert mapped.stdout.splitlines() == ["3", "7", "", "11", ""]
+    assert mapped.stdout.splitlines() == ["3", "7", "\\!", "11", "\\!"]  # a failed line is \!
     assert "line 3: the arguments are not JSON" in mapped.stderr
     assert "line 5: TypeError: unsupported operand type(s)" in mapped.stderr
 

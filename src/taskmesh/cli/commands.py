@@ -2,30 +2,40 @@
 The ``taskmesh`` command: a thin layer over ``taskmesh.Client``.
 
 Results go to stdout; anything else a person should read goes to stderr as
-one line, and the exit status says what happened: 0 done, 1 the task failed,
-was cancelled or refused (or no such task), 2 the command line was wrong, 3
-the scheduler could not be reached, 4 the task has not finished yet.
+one line, and the exit status says what happened (``EXIT_STATUS`` below,
+printed by every ``--help``).  Signals and a closed stdout are handled in
+``taskmesh.cli.runner``; a map's output formats in ``taskmesh.cli.mapoutput``.
+
+Commands are rows of ``COMMANDS`` (name, options class, coroutine, one-line
+summary): a new command is one more row, or ``register(...)`` from another
+module of this package.
 """
 
 from __future__ import annotations
 
+import getopt
 import json
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from twisted.internet import task
-from twisted.internet.defer import Deferred, TimeoutError
-from twisted.internet.error import ConnectError
+from twisted.internet.defer import CancelledError, TimeoutError
+from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.python import usage
 
 from taskmesh import __version__
+from taskmesh.cli.mapoutput import FORMATS, OutputFile, ResultSink
 from taskmesh.cli.progress import ProgressBar
+from taskmesh.cli.runner import CommandFailed, InterruptedRead, StoppedEarly, Stopper
+from taskmesh.cli.runner import run as run_command
 from taskmesh.client.mapping import DEFAULT_WINDOW, ItemRefused, run_map
 from taskmesh.client.twisted_client import DEFAULT_CONNECT_TIMEOUT, Client, task_options
 from taskmesh.codec import ArgumentsError, check_arguments
 from taskmesh.errors import (
     AuthenticationFailed,
+    NotTaskmesh,
     SchedulerGone,
     TaskFailed,
     TaskPending,
@@ -43,18 +53,73 @@ from taskmesh.tap import (
 )
 from taskmesh.wire import check_task_type
 
+__all__ = ["COMMANDS", "CommandFailed", "Command", "main", "register"]
+
 EXIT_OK = 0
 EXIT_TASK_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_NOT_FINISHED = 4
 EXIT_AUTHENTICATION = 5
+EXIT_OUTPUT_CLOSED = 141
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+EXIT_STATUS = """
+Exit status:
+  0    done
+  1    the task failed, was cancelled or refused, or no such task; for map:
+       at least one line failed (every line was answered)
+  2    the command line was wrong, or a file could not be read or written
+  3    the scheduler could not be reached, is not a taskmesh scheduler, or
+       went away and did not come back within --connect-timeout
+  4    result: the task has not finished yet
+  5    the scheduler refused our secret (or could not prove it knows it)
+  130  interrupted (SIGINT, Ctrl-C); 143: terminated (SIGTERM)
+  141  stdout was closed by its reader (as for a tool killed by SIGPIPE)
+  70   a bug in taskmesh (its traceback is printed): please report it
+Anything but 0 after map means the output is not complete, except 1.
+"""
 
 #: Pause between attempts to reach a scheduler again while waiting for a result.
 RECONNECT_DELAY = 0.5
 
 
-class ConnectionOptions(usage.Options):
+class CommandOptions(usage.Options):
+    """
+    A command's options: -h, --version of taskmesh (not Twisted's), the exit
+    statuses in --help, and options accepted after the arguments too
+    (``taskmesh submit hi --no-wait``); ``--`` ends the options.
+    """
+
+    def opt_version(self) -> None:
+        """Print taskmesh's version and exit."""
+        print(f"taskmesh {__version__}")
+        sys.exit(0)
+
+    opt_h = usage.Options.opt_help
+
+    def getUsage(self, width: int | None = None) -> str:
+        return super().getUsage(width).rstrip("\n") + "\n" + EXIT_STATUS
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        argv = list(sys.argv[1:] if options is None else options)
+        try:
+            found, arguments = getopt.gnu_getopt(argv, self.shortOpt, self.longOpt)
+        except getopt.error as e:
+            raise usage.UsageError(str(e)) from None
+        ordered: list[str] = []
+        for name, value in found:
+            if name.startswith("--"):
+                ordered.append(f"{name}={value}" if name[2:] + "=" in self.longOpt else name)
+            else:
+                ordered.append(name)
+                if name[1] + ":" in self.shortOpt:
+                    ordered.append(value)
+        super().parseOptions([*ordered, "--", *arguments])
+
+
+class ConnectionOptions(CommandOptions):
     optParameters = [
         ["connect", "c", DEFAULT_ADDRESS, "Scheduler address: host:port, [ipv6]:port or an endpoint string."],
         [
@@ -83,13 +148,16 @@ def task_id_argument(text: str) -> int:
 
 
 class SubmitOptions(ConnectionOptions):
-    synopsis = "[options] TEXT"
+    synopsis = "[options] (TEXT | - | --file PATH)"
     longdesc = (
-        "Run one task and print its result (for sha256, the hex digest of TEXT). "
+        "Run one task and print its result (for sha256, the hex digest of the payload). "
+        "The payload is TEXT, or standard input with -, or a file's bytes with --file: "
+        "any size up to the scheduler's limit, binary included. "
         "If the connection drops while waiting, it reconnects and waits on by id."
     )
     optParameters = [
         ["type", "t", DEFAULT_TASK_TYPE, "Task type."],
+        ["file", "f", None, "Send this file's bytes as the payload (instead of TEXT)."],
         ["priority", "p", 0, "Higher runs first.", int],
         ["timeout", None, None, "Seconds an attempt may run before it fails.", positive_float],
         [
@@ -108,19 +176,35 @@ class SubmitOptions(ConnectionOptions):
         [
             "json",
             None,
-            "TEXT is a task function's arguments as JSON: an array, or an object "
+            "The payload is a task function's arguments as JSON: an array, or an object "
             '{"args": [...], "kwargs": {...}}; checked before it is sent.',
         ],
     ]
 
-    def parseArgs(self, text: str) -> None:  # type: ignore[override]  # Options passes the arguments; its stub takes none
+    def parseArgs(self, text: str | None = None) -> None:
         self["text"] = text
+
+    def payload(self) -> bytes:
+        """TEXT's UTF-8, standard input's bytes (-), or --file's bytes."""
+        if self["file"] is not None:
+            try:
+                with open(self["file"], "rb") as stream:
+                    return stream.read()
+            except OSError as e:
+                raise usage.UsageError(f"--file: {e.filename}: {e.strerror}") from None
+        if self["text"] == "-":
+            return sys.stdin.buffer.read()
+        assert self["text"] is not None
+        return str(self["text"]).encode("utf-8", "surrogateescape")
 
     def postOptions(self) -> None:
         super().postOptions()
+        if (self["text"] is None) == (self["file"] is None):
+            raise usage.UsageError("give the payload as TEXT, - (standard input) or --file PATH: one of them")
+        self["payload"] = self.payload()
         if self["json"]:
             try:
-                check_arguments(self["text"].encode("utf-8"))
+                check_arguments(self["payload"])
             except ArgumentsError as e:
                 raise usage.UsageError(f"--json: {e}") from None
         try:
@@ -183,10 +267,20 @@ class MapOptions(ConnectionOptions):
     synopsis = "[options] [FILE | -]"
     longdesc = (
         "Run every line of FILE (or standard input) as one task's payload, and "
-        "write the results one per line, in input order, as soon as each prefix "
-        "is complete. A failed line's result line is left empty; the failures are "
-        "listed on stderr at the end (line number and reason) and the exit status "
-        "is 1. A progress bar is drawn on stderr when it is a terminal. If the "
+        "write one line per input line, in input order, as soon as each prefix "
+        "is complete. --format text (the default): the result, with a backslash, "
+        "newline and carriage return written \\\\, \\n and \\r, so that one line is "
+        "always one result; a failed line is written \\! (an empty result is an "
+        "empty line). --format jsonl: one JSON object per line, "
+        '{"index": 0, "ok": true, "result": "..."} or {"index": 0, "ok": false, "reason": "..."} '
+        "(index counts from 0; a result that is not UTF-8 comes as result_base64). "
+        "The failures are listed on stderr at the end (the first 20; all of them "
+        "with --failures FILE) and the exit status is 1. With --output FILE the "
+        "results go to FILE.partial, renamed to FILE once every line is answered: "
+        "a map that stops early (interrupted, scheduler gone) leaves FILE.partial "
+        "and says on stderr how far it got. On stdout, a map that stops early "
+        "exits with a status other than 0 and 1 and says so on stderr. "
+        "A progress bar is drawn on stderr when it is a terminal. If the "
         "scheduler restarts, the map reconnects and goes on."
     )
     optParameters = [
@@ -199,7 +293,9 @@ class MapOptions(ConnectionOptions):
             int,
         ],
         ["priority", "p", 0, "Higher runs first.", int],
-        ["output", "o", None, "Write the results to this file instead of stdout."],
+        ["output", "o", None, "Write the results to this file (via FILE.partial) instead of stdout."],
+        ["format", None, "text", "Output format: text or jsonl."],
+        ["failures", None, None, "Write every failure (line and reason) to this file."],
         [
             "window",
             None,
@@ -223,6 +319,8 @@ class MapOptions(ConnectionOptions):
 
     def postOptions(self) -> None:
         super().postOptions()
+        if self["format"] not in FORMATS:
+            raise usage.UsageError(f"--format must be one of: {', '.join(FORMATS)}")
         if self["chunk-size"] < 0:
             raise usage.UsageError("--chunk-size must be 0 (automatic) or more")
         try:
@@ -231,33 +329,48 @@ class MapOptions(ConnectionOptions):
             raise usage.UsageError(str(e)) from None
 
 
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, options, what runs it, and its line in ``taskmesh --help``."""
+
+    name: str
+    options: type[usage.Options]
+    run: Callable[..., Awaitable[None]]
+    summary: str
+    #: run(options, reactor, stopper=...): it wants to know why it is stopped
+    #: early (a map keeps its partial output apart); else run(options, reactor).
+    stoppable: bool = False
+
+
+#: The subcommands, in the order ``--help`` lists them (filled in below, after the functions).
+COMMANDS: dict[str, Command] = {}
+
+
+def register(command: Command) -> None:
+    COMMANDS[command.name] = command
+
+
 class Options(usage.Options):
     synopsis = "taskmesh COMMAND [options]"
     longdesc = "Talk to a taskmesh scheduler. Run 'taskmesh COMMAND --help' for a command's options."
-    subCommands = [
-        ["submit", None, SubmitOptions, "Run one task and print its result."],
-        ["map", None, MapOptions, "Run every line of a file as a task; print results in order."],
-        ["result", None, ResultOptions, "Print a task's result (or state) by id."],
-        ["cancel", None, CancelOptions, "Cancel a task by id."],
-        ["status", None, StatusOptions, "Show workers and task counts."],
-    ]
+
+    @property
+    def subCommands(self) -> list[tuple[str, None, type[usage.Options], str]]:
+        return [(command.name, None, command.options, command.summary) for command in COMMANDS.values()]
 
     def opt_version(self) -> None:
-        """Print the version and exit."""
+        """Print taskmesh's version and exit."""
         print(f"taskmesh {__version__}")
         sys.exit(0)
 
+    opt_h = usage.Options.opt_help
+
+    def getUsage(self, width: int | None = None) -> str:
+        return super().getUsage(width).rstrip("\n") + "\n" + EXIT_STATUS
+
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("name a command: submit, map, result, cancel or status")
-
-
-class CommandFailed(Exception):
-    """One line for stderr, and an exit status."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
+            raise usage.UsageError("name a command: " + ", ".join(COMMANDS))
 
 
 def warn(message: str) -> None:
@@ -286,6 +399,12 @@ async def connect(options: ConnectionOptions, reactor: Any) -> Client:
         )
     except AuthenticationFailed as e:
         raise CommandFailed(str(e), EXIT_AUTHENTICATION) from None
+    except NotTaskmesh as e:
+        raise CommandFailed(str(e), EXIT_UNREACHABLE) from None
+    except DNSLookupError:
+        raise CommandFailed(
+            f"cannot reach the scheduler at {options['connect']}: no such host", EXIT_UNREACHABLE
+        ) from None
     except (ConnectError, SchedulerGone) as e:
         raise CommandFailed(
             f"cannot reach the scheduler at {options['connect']}: {e}", EXIT_UNREACHABLE
@@ -293,7 +412,8 @@ async def connect(options: ConnectionOptions, reactor: Any) -> Client:
     except TimeoutError:
         raise CommandFailed(
             f"the scheduler at {options['connect']} did not answer within "
-            f"{options['connect-timeout']:g} seconds",
+            f"{options['connect-timeout']:g} seconds (is it a taskmesh scheduler's address? "
+            "a web server, for one, says nothing to a taskmesh hello)",
             EXIT_UNREACHABLE,
         ) from None
 
@@ -339,7 +459,7 @@ def task_error(task_id: int, error: Exception) -> CommandFailed:
 async def submit(options: SubmitOptions, reactor: Any) -> None:
     client = await connect(options, reactor)
     try:
-        task_id = await client.enqueue(options["text"], options["type"], **options["options"])
+        task_id = await client.enqueue(options["payload"], options["type"], **options["options"])
     except TaskRejected as e:
         raise task_error(0, e) from None
     except SchedulerGone as e:
@@ -515,8 +635,22 @@ def count_lines(path: str) -> int:
     return lines + (last != b"\n")
 
 
-def read_lines(stream: BinaryIO) -> Iterator[bytes]:
-    for line in stream:
+def read_lines(stream: BinaryIO, stopper: Stopper | None = None) -> Iterator[bytes]:
+    """
+    The lines of ``stream``, without their line ends.  While a read blocks
+    (standard input with nothing in it yet), ``stopper.reading`` is set, so
+    that a signal interrupts the read instead of waiting for the reactor.
+    """
+    while True:
+        if stopper is not None:
+            stopper.reading = True
+        try:
+            line = stream.readline()
+        finally:
+            if stopper is not None:
+                stopper.reading = False
+        if not line:
+            return
         if line.endswith(b"\n"):
             line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
         yield line
@@ -538,8 +672,10 @@ def json_arguments(lines: Iterator[bytes | ItemRefused]) -> Iterator[bytes | Ite
 FAILURES_SHOWN = 20
 
 
-async def map_lines(options: MapOptions, reactor: Any) -> None:
+async def map_lines(options: MapOptions, reactor: Any, stopper: Stopper | None = None) -> None:
     source = options["source"]
+    output_file: OutputFile | None = None
+    failures: BinaryIO | None = None
     try:
         if source == "-":
             stream: BinaryIO = sys.stdin.buffer
@@ -547,10 +683,15 @@ async def map_lines(options: MapOptions, reactor: Any) -> None:
         else:
             size_hint = count_lines(source)
             stream = open(source, "rb")
-        output: BinaryIO = open(options["output"], "wb") if options["output"] else sys.stdout.buffer
+        if options["output"]:
+            output_file = OutputFile(options["output"])
+        if options["failures"]:
+            failures = open(options["failures"], "wb")
     except OSError as e:
         raise CommandFailed(f"{e.filename}: {e.strerror}", EXIT_USAGE) from None
+    output = output_file.stream if output_file is not None else sys.stdout.buffer
     first = [True]
+    protocols: list[Any] = []
 
     async def connect_protocol() -> Any:
         if first[0]:
@@ -559,66 +700,130 @@ async def map_lines(options: MapOptions, reactor: Any) -> None:
         else:
             warn("lost the scheduler during the map; reconnecting and sending the unanswered lines again")
             client = await reconnect(options, reactor)
+        protocols.append(client.protocol)
         return client.protocol
 
-    def write(index: int, ok: bool, value: bytes) -> None:
-        output.write(value + b"\n" if ok else b"\n")
-
     bar = ProgressBar(size_hint)
-    items: Iterator[bytes | ItemRefused] = read_lines(stream)
+    # Results and the bar on one terminal: the bar steps aside for each batch.
+    sharing = bar.enabled and output_file is None and sys.stdout.isatty()
+    before, after = bar.around_output() if sharing else (None, None)
+    output_error: list[OSError] = []
+
+    def output_failed(error: OSError) -> None:
+        output_error.append(error)
+        if stopper is not None:
+            stopper.close_output()  # stops the map; the error is reported below
+
+    sink = ResultSink(
+        output,
+        options["format"],
+        failures,
+        on_closed=stopper.close_output if stopper is not None else None,
+        on_error=output_failed,
+        before=before,
+        after=after,
+    )
+
+    def progress(done: int, failed: int) -> None:
+        sink.flush()
+        bar.update(done, failed)
+
+    items: Iterator[bytes | ItemRefused] = read_lines(stream, stopper)
     if options["json"]:
         items = json_arguments(items)
+    complete = False
+    failed_lines = 0
+    failure_list: list[tuple[int, str]] = []
+
+    def how_far() -> str:
+        of = f" of {size_hint:,}" if size_hint else ""
+        where = (
+            f"the answers of the first {sink.written:,} lines are in {output_file.partial}; "
+            f"{output_file.path} was not written"
+            if output_file is not None
+            else "the output is incomplete"
+        )
+        return f"{sink.written:,}{of} lines answered; {where}"
+
     try:
         summary = await run_map(
             connect_protocol,
             items,
-            write,
+            sink.write,
             options["type"],
             priority=options["priority"],
             chunk_size=options["chunk-size"],
             window=options["window"],
             size_hint=size_hint,
-            progress=bar.update,
+            progress=progress,
             on_no_worker=lambda task_type: warn(
                 f"no connected worker runs task type {task_type!r} yet; the map waits for one"
             ),
             reconnect=True,
         )
+        sink.flush()
+        failed_lines = summary.failed
+        failure_list = summary.failures
+        complete = not sink.closed
+    except (CancelledError, InterruptedRead):
+        bar.erase()
+        raise StoppedEarly(how_far()) from None
+    except CommandFailed as e:
+        bar.erase()
+        raise CommandFailed(f"{e}; {how_far()}", e.status) from None
+    except SchedulerGone as e:
+        bar.erase()
+        raise CommandFailed(f"{e}; {how_far()}", EXIT_UNREACHABLE) from None
     finally:
-        output.flush()
+        for protocol in protocols:
+            if protocol.transport is not None:
+                protocol.transport.loseConnection()
         if stream is not sys.stdin.buffer:
             stream.close()
-        if output is not sys.stdout.buffer:
-            output.close()
+        if failures is not None:
+            failures.close()
+        if output_file is not None:
+            if complete:
+                output_file.complete()
+            else:
+                output_file.abandon()
+    if output_error:
+        bar.erase()
+        error = output_error[0]
+        raise CommandFailed(f"cannot write the output: {error.strerror or error}; {how_far()}", EXIT_USAGE)
+    if sink.closed:
+        bar.erase()
+        return  # stdout's reader has gone: the runner ends quietly
     bar.finish(summary.done, summary.failed)
-    if summary.failed:
-        lines = [f"{summary.failed:,} of {summary.done:,} tasks failed:"]
-        for index, reason in summary.failures[:FAILURES_SHOWN]:
+    if failed_lines:
+        lines = [f"{failed_lines:,} of {summary.done:,} tasks failed:"]
+        for index, reason in failure_list[:FAILURES_SHOWN]:
             lines.append(f"  line {index + 1}: {reason}")
-        if summary.failed > FAILURES_SHOWN:
-            lines.append(f"  ... and {summary.failed - FAILURES_SHOWN:,} more")
+        if failed_lines > FAILURES_SHOWN:
+            more = f"  ... and {failed_lines - FAILURES_SHOWN:,} more"
+            if options["failures"]:
+                more += f" (all of them are in {options['failures']})"
+            else:
+                more += " (--failures FILE writes every one)"
+            lines.append(more)
         raise CommandFailed("\n".join(lines), EXIT_TASK_FAILED)
 
 
-COMMANDS: dict[str, Callable[[Any, Any], Awaitable[None]]] = {
-    "submit": submit,
-    "map": map_lines,
-    "result": result,
-    "cancel": cancel,
-    "status": status,
-}
+for _command in (
+    Command("submit", SubmitOptions, submit, "Run one task and print its result."),
+    Command("map", MapOptions, map_lines, "Run every line as a task; results in order.", stoppable=True),
+    Command("result", ResultOptions, result, "Print a task's result (or state) by id."),
+    Command("cancel", CancelOptions, cancel, "Cancel a task by id."),
+    Command("status", StatusOptions, status, "Show workers and task counts."),
+):
+    register(_command)
 
 
-def run(reactor: Any, options: Options) -> Deferred[None]:
-    async def main() -> None:
-        try:
-            command = COMMANDS[options.subCommand or ""]
-            await command(options.subOptions, reactor)
-        except CommandFailed as e:
-            sys.stderr.write(f"taskmesh: {e}\n")
-            raise SystemExit(e.status) from None
-
-    return Deferred.fromCoroutine(main())
+def unexpected(error: BaseException) -> CommandFailed | None:
+    """Errors a person can act on, as one line; None: a bug (its traceback is printed)."""
+    if isinstance(error, OSError) and not isinstance(error, BrokenPipeError):
+        return CommandFailed(str(error), EXIT_USAGE)
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -626,8 +831,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     options = Options()
     try:
         options.parseOptions(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:  # Ctrl-C while `submit -` reads its payload
+        sys.stderr.write("taskmesh: interrupted (SIGINT)\n")
+        raise SystemExit(EXIT_INTERRUPTED) from None
     except usage.UsageError as e:
         sys.stderr.write(f"taskmesh: error: {e}\n")
         sys.stderr.write("Run 'taskmesh --help' (or 'taskmesh COMMAND --help') for the options.\n")
         raise SystemExit(EXIT_USAGE) from None
-    task.react(run, (options,))
+    from twisted.internet import reactor
+
+    command = COMMANDS[options.subCommand or ""]
+
+    async def body(stopper: Stopper) -> None:
+        if command.stoppable:
+            await command.run(options.subOptions, reactor, stopper=stopper)
+        else:
+            await command.run(options.subOptions, reactor)
+
+    raise SystemExit(run_command(reactor, body, unexpected))

@@ -53,7 +53,7 @@ from taskmesh.client.twisted_client import (
     function_payloads,
 )
 from taskmesh.codec import decode_result, task_failed
-from taskmesh.errors import AuthenticationFailed, SchedulerGone, TaskFailed
+from taskmesh.errors import AuthenticationFailed, NotTaskmesh, SchedulerGone, TaskFailed
 from taskmesh.functions import as_task, task_options
 from taskmesh.handlers import DEFAULT_TASK_TYPE
 from taskmesh.net.address import DEFAULT_ADDRESS, parse_address
@@ -65,7 +65,7 @@ from taskmesh.net.connection import (
     outcome_error,
     result_value,
 )
-from taskmesh.net.frames import FrameTooLarge
+from taskmesh.net.frames import FrameTooLarge, foreign_greeting, not_taskmesh_reason
 from taskmesh.net.framing import CLOSE_GRACE, DEFAULT_MAX_UNSENT
 from taskmesh.net.tls import ClientTLS
 
@@ -142,6 +142,9 @@ class _Protocol(asyncio.Protocol):
         self._flush_handle: asyncio.Handle | None = None
         self._beat: asyncio.TimerHandle | None = None
         self._last_heard = loop.time()
+        #: Why the peer is not a scheduler (its first bytes were text), if it is not.
+        self.foreign: str | None = None
+        self._heard = False
 
     # -- asyncio.Protocol ------------------------------------------------------
 
@@ -164,6 +167,18 @@ class _Protocol(asyncio.Protocol):
         if self.closing:
             return
         self._last_heard = self.loop.time()
+        if self.foreign is None and not self._heard and data:
+            self._heard = True
+            sample = foreign_greeting(data, self.reader.max_frame)
+            if sample is not None:
+                # A web server or the like, not a scheduler: say so now, not after a timeout.
+                self.foreign = self.closed_because = not_taskmesh_reason(
+                    self.core.peer, "taskmesh scheduler", sample
+                )
+                self.closing = True
+                assert self.transport is not None
+                self.transport.close()
+                return
         frames = self.reader.feed(data)
         for frame in frames:
             try:
@@ -187,7 +202,9 @@ class _Protocol(asyncio.Protocol):
         self.reader.close()
         why = self.closed_because or (str(exc) if exc else "the connection was closed")
         if not self.ready.done():
-            self.ready.set_exception(self.core.ready_failure(why))
+            self.ready.set_exception(
+                NotTaskmesh(self.foreign) if self.foreign else self.core.ready_failure(why)
+            )
         self.core.connection_lost(why)
         if not self.lost.done():
             self.lost.set_result(None)

@@ -566,8 +566,11 @@ class Scheduler:
         """
         buffer = job.buffer
         max_bytes = self.policy.max_chunk_bytes
+        size = job.sizer.size
+        if job.sizer.guessing and buffer:
+            slots = sum(worker.slots for worker in self._workers if job.type in worker.task_types)
+            size = job.sizer.first_size(len(buffer), slots)
         while buffer:
-            size = job.sizer.size
             if len(buffer) < size and not (job.ended and not idle_only):
                 if self._queue.has_waiting(job.type) or not self._room_for(job.type):
                     return

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from taskmesh import wire
 from taskmesh.errors import (
+    NotTaskmesh,
     SchedulerGone,
     TaskFailed,
     TaskPending,
@@ -50,6 +51,7 @@ class ClientProtocol(FramedProtocol):
     """Submits tasks, queries and cancels them, over one connection."""
 
     log = Logger()
+    expected_peer = "taskmesh scheduler"
 
     def __init__(
         self,
@@ -157,6 +159,6 @@ class ClientProtocol(FramedProtocol):
         super().connectionLost(reason)
         why = self.closed_because or reason.getErrorMessage()
         if not self.ready.called:
-            self.ready.errback(self.core.ready_failure(why))
+            self.ready.errback(NotTaskmesh(self.foreign) if self.foreign else self.core.ready_failure(why))
         self.core.connection_lost(why)
         self.lost.callback(None)

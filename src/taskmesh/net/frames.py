@@ -24,6 +24,42 @@ PREFIX = struct.Struct(">I")
 PREFIX_SIZE = PREFIX.size
 
 
+#: Words an HTTP request starts with (someone pointed a browser or curl at a taskmesh port).
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE"})
+
+
+def foreign_greeting(data: bytes, max_frame: int) -> str | None:
+    """
+    The first line of a connection's first bytes, if they cannot start a
+    taskmesh frame (their length prefix is over the limit) and read as text:
+    an HTTP request or answer, an SSH or SMTP banner.  Every printable ASCII
+    first byte makes a length of at least 512 MiB, over any frame limit, so a
+    peer speaking a text protocol is told apart from the first read on,
+    instead of after a timeout.
+    """
+    if len(data) < PREFIX_SIZE:
+        return None
+    (length,) = PREFIX.unpack_from(data)
+    if length <= max_frame:
+        return None
+    head = data[:200].split(b"\n", 1)[0].rstrip(b"\r")
+    if not head or not all(32 <= byte < 127 or byte == 9 for byte in head):
+        return None
+    return head.decode("ascii")[:80]
+
+
+def not_taskmesh_reason(peer: str, expected: str, sample: str) -> str:
+    """The one line saying that ``peer`` is not a ``expected`` (a taskmesh scheduler, or peer)."""
+    first = sample.split(" ", 1)[0]
+    if sample.startswith("HTTP/"):
+        hint = " (a web server's answer)"
+    elif first in HTTP_METHODS:
+        hint = " (an HTTP request: the dashboard is on the scheduler's --web address)"
+    else:
+        hint = ""
+    return f"{peer} is not a {expected}: it sent {sample!r}{hint}"
+
+
 class FrameTooLarge(Exception):
     """A peer announced a frame over the limit."""
 

@@ -38,7 +38,22 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from taskmesh import wire
-from taskmesh.net.frames import PREFIX, FrameReader, FrameTooLarge, PartialFrameBudget
+from taskmesh.net.frames import (
+    HTTP_METHODS,
+    PREFIX,
+    FrameReader,
+    FrameTooLarge,
+    PartialFrameBudget,
+    foreign_greeting,
+    not_taskmesh_reason,
+)
+
+#: What the scheduler answers an HTTP request sent to its taskmesh port.
+NOT_HTTP_ANSWER = (
+    b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
+    b"This port speaks the taskmesh protocol, not HTTP: point a taskmesh client or worker at it.\n"
+    b"The dashboard is served on the scheduler's --web address.\n"
+)
 
 #: Seconds a new connection has to finish its handshake.
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
@@ -121,6 +136,8 @@ class FramedProtocol(Int32StringReceiver):
     """Frames in, messages out; batched records out, per reactor turn."""
 
     log = Logger()
+    #: What the other end should be, for the line that says it is not.
+    expected_peer = "taskmesh peer"
     #: Set by Twisted before connectionMade; every method here runs while connected.
     transport: Transport  # type: ignore[assignment]  # Protocol declares ITransport | None
 
@@ -144,6 +161,9 @@ class FramedProtocol(Int32StringReceiver):
         #: When the peer last sent anything (heartbeats count).
         self.last_heard = clock.seconds()
         self.frame = b""
+        #: Why the peer is not taskmesh (its first bytes were text, not a frame), if it is not.
+        self.foreign: str | None = None
+        self._heard = False
         self._segments: list[_Segment] = []
         self._flush_call: IDelayedCall | None = None
         self._handshake_call: IDelayedCall | None = None
@@ -234,7 +254,24 @@ class FramedProtocol(Int32StringReceiver):
 
     def _handshake_timed_out(self, timeout: float) -> None:
         self._handshake_call = None
+        if not self._heard and self.expected_peer != FramedProtocol.expected_peer:
+            # We spoke first (a worker's or client's hello) and heard nothing back.
+            self.fail(
+                wire.ERROR_TIMEOUT,
+                f"no answer to our hello within {timeout:g} s: is {self.peer} a {self.expected_peer}? "
+                "(a web server, for one, says nothing to it)",
+            )
+            return
         self.fail(wire.ERROR_TIMEOUT, f"no handshake within {timeout:g} s")
+
+    def not_taskmesh(self, sample: str) -> None:
+        """The peer's first bytes were text, not a frame: one line saying what it is, and close."""
+        reason = not_taskmesh_reason(self.peer, self.expected_peer, sample)
+        self.log.warn("{reason}", reason=reason)
+        self.foreign = self.closed_because = reason
+        if sample.split(" ", 1)[0] in HTTP_METHODS:
+            self.transport.write(NOT_HTTP_ANSWER)
+        self.close()
 
     def _frame_timed_out(self) -> None:
         self._frame_call = None
@@ -286,6 +323,12 @@ class FramedProtocol(Int32StringReceiver):
         if self.closing:
             return
         self.last_heard = self.clock.seconds()
+        if not self._heard and data:
+            self._heard = True
+            sample = foreign_greeting(data, self._reader.max_frame)
+            if sample is not None:
+                self.not_taskmesh(sample)
+                return
         reader = self._reader
         frames = reader.feed(data)
         for frame in frames:

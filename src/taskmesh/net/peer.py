@@ -20,6 +20,8 @@ from taskmesh.net.framing import ConnectionLimits, FramedProtocol
 class PeerProtocol(FramedProtocol):
     """A connection to a scheduler, as a worker or a client."""
 
+    expected_peer = "taskmesh scheduler"
+
     def __init__(self, clock: IReactorTime, limits: ConnectionLimits, secret: bytes) -> None:
         super().__init__(clock, limits)
         self._secret = secret

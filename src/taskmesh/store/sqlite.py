@@ -232,6 +232,8 @@ class SqliteStore:
                 os.unlink(self._lock.path)
             self._lock.release()
             raise
+        #: Files this open created, removed by ``discard_created`` if the scheduler never started.
+        self._created = leftovers + ([self._lock.path] if self._lock.created else [])
         self._closed = threading.Event()
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, args=(synchronous,), name="taskmesh-checkpoint", daemon=True
@@ -539,3 +541,12 @@ class SqliteStore:
             pass  # the log stays; the next open replays it
         self._db.close()
         self._lock.release()
+
+    def discard_created(self) -> None:
+        """
+        After ``close``: remove the files this open created.  A scheduler that
+        could not start (its port is taken) leaves no store behind.
+        """
+        for name in self._created:
+            if os.path.exists(name):
+                os.unlink(name)
