@@ -66,6 +66,8 @@ OPTION_MAX_ATTEMPTS = 0x04  # u16
 OPTION_KEY = 0x08  # u8 length + UTF-8
 OPTION_RETRY_ON_ERROR = 0x10  # no field
 OPTION_NO_RESULT = 0x20  # no field: do not send this task's result on this connection
+OPTION_DELAY = 0x40  # u32 milliseconds: run this long after the scheduler accepts it
+OPTION_AT = 0x80  # u64 milliseconds since the epoch (UTC): run at this time
 
 # Error codes carried by ``Error``; the sender closes the connection after it.
 ERROR_MALFORMED = 1
@@ -234,9 +236,36 @@ class TaskOptions:
     key: str | None = None  # deduplication key
     retry_on_error: bool = False
     no_result: bool = False
+    delay: float | None = None  # seconds after acceptance before it may run (delayed task)
+    at: float | None = None  # seconds since the epoch at which it may run (at most one of the two)
 
 
 DEFAULT_OPTIONS = TaskOptions()
+
+#: The latest due time the wire carries (``at``): the end of the year 9999, UTC.
+MAX_AT_SECONDS = 253402300799.999
+#: The longest delay the wire carries: the same u32 milliseconds as a timeout (about 49.7 days).
+MAX_DELAY_SECONDS = 0xFFFFFFFF / 1000
+
+
+def delay_milliseconds(seconds: float) -> int:
+    """A delay as the wire carries it; ValueError outside 0 to ~49.7 days (NaN and infinity too)."""
+    if not isinstance(seconds, int | float) or not math.isfinite(seconds):
+        raise ValueError(f"a delay must be a finite number of seconds, not {seconds!r}")
+    milliseconds = round(seconds * 1000)
+    if not 0 <= milliseconds <= 0xFFFFFFFF:
+        raise ValueError(f"a delay must be 0 to {MAX_DELAY_SECONDS:g} seconds (use at= for later)")
+    return milliseconds
+
+
+def at_milliseconds(seconds: float) -> int:
+    """A due time as the wire carries it; ValueError outside the epoch to the year 9999."""
+    if not isinstance(seconds, int | float) or not math.isfinite(seconds):
+        raise ValueError(f"a due time must be a finite number of seconds since the epoch, not {seconds!r}")
+    milliseconds = round(seconds * 1000)
+    if not 0 <= milliseconds <= round(MAX_AT_SECONDS * 1000):
+        raise ValueError("a due time must be from 1970 to the end of 9999 (UTC)")
+    return milliseconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -570,6 +599,14 @@ def _encode_options(options: TaskOptions) -> bytes:
         flags |= OPTION_RETRY_ON_ERROR
     if options.no_result:
         flags |= OPTION_NO_RESULT
+    if options.delay is not None:
+        flags |= OPTION_DELAY
+        fields.append(_U32.pack(delay_milliseconds(options.delay)))
+    if options.at is not None:
+        if options.delay is not None:
+            raise ValueError("a task takes a delay or a due time (at), not both")
+        flags |= OPTION_AT
+        fields.append(_U64.pack(at_milliseconds(options.at)))
     return _U8.pack(flags) + b"".join(fields)
 
 
@@ -975,8 +1012,6 @@ _SHARED_OPTIONS = {
 
 def _decode_options(reader: _Reader) -> TaskOptions:
     (flags,) = reader.unpack(_U8)
-    if flags & ~0x3F:
-        raise ProtocolError(f"unknown task option bits 0x{flags:02x}")
     shared = _SHARED_OPTIONS.get(flags)
     if shared is not None:
         return shared
@@ -989,6 +1024,15 @@ def _decode_options(reader: _Reader) -> TaskOptions:
         timeout = milliseconds / 1000
     max_attempts = reader.unpack(_U16)[0] if flags & OPTION_MAX_ATTEMPTS else 0
     key = reader.text(reader.unpack(_U8)[0], "key") if flags & OPTION_KEY else None
+    delay = reader.unpack(_U32)[0] / 1000 if flags & OPTION_DELAY else None
+    at = None
+    if flags & OPTION_AT:
+        if delay is not None:
+            raise ProtocolError("a task with both a delay and a due time")
+        (milliseconds,) = reader.unpack(_U64)
+        if milliseconds > round(MAX_AT_SECONDS * 1000):
+            raise ProtocolError(f"a due time of {milliseconds} ms since the epoch is past the year 9999")
+        at = milliseconds / 1000
     return TaskOptions(
         priority=priority,
         timeout=timeout,
@@ -996,6 +1040,8 @@ def _decode_options(reader: _Reader) -> TaskOptions:
         key=key,
         retry_on_error=bool(flags & OPTION_RETRY_ON_ERROR),
         no_result=bool(flags & OPTION_NO_RESULT),
+        delay=delay,
+        at=at,
     )
 
 
