@@ -21,6 +21,7 @@ from twisted.python import usage
 
 from taskmesh import __version__
 from taskmesh.cli.progress import ProgressBar
+from taskmesh.cli.times import TIME_PARAMETERS, time_options
 from taskmesh.client.mapping import DEFAULT_WINDOW, ItemRefused, run_map
 from taskmesh.client.twisted_client import DEFAULT_CONNECT_TIMEOUT, Client, task_options
 from taskmesh.codec import ArgumentsError, check_arguments
@@ -31,6 +32,7 @@ from taskmesh.errors import (
     TaskPending,
     TaskRejected,
     TaskUnknown,
+    format_due,
 )
 from taskmesh.handlers import DEFAULT_TASK_TYPE
 from taskmesh.net.address import DEFAULT_ADDRESS, parse_address
@@ -101,6 +103,7 @@ class SubmitOptions(ConnectionOptions):
             positive_int,
         ],
         ["key", "k", None, "Deduplication key: a second submission with the same key gets the first task."],
+        *TIME_PARAMETERS,
     ]
     optFlags = [
         ["no-wait", None, "Print the task id once the task is stored, and exit."],
@@ -130,6 +133,7 @@ class SubmitOptions(ConnectionOptions):
                 max_attempts=self["max-attempts"] or 0,
                 key=self["key"],
                 retry_on_error=bool(self["retry-on-error"]),
+                **time_options(self),
             )
             task_options(**self["options"])
             check_task_type(self["type"])
@@ -240,6 +244,12 @@ class Options(usage.Options):
         ["result", None, ResultOptions, "Print a task's result (or state) by id."],
         ["cancel", None, CancelOptions, "Cancel a task by id."],
         ["status", None, StatusOptions, "Show workers and task counts."],
+        [
+            "schedule",
+            None,
+            lambda: _schedule_module().ScheduleOptions(),
+            "Periodic schedules: add, list, ...",
+        ],
     ]
 
     def opt_version(self) -> None:
@@ -347,7 +357,7 @@ async def submit(options: SubmitOptions, reactor: Any) -> None:
             f"{e} (the task may or may not have been stored; submit again with --key to be sure)",
             EXIT_UNREACHABLE,
         ) from None
-    if options["no-wait"]:
+    if options["no-wait"] or "delay" in options["options"] or "at" in options["options"]:
         await client.close()
         out(str(task_id))
         return
@@ -369,7 +379,8 @@ async def result(options: ResultOptions, reactor: Any) -> None:
             finally:
                 await client.close()
     except TaskPending as e:
-        out(f"{e.state} {e.progress}" if e.progress else e.state)
+        due = f" {format_due(e.due)}" if e.due is not None else ""
+        out(f"{e.state} {e.progress}" if e.progress else e.state + due)
         raise CommandFailed(f"task {task_id} has not finished: {e}", EXIT_NOT_FINISHED) from None
     except (TaskFailed, TaskUnknown) as e:
         raise task_error(task_id, e) from None
@@ -448,6 +459,10 @@ def describe_status(report: dict[str, Any], rate: float | None = None) -> str:
             f"job {job['id']}: {job['items_outstanding']:,} {job['type']} items in flight, "
             f"priority {job['priority']}, chunks of {job['chunk_size']}"
         )
+    schedules = report.get("schedules")
+    if schedules:
+        lines.append(f"schedules: {len(schedules)}")
+        lines.extend(_schedule_module().describe_schedules(schedules))
     if report.get("paused_submitters"):
         lines.append("submitters are paused: the queue is at its bound")
     store = report.get("store")
@@ -600,7 +615,19 @@ async def map_lines(options: MapOptions, reactor: Any) -> None:
         raise CommandFailed("\n".join(lines), EXIT_TASK_FAILED)
 
 
+def _schedule_module() -> Any:
+    """cli/schedule.py builds on this module, so it is imported when used."""
+    from taskmesh.cli import schedule
+
+    return schedule
+
+
+async def schedule_command(options: Any, reactor: Any) -> None:
+    await _schedule_module().schedule(options, reactor)
+
+
 COMMANDS: dict[str, Callable[[Any, Any], Awaitable[None]]] = {
+    "schedule": schedule_command,
     "submit": submit,
     "map": map_lines,
     "result": result,

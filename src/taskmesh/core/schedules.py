@@ -20,13 +20,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadCronError, CroniterError, croniter
 
-#: Bounds on a schedule's fields (the wire checks them too).
-MAX_NAME_BYTES = 128
-MAX_CRON_LENGTH = 256
-MAX_TZ_LENGTH = 64
-#: The shortest and longest interval of an ``every`` schedule, in seconds.
+from taskmesh.wire import MAX_CRON_LENGTH, MAX_EVERY_SECONDS, MAX_TZ_LENGTH
+from taskmesh.wire import MAX_SCHEDULE_NAME as MAX_NAME_BYTES
+
+#: The shortest and longest interval of an ``every`` schedule, in seconds (the wire's bounds).
 MIN_EVERY = 0.001
-MAX_EVERY = 366 * 24 * 3600.0
+MAX_EVERY = MAX_EVERY_SECONDS
 #: Schedules a scheduler keeps, at the most.
 MAX_SCHEDULES = 10_000
 #: Cron ticks looked at, at the most, to find the latest missed one.
