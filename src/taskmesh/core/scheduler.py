@@ -637,6 +637,8 @@ class Scheduler:
         because someone asks for it (a query, a wait, a cancel); None if
         there is no such task.  Costs a store read only for ids not live.
         """
+        if not self.scheduled_count:
+            return None  # no delayed task waits anywhere: no store read for finished tasks' queries
         far = self._far.pop(task_id, None)
         if far is not None:
             due = due_time(far)
