@@ -243,3 +243,29 @@ def test_the_task_list_pages_through_the_store_with_live_states_and_filters(tmp_
         assert request.responseCode == 400
     finally:
         store.close()
+
+
+def test_status_shows_scheduled_tasks_and_the_schedules_and_a_task_page_its_due_time() -> None:
+    from taskmesh.store.interface import ScheduleRecord
+    from taskmesh.wire import TaskOptions
+
+    clock, core, view, root, _ = mesh()
+    clock.advance(1000)
+    task_id, _ = core.submit("echo", b"later", TaskOptions(delay=30.0))
+    core.add_schedule(
+        ScheduleRecord(
+            "beat", None, 10.0, "UTC", "echo", b"x", 0, None, 0, False, True, False, 0.0, None, None
+        )
+    )
+    clock.advance(0)
+    _, body = get(root, "/api/status")
+    status = json.loads(body)
+    assert status["tasks"]["scheduled"] == 1
+    (beat,) = status["schedules"]
+    assert (beat["name"], beat["every"], beat["next_due"], beat["last_task"]) == ("beat", 10.0, 1010.0, None)
+    _, body = get(root, f"/api/tasks/{task_id}")
+    page = json.loads(body)
+    assert (page["state"], page["due"]) == ("scheduled", 1030.0)
+    clock.advance(10)
+    _, body = get(root, "/api/status")
+    assert json.loads(body)["schedules"][0]["last_due"] == 1010.0

@@ -27,7 +27,7 @@ from taskmesh.client import (
 )
 from taskmesh.client.blocking import connect
 from taskmesh.context import TaskContext, current_task, report_progress
-from taskmesh.errors import Retry, TaskProgress
+from taskmesh.errors import Retry, ScheduleRefused, TaskProgress
 from taskmesh.functions import TaskFunction, remote, task
 from taskmesh.handlers import ITaskHandler
 
@@ -35,6 +35,7 @@ __all__ = [
     "Client",
     "ITaskHandler",
     "Retry",
+    "ScheduleRefused",
     "SchedulerGone",
     "TaskCancelled",
     "TaskContext",

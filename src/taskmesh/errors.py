@@ -6,6 +6,7 @@ client.  ``Retry`` is the one a task raises itself.
 
 from __future__ import annotations
 
+import datetime
 import math
 from typing import Any, NamedTuple
 
@@ -117,11 +118,26 @@ class TaskPending(Exception):
     running), and ``progress`` what it last reported, if it did.
     """
 
-    def __init__(self, task_id: int, state: str, progress: TaskProgress | None = None) -> None:
-        super().__init__(f"task {task_id} is {state}" + (f" ({progress})" if progress else ""))
+    def __init__(
+        self, task_id: int, state: str, progress: TaskProgress | None = None, due: float | None = None
+    ) -> None:
+        detail = f" ({progress})" if progress else (f" (due {format_due(due)})" if due is not None else "")
+        super().__init__(f"task {task_id} is {state}{detail}")
         self.task_id = task_id
         self.state = state
         self.progress = progress
+        #: A scheduled task's due time (seconds since the epoch), else None.
+        self.due = due
+
+
+def format_due(due: float) -> str:
+    """A due time as people and the CLI read it: ISO 8601 in UTC, to the second."""
+    moment = datetime.datetime.fromtimestamp(due, datetime.UTC)
+    return moment.isoformat(timespec="milliseconds" if due % 1 else "seconds").replace("+00:00", "Z")
+
+
+class ScheduleRefused(Exception):
+    """The scheduler refused a schedule command (a bad cron expression, no such schedule): the reason."""
 
 
 #: The longest delay a retry may ask for: the wire carries it as u32 milliseconds.

@@ -32,6 +32,7 @@ the function's place: ``client.submit(add.options(priority=5), 2, 3)``.
 
 from __future__ import annotations
 
+import datetime
 import importlib
 import inspect
 import math
@@ -57,7 +58,30 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 #: The options a task may carry, as ``submit`` and ``task_options`` name them.
-OPTION_NAMES = frozenset({"priority", "timeout", "max_attempts", "key", "retry_on_error"})
+OPTION_NAMES = frozenset({"priority", "timeout", "max_attempts", "key", "retry_on_error", "delay", "at"})
+
+
+def due_seconds(at: object) -> float:
+    """
+    ``at=`` as seconds since the epoch: a timezone-aware ``datetime``, or a
+    number of seconds.  A naive datetime is refused: its zone is a guess.
+    """
+    if isinstance(at, datetime.datetime):
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise ValueError("at= needs a timezone-aware datetime (e.g. datetime(..., tzinfo=timezone.utc))")
+        return at.timestamp()
+    if isinstance(at, bool) or not isinstance(at, int | float):
+        raise ValueError(f"at= is a datetime or seconds since the epoch, not {at!r}")
+    return float(at)
+
+
+def delay_seconds(delay: object) -> float:
+    """``delay=`` as seconds: a number or a ``timedelta``."""
+    if isinstance(delay, datetime.timedelta):
+        return delay.total_seconds()
+    if isinstance(delay, bool) or not isinstance(delay, int | float):
+        raise ValueError(f"delay= is seconds or a timedelta, not {delay!r}")
+    return float(delay)
 
 
 def task_options(
@@ -67,17 +91,35 @@ def task_options(
     key: str | None = None,
     retry_on_error: bool = False,
     no_result: bool = False,
+    delay: float | datetime.timedelta | None = None,
+    at: float | datetime.datetime | None = None,
 ) -> wire.TaskOptions:
-    """Options for a submission, checked; the defaults share one object and cost one byte."""
-    if (priority, timeout, max_attempts, key, retry_on_error, no_result) == (
+    """
+    Options for a submission, checked; the defaults share one object and cost
+    one byte.  ``delay`` (seconds, or a timedelta, from when the scheduler
+    accepts it) or ``at`` (an aware datetime, or seconds since the epoch)
+    makes it a delayed task: stored at once, run once due.
+    """
+    if (priority, timeout, max_attempts, key, retry_on_error, no_result, delay, at) == (
         0,
         None,
         0,
         None,
         False,
         False,
+        None,
+        None,
     ):
         return wire.DEFAULT_OPTIONS
+    delay_s = at_s = None
+    if delay is not None and at is not None:
+        raise ValueError("a task takes delay= or at=, not both")
+    if delay is not None:
+        delay_s = delay_seconds(delay)
+        wire.delay_milliseconds(delay_s)
+    if at is not None:
+        at_s = due_seconds(at)
+        wire.at_milliseconds(at_s)
     if timeout is not None:
         if not isinstance(timeout, int | float) or math.isnan(timeout):
             raise ValueError(f"a task timeout must be a number of seconds, not {timeout!r}")
@@ -90,7 +132,9 @@ def task_options(
         raise ValueError("max_attempts must be 1 to 65535 (0: the scheduler's default)")
     if not isinstance(priority, int) or not -(2**31) <= priority < 2**31:
         raise ValueError("priority must be a whole number that fits in 32 bits")
-    return wire.TaskOptions(priority, timeout, max_attempts, key, bool(retry_on_error), no_result)
+    return wire.TaskOptions(
+        priority, timeout, max_attempts, key, bool(retry_on_error), no_result, delay_s, at_s
+    )
 
 
 @implementer(ITaskHandler)
@@ -156,19 +200,28 @@ class TaskFunction(Generic[P, R]):
         max_attempts: int | None = None,
         key: str | None = None,
         retry_on_error: bool | None = None,
+        delay: float | datetime.timedelta | None = None,
+        at: float | datetime.datetime | None = None,
     ) -> TaskFunction[P, R]:
         """
         This task with other submission options, to pass in its place:
         ``client.submit(add.options(priority=5, timeout=10), 2, 3)``.  Options
-        left out keep the decorator's.
+        left out keep the decorator's; ``delay=`` or ``at=`` replaces the other.
         """
-        given = dict(
+        given: dict[str, Any] = dict(
             priority=priority,
             timeout=timeout,
             max_attempts=max_attempts,
             key=key,
             retry_on_error=retry_on_error,
+            delay=delay,
+            at=at,
         )
+        if delay is not None or at is not None:
+            given.setdefault("delay", None)
+            base = {name: value for name, value in self._options.items() if name not in ("delay", "at")}
+            merged = {**base, **{name: value for name, value in given.items() if value is not None}}
+            return TaskFunction(self.function, self.name, self.blocking, self.cpu_bound, merged)
         merged = {**self._options, **{name: value for name, value in given.items() if value is not None}}
         return TaskFunction(self.function, self.name, self.blocking, self.cpu_bound, merged)
 

@@ -66,6 +66,8 @@ OPTION_MAX_ATTEMPTS = 0x04  # u16
 OPTION_KEY = 0x08  # u8 length + UTF-8
 OPTION_RETRY_ON_ERROR = 0x10  # no field
 OPTION_NO_RESULT = 0x20  # no field: do not send this task's result on this connection
+OPTION_DELAY = 0x40  # u32 milliseconds: run this long after the scheduler accepts it
+OPTION_AT = 0x80  # u64 milliseconds since the epoch (UTC): run at this time
 
 # Error codes carried by ``Error``; the sender closes the connection after it.
 ERROR_MALFORMED = 1
@@ -107,6 +109,8 @@ KIND_JOB_ACCEPTED = 0x17
 KIND_JOB_ITEMS = 0x18
 KIND_JOB_END = 0x19
 KIND_JOB_RESULTS = 0x1A
+KIND_SCHEDULE = 0x1B
+KIND_SCHEDULE_ANSWER = 0x1C
 KIND_ASSIGN = 0x20
 KIND_ASSIGN_CHUNKS = 0x21
 KIND_CHUNK_RESULTS = 0x22
@@ -234,9 +238,36 @@ class TaskOptions:
     key: str | None = None  # deduplication key
     retry_on_error: bool = False
     no_result: bool = False
+    delay: float | None = None  # seconds after acceptance before it may run (delayed task)
+    at: float | None = None  # seconds since the epoch at which it may run (at most one of the two)
 
 
 DEFAULT_OPTIONS = TaskOptions()
+
+#: The latest due time the wire carries (``at``): the end of the year 9999, UTC.
+MAX_AT_SECONDS = 253402300799.999
+#: The longest delay the wire carries: the same u32 milliseconds as a timeout (about 49.7 days).
+MAX_DELAY_SECONDS = 0xFFFFFFFF / 1000
+
+
+def delay_milliseconds(seconds: float) -> int:
+    """A delay as the wire carries it; ValueError outside 0 to ~49.7 days (NaN and infinity too)."""
+    if not isinstance(seconds, int | float) or not math.isfinite(seconds):
+        raise ValueError(f"a delay must be a finite number of seconds, not {seconds!r}")
+    milliseconds = round(seconds * 1000)
+    if not 0 <= milliseconds <= 0xFFFFFFFF:
+        raise ValueError(f"a delay must be 0 to {MAX_DELAY_SECONDS:g} seconds (use at= for later)")
+    return milliseconds
+
+
+def at_milliseconds(seconds: float) -> int:
+    """A due time as the wire carries it; ValueError outside the epoch to the year 9999."""
+    if not isinstance(seconds, int | float) or not math.isfinite(seconds):
+        raise ValueError(f"a due time must be a finite number of seconds since the epoch, not {seconds!r}")
+    milliseconds = round(seconds * 1000)
+    if not 0 <= milliseconds <= round(MAX_AT_SECONDS * 1000):
+        raise ValueError("a due time must be from 1970 to the end of 9999 (UTC)")
+    return milliseconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,6 +455,107 @@ class Progress:
     records: list[ProgressRecord]
 
 
+# -- periodic schedules ---------------------------------------------------------
+
+SCHEDULE_ADD = 1  # create or replace the named schedule
+SCHEDULE_REMOVE = 2
+SCHEDULE_PAUSE = 3
+SCHEDULE_RESUME = 4
+SCHEDULE_LIST = 5  # every schedule (the name is empty)
+SCHEDULE_OPS = {
+    SCHEDULE_ADD: "add",
+    SCHEDULE_REMOVE: "remove",
+    SCHEDULE_PAUSE: "pause",
+    SCHEDULE_RESUME: "resume",
+    SCHEDULE_LIST: "list",
+}
+#: Bounds on a schedule's fields (the scheduler core checks the same).
+MAX_SCHEDULE_NAME = 128  # bytes of UTF-8
+MAX_CRON_LENGTH = 256  # bytes
+MAX_TZ_LENGTH = 64  # bytes
+#: The longest interval of an ``every`` schedule: 366 days (u32 milliseconds cannot carry more than 49.7).
+MAX_EVERY_SECONDS = 366 * 24 * 3600.0
+#: Schedule flag bits.
+SCHEDULE_SKIP_MISSED = 0x01  # ticks missed while no scheduler ran are skipped (default: the latest runs once)
+_SCHEDULE_HEAD = struct.Struct(">BBB")  # kind, op, name length
+_SCHEDULE_ANSWER_HEAD = struct.Struct(">BBI")  # kind, ok, JSON length
+#: Options a schedule's tasks may carry: no key (each tick has its own), no delay or due time.
+_SCHEDULE_OPTION_BITS = OPTION_PRIORITY | OPTION_TIMEOUT | OPTION_MAX_ATTEMPTS | OPTION_RETRY_ON_ERROR
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleCommand:
+    """
+    Client to scheduler: add, remove, pause, resume or list periodic
+    schedules; answered, in order, by one ScheduleAnswer each.  For ``add``,
+    exactly one of ``cron`` (five fields, in the zone ``tz``) and ``every``
+    (seconds) is set, and the task each tick submits is described.
+    """
+
+    op: int
+    name: str = ""
+    cron: str | None = None
+    every: float | None = None
+    tz: str = "UTC"
+    task_type: str = ""
+    payload: bytes = b""
+    options: TaskOptions = DEFAULT_OPTIONS
+    catch_up: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleAnswer:
+    """Scheduler to client: ``ok`` and the schedule(s) as JSON, or not ``ok`` and the reason (text)."""
+
+    ok: bool
+    json: str
+
+
+def encode_schedule_command(message: ScheduleCommand) -> bytes:
+    if message.op not in SCHEDULE_OPS:
+        raise ValueError(f"unknown schedule operation {message.op}")
+    name = _short(message.name, "schedule name", MAX_SCHEDULE_NAME)
+    parts = [_SCHEDULE_HEAD.pack(KIND_SCHEDULE, message.op, len(name)), name]
+    if message.op == SCHEDULE_ADD:
+        cron = _short(message.cron or "", "cron expression", MAX_CRON_LENGTH)
+        every = 0
+        if message.every is not None:
+            if not math.isfinite(message.every) or not 0.001 <= message.every <= MAX_EVERY_SECONDS:
+                raise ValueError(f"an interval must be 0.001 to {MAX_EVERY_SECONDS:g} seconds")
+            every = round(message.every * 1000)
+        tz = _short(message.tz, "time zone", MAX_TZ_LENGTH)
+        task_type = _short(check_task_type(message.task_type), "task type", 0xFF)
+        options = message.options
+        if (
+            options.key is not None
+            or options.delay is not None
+            or options.at is not None
+            or options.no_result
+        ):
+            raise ValueError(
+                "a schedule's task takes no key, delay, due time or no_result: each tick has its own"
+            )
+        parts += [
+            _U16.pack(len(cron)),
+            cron,
+            _U64.pack(every),
+            _U8.pack(len(tz)),
+            tz,
+            _U8.pack(len(task_type)),
+            task_type,
+            _U32.pack(len(message.payload)),
+            message.payload,
+            _encode_options(options),
+            _U8.pack(0 if message.catch_up else SCHEDULE_SKIP_MISSED),
+        ]
+    return b"".join(parts)
+
+
+def encode_schedule_answer(message: ScheduleAnswer) -> bytes:
+    text = message.json.encode("utf-8")
+    return _SCHEDULE_ANSWER_HEAD.pack(KIND_SCHEDULE_ANSWER, 1 if message.ok else 0, len(text)) + text
+
+
 Message = (
     Hello
     | Welcome
@@ -450,6 +582,8 @@ Message = (
     | AssignTasks
     | AssignGroups
     | Progress
+    | ScheduleCommand
+    | ScheduleAnswer
 )
 
 
@@ -570,6 +704,14 @@ def _encode_options(options: TaskOptions) -> bytes:
         flags |= OPTION_RETRY_ON_ERROR
     if options.no_result:
         flags |= OPTION_NO_RESULT
+    if options.delay is not None:
+        flags |= OPTION_DELAY
+        fields.append(_U32.pack(delay_milliseconds(options.delay)))
+    if options.at is not None:
+        if options.delay is not None:
+            raise ValueError("a task takes a delay or a due time (at), not both")
+        flags |= OPTION_AT
+        fields.append(_U64.pack(at_milliseconds(options.at)))
     return _U8.pack(flags) + b"".join(fields)
 
 
@@ -777,17 +919,33 @@ def split_retry(value: bytes) -> tuple[float | None, bytes]:
     return (None if milliseconds == RETRY_BACKOFF else milliseconds / 1000), value[4:]
 
 
-def pending_value(state: str, progress: tuple[float, float, str] | None = None) -> bytes:
+def pending_value(
+    state: str, progress: tuple[float, float, str] | None = None, due: float | None = None
+) -> bytes:
     """
-    The value of a STATUS_PENDING answer: the state (``queued`` or
-    ``running``), then, for a running task that reported progress, a space
-    and ``{"done": D, "total": T, "note": "..."}`` (JSON; total 0: unknown).
+    The value of a STATUS_PENDING answer: the state (``scheduled``,
+    ``queued`` or ``running``), then, for a running task that reported
+    progress, a space and ``{"done": D, "total": T, "note": "..."}`` (JSON;
+    total 0: unknown), or for a scheduled one a space and ``{"due": T}``
+    (seconds since the epoch).
     """
+    if due is not None:
+        return f"{state} {json.dumps({'due': due})}".encode()
     if progress is None:
         return state.encode("utf-8")
     done, total, note = progress
     report = json.dumps({"done": done, "total": total, "note": note}, separators=(",", ":"))
     return f"{state} {report}".encode()
+
+
+def parse_due(value: bytes) -> float | None:
+    """A STATUS_PENDING value's due time (a scheduled task's), or None; lenient."""
+    _, _, report = value.decode("utf-8", "replace").partition(" ")
+    try:
+        due = json.loads(report)["due"] if report else None
+    except (ValueError, TypeError, KeyError):
+        return None
+    return float(due) if isinstance(due, int | float) and math.isfinite(due) else None
 
 
 def parse_pending(value: bytes) -> tuple[str, tuple[float, float, str] | None]:
@@ -827,6 +985,8 @@ _ENCODERS: dict[type[Any], Callable[[Any], bytes]] = {
     Rejected: encode_rejected,
     Results: encode_results,
     Assign: encode_assign,
+    ScheduleCommand: encode_schedule_command,
+    ScheduleAnswer: encode_schedule_answer,
     AssignTasks: encode_assign_tasks,
     AssignGroups: encode_assign_groups,
     Progress: encode_progress,
@@ -975,8 +1135,6 @@ _SHARED_OPTIONS = {
 
 def _decode_options(reader: _Reader) -> TaskOptions:
     (flags,) = reader.unpack(_U8)
-    if flags & ~0x3F:
-        raise ProtocolError(f"unknown task option bits 0x{flags:02x}")
     shared = _SHARED_OPTIONS.get(flags)
     if shared is not None:
         return shared
@@ -989,6 +1147,15 @@ def _decode_options(reader: _Reader) -> TaskOptions:
         timeout = milliseconds / 1000
     max_attempts = reader.unpack(_U16)[0] if flags & OPTION_MAX_ATTEMPTS else 0
     key = reader.text(reader.unpack(_U8)[0], "key") if flags & OPTION_KEY else None
+    delay = reader.unpack(_U32)[0] / 1000 if flags & OPTION_DELAY else None
+    at = None
+    if flags & OPTION_AT:
+        if delay is not None:
+            raise ProtocolError("a task with both a delay and a due time")
+        (milliseconds,) = reader.unpack(_U64)
+        if milliseconds > round(MAX_AT_SECONDS * 1000):
+            raise ProtocolError(f"a due time of {milliseconds} ms since the epoch is past the year 9999")
+        at = milliseconds / 1000
     return TaskOptions(
         priority=priority,
         timeout=timeout,
@@ -996,6 +1163,8 @@ def _decode_options(reader: _Reader) -> TaskOptions:
         key=key,
         retry_on_error=bool(flags & OPTION_RETRY_ON_ERROR),
         no_result=bool(flags & OPTION_NO_RESULT),
+        delay=delay,
+        at=at,
     )
 
 
@@ -1325,6 +1494,61 @@ def _decode_progress(data: bytes) -> Progress:
     return Progress(records)
 
 
+def _decode_schedule_command(data: bytes) -> ScheduleCommand:
+    reader = _Reader(data, 0)
+    _, op, name_length = reader.unpack(_SCHEDULE_HEAD)
+    if op not in SCHEDULE_OPS:
+        raise ProtocolError(f"unknown schedule operation {op}")
+    if name_length > MAX_SCHEDULE_NAME:
+        raise ProtocolError(f"a schedule name of {name_length} bytes (at most {MAX_SCHEDULE_NAME})")
+    name = reader.text(name_length, "schedule name")
+    if (op == SCHEDULE_LIST) != (not name):
+        raise ProtocolError("list takes no schedule name; every other operation needs one")
+    if op != SCHEDULE_ADD:
+        reader.finish()
+        return ScheduleCommand(op, name)
+    (cron_length,) = reader.unpack(_U16)
+    if cron_length > MAX_CRON_LENGTH:
+        raise ProtocolError(f"a cron expression of {cron_length} bytes (at most {MAX_CRON_LENGTH})")
+    cron = reader.text(cron_length, "cron expression") or None
+    (every_ms,) = reader.unpack(_U64)
+    if every_ms > MAX_EVERY_SECONDS * 1000:
+        raise ProtocolError(f"an interval of {every_ms} ms (at most {MAX_EVERY_SECONDS:g} s)")
+    every = every_ms / 1000 if every_ms else None
+    if (cron is None) == (every is None):
+        raise ProtocolError("a schedule needs a cron expression or an interval, exactly one")
+    (tz_length,) = reader.unpack(_U8)
+    if not 0 < tz_length <= MAX_TZ_LENGTH:
+        raise ProtocolError(f"a time zone name of {tz_length} bytes (1 to {MAX_TZ_LENGTH})")
+    tz = reader.text(tz_length, "time zone")
+    (type_length,) = reader.unpack(_U8)
+    if not type_length:
+        raise ProtocolError("a schedule's task type is empty")
+    task_type = _type_name(reader.take(type_length))
+    (payload_length,) = reader.unpack(_U32)
+    payload = reader.take(payload_length)
+    if reader.offset < len(data) and data[reader.offset] & ~_SCHEDULE_OPTION_BITS:
+        raise ProtocolError("a schedule's task takes no key, delay, due time or no_result")
+    options = _decode_options(reader)
+    (flags,) = reader.unpack(_U8)
+    if flags & ~SCHEDULE_SKIP_MISSED:
+        raise ProtocolError(f"unknown schedule flag bits 0x{flags:02x}")
+    reader.finish()
+    return ScheduleCommand(
+        op, name, cron, every, tz, task_type, payload, options, not flags & SCHEDULE_SKIP_MISSED
+    )
+
+
+def _decode_schedule_answer(data: bytes) -> ScheduleAnswer:
+    reader = _Reader(data, 0)
+    _, ok, length = reader.unpack(_SCHEDULE_ANSWER_HEAD)
+    if ok > 1:
+        raise ProtocolError(f"a schedule answer's ok is {ok} (0 or 1)")
+    answer = ScheduleAnswer(bool(ok), reader.text(length, "schedule answer"))
+    reader.finish()
+    return answer
+
+
 _DECODERS: dict[int, Callable[[bytes], Message]] = {
     KIND_JOB_SUBMIT: _decode_job_submit,
     KIND_JOB_ACCEPTED: _decode_job_accepted,
@@ -1351,6 +1575,8 @@ _DECODERS: dict[int, Callable[[bytes], Message]] = {
     KIND_ASSIGN_TASKS: _decode_assign_tasks,
     KIND_ASSIGN_GROUPS: _decode_assign_groups,
     KIND_PROGRESS: _decode_progress,
+    KIND_SCHEDULE: _decode_schedule_command,
+    KIND_SCHEDULE_ANSWER: _decode_schedule_answer,
 }
 
 

@@ -112,6 +112,38 @@ async def aio_restart(address: str, folder: Path) -> dict[str, Any]:
     return seen
 
 
+async def aio_time(address: str, folder: Path) -> dict[str, Any]:
+    """Delayed tasks and schedules through the asyncio client."""
+    import taskmesh.aio
+
+    seen: dict[str, Any] = {}
+    client = await taskmesh.aio.connect(address, wait_timeout=WAIT)
+    task_id = await client.enqueue(sample_tasks.add.options(delay=1.0), 3, 4)
+    try:
+        await client.result(task_id, wait=False)
+    except taskmesh.TaskPending as pending:
+        seen["pending"] = [pending.state, pending.due is not None]
+    seen["delayed"] = await client.result(task_id, json=True)
+    added = await client.add_schedule("aio-beat", sample_tasks.add, 5, 5, every=0.5)
+    seen["added"] = [added["name"], added["every"]]
+    for _ in range(200):
+        (listed,) = await client.schedules()
+        if listed["last_task"] is not None:
+            break
+        await asyncio.sleep(0.05)
+    seen["tick"] = await client.result(listed["last_task"], json=True)
+    seen["paused"] = (await client.pause_schedule("aio-beat"))["paused"]
+    try:
+        await client.add_schedule("bad", sample_tasks.add, 1, 1, cron="0 9 * * *", tz="Mars/Olympus")
+    except taskmesh.ScheduleRefused as e:
+        seen["refused"] = str(e)
+    await client.remove_schedule("aio-beat")
+    seen["left"] = await client.schedules()
+    await client.close()
+    seen["reactor_imported"] = "twisted.internet.reactor" in sys.modules
+    return seen
+
+
 def main() -> None:
     kind, address, folder = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     if kind == "blocking":
@@ -122,6 +154,8 @@ def main() -> None:
         seen = asyncio.run(aio(address, folder))
     elif kind == "aio-restart":
         seen = asyncio.run(aio_restart(address, folder))
+    elif kind == "aio-time":
+        seen = asyncio.run(aio_time(address, folder))
     else:
         raise SystemExit(f"unknown kind {kind}")
     print(json.dumps(seen), flush=True)

@@ -84,3 +84,18 @@ def test_a_client_with_reconnect_survives_a_scheduler_restart(mesh: Mesh, kind: 
     assert re.search(r"accepted \d+", script.stdout)
     if kind == "aio-restart":
         assert seen["reactor_imported"] is False
+
+
+@pytest.mark.integration
+def test_the_asyncio_client_delays_a_task_and_schedules_ticks(mesh: Mesh) -> None:
+    mesh.scheduler()
+    mesh.workers("w1", concurrency=2, **TASKS)
+    seen = run_script(mesh, "aio-time")
+    assert seen["pending"] == ["scheduled", True]
+    assert seen["delayed"] == 7
+    assert seen["added"] == ["aio-beat", 0.5]
+    assert seen["tick"] == 10
+    assert seen["paused"] is True
+    assert "unknown time zone 'Mars/Olympus'" in seen["refused"]
+    assert seen["left"] == []
+    assert seen["reactor_imported"] is False

@@ -35,3 +35,15 @@ def test_the_readme_s_blocking_and_asyncio_examples_run_as_written(mesh: Mesh) -
     aio = mesh.start("aio", [sys.executable, "-c", RUN_AND_CHECK, "aio.py"], extra_path=mesh.folder)
     assert aio.wait() == 0, aio.describe()
     assert aio.stdout == "5\n[3, 7]\nreactor imported: False\n"
+
+
+@pytest.mark.integration
+def test_the_readme_s_later_example_runs_as_written(mesh: Mesh) -> None:
+    found = {name: body.replace("9001", str(mesh.port)) for name, body in examples().items()}
+    for name in ("tasks.py", "later.py"):
+        (mesh.folder / name).write_text(found[name])
+    mesh.scheduler()
+    mesh.workers("w1", options=("--tasks", "tasks"), extra_path=mesh.folder)
+    later = mesh.start("later", [sys.executable, "later.py"], extra_path=mesh.folder)
+    assert later.wait() == 0, later.describe()
+    assert later.stdout == "scheduled\n5\n4\n['nightly']\n"

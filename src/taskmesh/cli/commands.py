@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import getopt
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from taskmesh.cli.mapoutput import FORMATS, OutputFile, ResultSink
 from taskmesh.cli.progress import ProgressBar
 from taskmesh.cli.runner import CommandFailed, InterruptedRead, StoppedEarly, Stopper
 from taskmesh.cli.runner import run as run_command
+from taskmesh.cli.times import TIME_PARAMETERS, time_options
 from taskmesh.client.mapping import DEFAULT_WINDOW, ItemRefused, run_map
 from taskmesh.client.twisted_client import DEFAULT_CONNECT_TIMEOUT, Client, task_options
 from taskmesh.codec import ArgumentsError, check_arguments
@@ -41,6 +43,7 @@ from taskmesh.errors import (
     TaskPending,
     TaskRejected,
     TaskUnknown,
+    format_due,
 )
 from taskmesh.handlers import DEFAULT_TASK_TYPE
 from taskmesh.net.address import DEFAULT_ADDRESS, parse_address
@@ -169,6 +172,7 @@ class SubmitOptions(ConnectionOptions):
             positive_int,
         ],
         ["key", "k", None, "Deduplication key: a second submission with the same key gets the first task."],
+        *TIME_PARAMETERS,
     ]
     optFlags = [
         ["no-wait", None, "Print the task id once the task is stored, and exit."],
@@ -214,6 +218,7 @@ class SubmitOptions(ConnectionOptions):
                 max_attempts=self["max-attempts"] or 0,
                 key=self["key"],
                 retry_on_error=bool(self["retry-on-error"]),
+                **time_options(self),
             )
             task_options(**self["options"])
             check_task_type(self["type"])
@@ -334,7 +339,8 @@ class Command:
     """One subcommand: its name, options, what runs it, and its line in ``taskmesh --help``."""
 
     name: str
-    options: type[usage.Options]
+    #: the options class (or a function that makes the options, for a command imported when used)
+    options: Callable[[], usage.Options]
     run: Callable[..., Awaitable[None]]
     summary: str
     #: run(options, reactor, stopper=...): it wants to know why it is stopped
@@ -355,7 +361,7 @@ class Options(usage.Options):
     longdesc = "Talk to a taskmesh scheduler. Run 'taskmesh COMMAND --help' for a command's options."
 
     @property
-    def subCommands(self) -> list[tuple[str, None, type[usage.Options], str]]:
+    def subCommands(self) -> list[tuple[str, None, Callable[[], usage.Options], str]]:
         return [(command.name, None, command.options, command.summary) for command in COMMANDS.values()]
 
     def opt_version(self) -> None:
@@ -467,7 +473,7 @@ async def submit(options: SubmitOptions, reactor: Any) -> None:
             f"{e} (the task may or may not have been stored; submit again with --key to be sure)",
             EXIT_UNREACHABLE,
         ) from None
-    if options["no-wait"]:
+    if options["no-wait"] or "delay" in options["options"] or "at" in options["options"]:
         await client.close()
         out(str(task_id))
         return
@@ -489,7 +495,8 @@ async def result(options: ResultOptions, reactor: Any) -> None:
             finally:
                 await client.close()
     except TaskPending as e:
-        out(f"{e.state} {e.progress}" if e.progress else e.state)
+        due = f" {format_due(e.due)}" if e.due is not None else ""
+        out(f"{e.state} {e.progress}" if e.progress else e.state + due)
         raise CommandFailed(f"task {task_id} has not finished: {e}", EXIT_NOT_FINISHED) from None
     except (TaskFailed, TaskUnknown) as e:
         raise task_error(task_id, e) from None
@@ -568,6 +575,10 @@ def describe_status(report: dict[str, Any], rate: float | None = None) -> str:
             f"job {job['id']}: {job['items_outstanding']:,} {job['type']} items in flight, "
             f"priority {job['priority']}, chunks of {job['chunk_size']}"
         )
+    schedules = report.get("schedules")
+    if schedules:
+        lines.append(f"schedules: {len(schedules)}")
+        lines.extend(_schedule_module().describe_schedules(schedules))
     if report.get("paused_submitters"):
         lines.append("submitters are paused: the queue is at its bound")
     store = report.get("store")
@@ -809,12 +820,29 @@ async def map_lines(options: MapOptions, reactor: Any, stopper: Stopper | None =
         raise CommandFailed("\n".join(lines), EXIT_TASK_FAILED)
 
 
+def _schedule_module() -> Any:
+    """cli/schedule.py builds on this module, so it is imported when used."""
+    from taskmesh.cli import schedule
+
+    return schedule
+
+
+async def schedule_command(options: Any, reactor: Any) -> None:
+    await _schedule_module().schedule(options, reactor)
+
+
 for _command in (
     Command("submit", SubmitOptions, submit, "Run one task and print its result."),
     Command("map", MapOptions, map_lines, "Run every line as a task; results in order.", stoppable=True),
     Command("result", ResultOptions, result, "Print a task's result (or state) by id."),
     Command("cancel", CancelOptions, cancel, "Cancel a task by id."),
     Command("status", StatusOptions, status, "Show workers and task counts."),
+    Command(
+        "schedule",
+        lambda: _schedule_module().ScheduleOptions(),
+        schedule_command,
+        "Periodic schedules: add, list, remove, pause, resume.",
+    ),
 ):
     register(_command)
 
@@ -834,6 +862,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:  # Ctrl-C while `submit -` reads its payload
         sys.stderr.write("taskmesh: interrupted (SIGINT)\n")
         raise SystemExit(EXIT_INTERRUPTED) from None
+    except BrokenPipeError:  # `taskmesh --help | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        raise SystemExit(EXIT_OUTPUT_CLOSED) from None
     except usage.UsageError as e:
         sys.stderr.write(f"taskmesh: error: {e}\n")
         sys.stderr.write("Run 'taskmesh --help' (or 'taskmesh COMMAND --help') for the options.\n")

@@ -39,10 +39,12 @@ import os
 import socket
 import ssl
 from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
 from typing import Any
 
 from taskmesh import wire
 from taskmesh.client.mapping import BYTES_PER_FRAME, DEFAULT_WINDOW, ITEMS_PER_FRAME, too_large
+from taskmesh.client.schedules import add_command, name_command
 from taskmesh.client.twisted_client import (
     DEFAULT_CONNECT_TIMEOUT,
     RECONNECT_FIRST_DELAY,
@@ -419,8 +421,10 @@ class AsyncClient:
         max_attempts: int = 0,
         key: str | None = None,
         retry_on_error: bool = False,
+        delay: float | timedelta | None = None,
+        at: float | datetime | None = None,
     ) -> TaskFuture:
-        options = task_options(priority, timeout, max_attempts, key, retry_on_error)
+        options = task_options(priority, timeout, max_attempts, key, retry_on_error, False, delay, at)
         return self._submit(wire.check_task_type(task_type), _as_bytes(payload), options)
 
     def _submit(
@@ -484,8 +488,10 @@ class AsyncClient:
         max_attempts: int = 0,
         key: str | None = None,
         retry_on_error: bool = False,
+        delay: float | timedelta | None = None,
+        at: float | datetime | None = None,
     ) -> int:
-        options = task_options(priority, timeout, max_attempts, key, retry_on_error, True)
+        options = task_options(priority, timeout, max_attempts, key, retry_on_error, True, delay, at)
         return await self._enqueue(wire.check_task_type(task_type), _as_bytes(payload), options)
 
     async def _enqueue(self, task_type: str, payload: bytes, options: wire.TaskOptions) -> int:
@@ -508,6 +514,30 @@ class AsyncClient:
             self._retrying(lambda core, answer: core.cancel(answer, task_id)), wait_timeout
         )
         return cancelled_state(task_id, status, value)
+
+    async def add_schedule(self, name: str, task: Any, /, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Create or replace a periodic schedule: see ``taskmesh.Client.add_schedule``."""
+        found: dict[str, Any] = await self._schedule(add_command(name, task, args, dict(kwargs)))
+        return found
+
+    async def schedules(self, *, wait_timeout: float | None = None) -> list[dict[str, Any]]:
+        """Every schedule (next_due, last_due, last_task, ...)."""
+        found: list[dict[str, Any]] = await self._schedule(name_command(wire.SCHEDULE_LIST, ""), wait_timeout)
+        return found
+
+    async def remove_schedule(self, name: str, *, wait_timeout: float | None = None) -> Any:
+        return await self._schedule(name_command(wire.SCHEDULE_REMOVE, name), wait_timeout)
+
+    async def pause_schedule(self, name: str, *, wait_timeout: float | None = None) -> Any:
+        return await self._schedule(name_command(wire.SCHEDULE_PAUSE, name), wait_timeout)
+
+    async def resume_schedule(self, name: str, *, wait_timeout: float | None = None) -> Any:
+        return await self._schedule(name_command(wire.SCHEDULE_RESUME, name), wait_timeout)
+
+    async def _schedule(self, command: wire.ScheduleCommand, wait_timeout: float | None = None) -> Any:
+        return await self._bounded(
+            self._retrying(lambda core, answer: core.schedule(answer, command)), wait_timeout
+        )
 
     async def status(self, *, wait_timeout: float | None = None) -> dict[str, Any]:
         """The scheduler's workers and task counts, as a dict."""

@@ -280,6 +280,38 @@ class BlockingClient:
         found = self._thread.call(lambda: self._client.cancel(task_id, wait_timeout=bound))
         return str(_wait(found, None if bound is None else bound + 1))
 
+    def add_schedule(self, name: str, task: Any, /, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """
+        Create or replace a periodic schedule; returns it (``next_due``, ...).
+        ``client.add_schedule("tidy", tidy, cron="*/5 * * * *", tz="Europe/Paris")``
+        or ``every=10``; see ``taskmesh.Client.add_schedule`` for the rest.
+        """
+        wait_timeout = kwargs.pop("wait_timeout", None)
+        return dict(
+            self._schedule(lambda: self._client.add_schedule(name, task, *args, **kwargs), wait_timeout)
+        )
+
+    def schedules(self, *, wait_timeout: float | None = None) -> list[dict[str, Any]]:
+        """Every schedule: name, cron or every, tz, next_due, last_due, last_task, paused."""
+        return list(self._schedule(self._client.schedules, wait_timeout))
+
+    def remove_schedule(self, name: str, *, wait_timeout: float | None = None) -> Any:
+        return self._schedule(lambda: self._client.remove_schedule(name), wait_timeout)
+
+    def pause_schedule(self, name: str, *, wait_timeout: float | None = None) -> Any:
+        return self._schedule(lambda: self._client.pause_schedule(name), wait_timeout)
+
+    def resume_schedule(self, name: str, *, wait_timeout: float | None = None) -> Any:
+        return self._schedule(lambda: self._client.resume_schedule(name), wait_timeout)
+
+    def _schedule(self, request: Callable[[], Any], wait_timeout: float | None) -> Any:
+        bound = self._bound(wait_timeout)
+
+        def bounded() -> Any:
+            return self._client._bounded(request(), bound)
+
+        return _wait(self._thread.call(bounded), None if bound is None else bound + 1)
+
     def status(self, *, wait_timeout: float | None = None) -> dict[str, Any]:
         """The scheduler's workers and task counts, as a dict."""
         bound = self._bound(wait_timeout)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Coroutine, Iterable, Iterator
+from datetime import datetime, timedelta
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
@@ -45,6 +46,7 @@ from twisted.python.failure import Failure
 
 from taskmesh import wire
 from taskmesh.client.mapping import DEFAULT_WINDOW, ItemRefused, MapSummary, Progress, Writer, run_map
+from taskmesh.client.schedules import add_command, name_command
 from taskmesh.codec import decode_result, encode_arguments, task_failed
 from taskmesh.errors import (
     AuthenticationFailed,
@@ -367,6 +369,8 @@ class Client:
         max_attempts: int = 0,
         key: str | None = None,
         retry_on_error: bool = False,
+        delay: float | timedelta | None = None,
+        at: float | datetime | None = None,
     ) -> TaskHandle[bytes]: ...
 
     @overload
@@ -396,9 +400,11 @@ class Client:
         ``max_attempts`` (0: the scheduler's default, 3).  ``retry_on_error``
         retries a handler's exception the same way instead of failing at
         once.  A second submission with the same ``key`` is not run again:
-        it gets the first task's result.  Higher ``priority`` runs first.  A
-        task function takes them from its decorator, or from
-        ``add.options(...)`` passed in its place.
+        it gets the first task's result.  Higher ``priority`` runs first.
+        ``delay`` (seconds or a timedelta) or ``at`` (an aware datetime, or
+        seconds since the epoch) stores the task now and runs it once due
+        (``scheduled`` until then; cancellable).  A task function takes them
+        from its decorator, or from ``add.options(...)`` passed in its place.
         """
         if isinstance(task, (str, bytes)):  # noqa: UP038  (a tuple is quicker here)
             if not kwargs and len(args) < 2:  # the common case, without a second call
@@ -420,8 +426,10 @@ class Client:
         max_attempts: int = 0,
         key: str | None = None,
         retry_on_error: bool = False,
+        delay: float | timedelta | None = None,
+        at: float | datetime | None = None,
     ) -> TaskHandle[bytes]:
-        options = task_options(priority, timeout, max_attempts, key, retry_on_error)
+        options = task_options(priority, timeout, max_attempts, key, retry_on_error, False, delay, at)
         return self._submit(wire.check_task_type(task_type), _as_bytes(payload), options)
 
     @overload
@@ -439,6 +447,8 @@ class Client:
         max_attempts: int = 0,
         key: str | None = None,
         retry_on_error: bool = False,
+        delay: float | timedelta | None = None,
+        at: float | datetime | None = None,
     ) -> Deferred[int]: ...
 
     @overload
@@ -469,8 +479,10 @@ class Client:
         max_attempts: int = 0,
         key: str | None = None,
         retry_on_error: bool = False,
+        delay: float | timedelta | None = None,
+        at: float | datetime | None = None,
     ) -> Deferred[int]:
-        options = task_options(priority, timeout, max_attempts, key, retry_on_error, True)
+        options = task_options(priority, timeout, max_attempts, key, retry_on_error, True, delay, at)
         return self._enqueue(wire.check_task_type(task_type), _as_bytes(payload), options)
 
     def result(
@@ -647,6 +659,42 @@ class Client:
 
         await self._map_payloads(task, collect_bytes, *args, **kwargs)
         return results
+
+    def add_schedule(self, name: str, task: Any, /, *args: Any, **kwargs: Any) -> Deferred[dict[str, Any]]:
+        """
+        Create (or replace) the periodic schedule ``name``: every tick
+        submits ``task`` in ``submit``'s shape (a task function and its
+        arguments, or a payload and ``task_type=``).  Keywords: ``cron``
+        ("*/5 * * * *") with ``tz`` (an IANA zone, default UTC), or
+        ``every`` (seconds or a timedelta); ``skip_missed=True`` skips the
+        ticks missed while the scheduler was down (default: the latest runs
+        once); and the task options ``priority``, ``timeout``,
+        ``max_attempts``, ``retry_on_error``.  Fires with the schedule (its
+        ``next_due``, ...); fails with ScheduleRefused and the reason.
+        """
+        command = add_command(name, task, args, dict(kwargs))
+        return self._schedule(command)
+
+    def schedules(self, *, wait_timeout: float | None = None) -> Deferred[list[dict[str, Any]]]:
+        """Every schedule: name, cron or every, tz, next_due, last_due, last_task, paused."""
+        return self._schedule(name_command(wire.SCHEDULE_LIST, ""), wait_timeout)
+
+    def remove_schedule(self, name: str, *, wait_timeout: float | None = None) -> Deferred[Any]:
+        """Remove a schedule (its tasks stay); ScheduleRefused if there is none of that name."""
+        return self._schedule(name_command(wire.SCHEDULE_REMOVE, name), wait_timeout)
+
+    def pause_schedule(self, name: str, *, wait_timeout: float | None = None) -> Deferred[Any]:
+        """Stop a schedule's ticks until it is resumed."""
+        return self._schedule(name_command(wire.SCHEDULE_PAUSE, name), wait_timeout)
+
+    def resume_schedule(self, name: str, *, wait_timeout: float | None = None) -> Deferred[Any]:
+        """Start a paused schedule's ticks again, from the first one due after now."""
+        return self._schedule(name_command(wire.SCHEDULE_RESUME, name), wait_timeout)
+
+    def _schedule(self, command: wire.ScheduleCommand, wait_timeout: float | None = None) -> Deferred[Any]:
+        return self._bounded(
+            Deferred.fromCoroutine(self._retrying(lambda protocol: protocol.schedule(command))), wait_timeout
+        )
 
     def status(self, *, wait_timeout: float | None = None) -> Deferred[dict[str, Any]]:
         """The scheduler's workers and task counts, as a dict (see ``taskmesh status --json``)."""

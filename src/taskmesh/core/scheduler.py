@@ -44,12 +44,21 @@ from taskmesh._version import __version__
 from taskmesh.codec import add_note, failure_summary
 from taskmesh.core.chunking import MAX_CHUNK, ChunkSizer
 from taskmesh.core.logsummary import RepeatedEvents
+from taskmesh.core.schedules import (
+    MAX_SCHEDULES,
+    ScheduleError,
+    check_name,
+    check_spec,
+    first_due,
+    latest_missed,
+    next_after,
+)
 from taskmesh.core.taskqueue import TaskQueue
 from taskmesh.core.tasks import Chunk, Group, Job, JobReport, Lease, Queued, Task
 from taskmesh.core.timings import Histogram
 from taskmesh.errors import StoreUnavailable, TaskCancelled, TaskFailed
-from taskmesh.store.interface import ITaskStore, Outcome, State
-from taskmesh.store.memory import MemoryStore
+from taskmesh.store.interface import ITaskStore, Outcome, ScheduleRecord, State, StoredTask
+from taskmesh.store.memory import MemoryStore, due_time
 from taskmesh.wire import (
     CHUNK_ITEM_OVERHEAD,
     DEFAULT_OPTIONS,
@@ -113,6 +122,10 @@ class Policy:
     #: the max, until the store commits again.
     store_retry_delay: float = 0.05
     store_retry_max_delay: float = 2.0
+    #: Delayed tasks due within this many seconds are held in memory (with a
+    #: timer each); later ones stay in the store until the window reaches
+    #: them, so a million tasks due tomorrow cost the scheduler nothing today.
+    horizon: float = 60.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -131,6 +144,7 @@ class Policy:
             "store_grace": self.store_grace >= 0,
             "store_retry_delay": self.store_retry_delay > 0,
             "store_retry_max_delay": self.store_retry_max_delay >= self.store_retry_delay,
+            "horizon": 1.0 <= self.horizon <= 24 * 3600.0,
         }
         wrong = [name for name, ok in checks.items() if not ok]
         if wrong:
@@ -223,6 +237,18 @@ PRUNE_BATCH = 2000
 #: of three lines each time.
 STORE_RELAPSE_WINDOW = 60.0
 
+#: Delayed tasks read from the store in one reactor turn, at the most.
+LOAD_BATCH = 1000
+
+#: Schedules ``stats()`` lists, at the most.
+SCHEDULES_LISTED = 100
+
+
+def tick_key(name: str, due: float) -> str:
+    """A schedule's tick's deduplication key: the schedule and the due time (ms): at most 153 bytes."""
+    return f"schedule:{name}@{round(due * 1000)}"
+
+
 #: What waits for a commit: (function, args, refuse or None).  ``refuse`` is
 #: set for acknowledgements, which may be refused when the store stays down.
 _Waiter = tuple[Callable[..., object], tuple[Any, ...], Callable[..., object] | None]
@@ -301,6 +327,23 @@ class Scheduler:
         #: Task type -> seconds from lease to outcome, and from submission to (last) lease.
         self.run_times: dict[str, Histogram] = {}
         self.queue_waits: dict[str, Histogram] = {}
+        # Delayed tasks (see Policy.horizon): every one due before
+        # ``_window`` is held in ``_tasks``, with a timer; later ones are read
+        # from the store, in (due time, id) order from ``_cursor``, when the
+        # window moves on.
+        self._window = -1.0
+        self._cursor: tuple[float, int] = (-1.0, 0)
+        self._loading: IDelayedCall | None = None
+        #: Delayed tasks not yet due, in memory or not (counted at start, then kept).
+        self.scheduled_count = 0
+        #: Delayed tasks beyond the window, added since the last commit: held
+        #: only until they are durable (or withdrawn), by id.
+        self._far: dict[int, Task] = {}
+        #: Periodic schedules by name, with the timer of each one's next tick.
+        self._schedules: dict[str, ScheduleRecord] = {}
+        self._tick_calls: dict[str, IDelayedCall] = {}
+        #: A tick's task id -> the schedule's record before the tick (to put back if withdrawn).
+        self._ticks: dict[int, ScheduleRecord] = {}
         #: The latest progress of running tasks that reported some: task id ->
         #: (done, total, note).  In memory only: after a restart the task runs
         #: again from the start, and reports again.
@@ -334,14 +377,19 @@ class Scheduler:
         self._next_id = self._store.next_id()
         if recovered:
             self.log.info("recovered {count} unfinished tasks from the store", count=recovered)
+        now = self._clock.seconds()
+        self.scheduled_count = self._store.count_scheduled(now)
+        self._start_schedules(now)
         for interval, work in (
             (self.policy.heartbeat_interval, self._check_workers),
             (min(60.0, self.policy.result_ttl), self._prune),
+            (self.policy.horizon / 2, self._load_due),
         ):
             loop = LoopingCall(work)
             loop.clock = self._clock
             loop.start(interval, now=False)
             self._loops.append(loop)
+        self._load_due()
         return recovered
 
     def stop(self) -> None:
@@ -352,10 +400,14 @@ class Scheduler:
                 loop.stop()
         self._loops.clear()
         self._repeated.stop()
-        for call in (self._commit_call, self._grace_call, self._prune_call):
+        for call in (self._commit_call, self._grace_call, self._prune_call, self._loading):
             if call is not None and call.active():
                 call.cancel()
-        self._grace_call = self._prune_call = None
+        for call in self._tick_calls.values():
+            if call.active():
+                call.cancel()
+        self._tick_calls.clear()
+        self._grace_call = self._prune_call = self._loading = None
         self._commit()
         if self._store_error is not None:
             self.log.error(
@@ -401,6 +453,9 @@ class Scheduler:
         if key is not None:
             self._keys[key] = task.id
         self._store.add(task)
+        if options is not DEFAULT_OPTIONS and (options.delay is not None or options.at is not None):
+            self._submit_delayed(task)
+            return task.id, False
         # Assign first, commit after: the worker can run the task while the
         # store commits it (only the acknowledgement waits for the commit).
         self._enqueue(task)
@@ -452,7 +507,7 @@ class Scheduler:
         result or failure on), the outcome of a finished one, or None for an
         id never used or pruned.
         """
-        task = self._tasks.get(task_id)
+        task = self._tasks.get(task_id) or self._load_scheduled(task_id)
         if task is not None:
             return task.deferred
         return self._store.outcome(task_id)
@@ -467,10 +522,15 @@ class Scheduler:
         is told only once durable, so a task whose outcome the store has not
         committed yet is still RUNNING.
         """
-        task = self._tasks.get(task_id)
+        task = self._tasks.get(task_id) or self._load_scheduled(task_id)
         if task is None:
             return None
         return State.RUNNING if task.state.finished else task.state
+
+    def due_of(self, task_id: int) -> float | None:
+        """A live task's due time (seconds since the epoch), or None: it had none."""
+        task = self._tasks.get(task_id)
+        return None if task is None else due_time(task)
 
     def cancel(self, task_id: int, reason: str = "cancelled") -> bool:
         """
@@ -478,13 +538,15 @@ class Scheduler:
         and its late result, if any, is dropped).  False if the task is
         unknown or already finished.
         """
-        task = self._tasks.get(task_id)
+        task = self._tasks.get(task_id) or self._load_scheduled(task_id)
         if task is None or task.state.finished:
             return False
         worker = task.worker
         if worker is not None:
             self._release(task)
             worker.channel.cancel(task_id)
+        elif task.state is State.SCHEDULED:
+            self.scheduled_count -= 1
         elif task.timer is not None:
             self._waiting_retry -= 1
         else:
@@ -503,6 +565,331 @@ class Scheduler:
     def has_worker_for(self, task_type: str) -> bool:
         """Whether any connected worker runs this type (else the task waits)."""
         return task_type in self._served
+
+    # -- delayed tasks -------------------------------------------------------
+
+    def _submit_delayed(self, task: Task) -> None:
+        """
+        A new task with a due time: held (with a timer) if due within the
+        window, else kept only until the store has it: the window reads it
+        back when it comes near.  A delay of 0, or a time past, runs at once.
+        """
+        due = due_time(task)
+        assert due is not None
+        now = self._clock.seconds()
+        if due <= now:
+            self._enqueue(task)
+        else:
+            self.scheduled_count += 1
+            if due < self._window:
+                self._hold(task, due, now)
+            else:
+                del self._tasks[task.id]
+                self._far[task.id] = task
+        if self._commit_call is None:
+            self._commit_call = self._clock.callLater(0, self._commit)
+
+    def _hold(self, task: Task, due: float, now: float) -> None:
+        """Keep a delayed task in memory until its due time (or run it now if due)."""
+        self._tasks[task.id] = task
+        if task.options.key is not None:
+            self._keys[task.options.key] = task.id
+        if due <= now:
+            task.state = State.QUEUED
+            self._enqueue(task)
+            return
+        task.state = State.SCHEDULED
+        task.timer = self._clock.callLater(due - now, self._due, task)
+
+    def _due(self, task: Task) -> None:
+        """A delayed task's time has come: in line, like any other."""
+        task.timer = None
+        self.scheduled_count -= 1
+        task.state = State.QUEUED
+        self._enqueue(task)
+
+    def _far_committed(self) -> None:
+        """Tasks beyond the window are durable: the store holds them now, not the core."""
+        keys = self._keys
+        for task in self._far.values():
+            key = task.options.key
+            if key is not None and keys.get(key) == task.id:
+                del keys[key]
+        self._far.clear()
+
+    def _task_from_store(self, stored: StoredTask) -> Task:
+        options = TaskOptions(
+            priority=stored.priority,
+            timeout=stored.timeout,
+            max_attempts=stored.max_attempts,
+            key=stored.key,
+            retry_on_error=stored.retry_on_error,
+            at=stored.due_at,
+        )
+        task = Task(stored.id, stored.type, stored.payload, options, stored.submitted_at)
+        task.attempts = stored.attempts
+        task.losses = stored.losses
+        return task
+
+    def _load_scheduled(self, task_id: int) -> Task | None:
+        """
+        A delayed task the core does not hold (beyond the window), held now
+        because someone asks for it (a query, a wait, a cancel); None if
+        there is no such task.  Costs a store read only for ids not live.
+        """
+        if not self.scheduled_count:
+            return None  # no delayed task waits anywhere: no store read for finished tasks' queries
+        far = self._far.pop(task_id, None)
+        if far is not None:
+            due = due_time(far)
+            assert due is not None
+            self._hold(far, due, self._clock.seconds())
+            return far
+        try:
+            stored = self._store.scheduled_task(task_id)
+        except StoreUnavailable:
+            return None
+        if stored is None or stored.due_at is None:
+            return None
+        task = self._task_from_store(stored)
+        self._hold(task, stored.due_at, self._clock.seconds())
+        return task
+
+    def _load_due(self) -> None:
+        """A window round: hold every delayed task due before now + horizon (a batch per turn)."""
+        if self._loading is None:
+            self._window = max(self._window, self._clock.seconds() + self.policy.horizon)
+            self._load_batch()
+
+    def _load_batch(self) -> None:
+        """
+        Read the next batch of delayed tasks due before the window's end; the
+        next batch next turn.  Tasks already held (submitted into the window,
+        or asked for) are skipped.  A failed read ends this round only.
+        """
+        self._loading = None
+        try:
+            batch = self._store.due_tasks(self._window, self._cursor, LOAD_BATCH)
+        except StoreUnavailable as e:
+            self.log.warn(
+                "reading delayed tasks failed: {reason}; the next round tries again", reason=e.reason
+            )
+            return
+        now = self._clock.seconds()
+        tasks = self._tasks
+        for stored in batch:
+            if stored.id in tasks or stored.id in self._far or stored.due_at is None:
+                continue
+            self._hold(self._task_from_store(stored), stored.due_at, now)
+        if batch:
+            last = batch[-1]
+            assert last.due_at is not None
+            self._cursor = (last.due_at, last.id)
+        if len(batch) >= LOAD_BATCH and not self._stopping:
+            self._loading = self._clock.callLater(0, self._load_batch)
+
+    # -- periodic schedules --------------------------------------------------
+
+    def _start_schedules(self, now: float) -> None:
+        """
+        Take back the store's schedules, and run or skip the ticks missed
+        while no scheduler ran (each schedule's ``catch_up``): a missed tick
+        runs once, as the latest one missed, never once per tick missed.
+        """
+        for record in self._store.schedules():
+            self._schedules[record.name] = record
+            if record.paused:
+                continue
+            if record.next_due <= now:
+                latest = latest_missed(record.cron, record.every, record.tz, record.next_due, now)
+                if record.catch_up:
+                    self.log.info(
+                        "schedule {name}: running its missed tick due {due:.3f} once",
+                        name=record.name,
+                        due=latest,
+                    )
+                    record = replace(record, next_due=latest)
+                else:
+                    following = next_after(record.cron, record.every, record.tz, latest)
+                    self.log.info(
+                        "schedule {name}: skipping ticks missed since {since:.3f}; next at {due:.3f}",
+                        name=record.name,
+                        since=record.next_due,
+                        due=following,
+                    )
+                    record = replace(record, next_due=following)
+                    self._store.save_schedule(record)
+                self._schedules[record.name] = record
+            self._arm(record, now)
+
+    def declare_schedules(self, records: list[ScheduleRecord]) -> None:
+        """
+        Schedules from the scheduler's configuration (before ``start``): each
+        replaces the stored definition of its name, keeping when it last
+        ran; stored schedules from the configuration that it no longer
+        declares are removed.
+        """
+        stored = {record.name: record for record in self._store.schedules()}
+        declared = {record.name for record in records}
+        for record in records:
+            old = stored.get(record.name)
+            if old is not None:
+                same = (old.cron, old.every, old.tz) == (record.cron, record.every, record.tz)
+                record = replace(
+                    record,
+                    last_due=old.last_due,
+                    last_task=old.last_task,
+                    next_due=old.next_due if same else record.next_due,
+                )
+            self._store.save_schedule(record)
+        for name, old in stored.items():
+            if old.source == "config" and name not in declared:
+                self._store.remove_schedule(name)
+        self._commit_now()
+
+    def _commit_now(self) -> None:
+        """Before start: make the configuration durable, or say why not."""
+        while not self._store.commit():
+            pass
+
+    def _arm(self, record: ScheduleRecord, now: float) -> None:
+        call = self._tick_calls.pop(record.name, None)
+        if call is not None and call.active():
+            call.cancel()
+        if not record.paused and not self._stopping:
+            self._tick_calls[record.name] = self._clock.callLater(
+                max(0.0, record.next_due - now), self._tick, record.name
+            )
+
+    def _tick(self, name: str) -> None:
+        """
+        A schedule's tick is due: one task whose key is the schedule and the
+        due time, and the schedule's record saying so, in the same commit.
+        A tick whose key the store already has (written by a scheduler that
+        stopped before it could save the record) is not enqueued again.
+        """
+        self._tick_calls.pop(name, None)
+        record = self._schedules.get(name)
+        if record is None or record.paused:
+            return
+        now = self._clock.seconds()
+        due = record.next_due
+        key = tick_key(name, due)
+        try:
+            existing = self._keys.get(key) or self._store.task_for_key(key)
+        except StoreUnavailable as e:
+            self.log.warn(
+                "schedule {name}: cannot check its tick: {reason}; retrying", name=name, reason=e.reason
+            )
+            self._tick_calls[name] = self._clock.callLater(
+                self.policy.store_retry_max_delay, self._tick, name
+            )
+            return
+        if existing is None:
+            options = TaskOptions(
+                priority=record.priority,
+                timeout=record.timeout,
+                max_attempts=record.max_attempts,
+                key=key,
+                retry_on_error=record.retry_on_error,
+                no_result=True,
+                at=due,
+            )
+            task = Task(self._next_id, record.task_type, record.payload, options, now)
+            self._next_id += 1
+            self._tasks[task.id] = task
+            self._keys[key] = task.id
+            by_type = self.submitted_by_type
+            by_type[task.type] = by_type.get(task.type, 0) + 1
+            self._store.add(task)
+            self._ticks.setdefault(task.id, record)
+            self._enqueue(task)
+            existing = task.id
+        updated = replace(
+            record,
+            last_due=due,
+            last_task=existing,
+            next_due=next_after(record.cron, record.every, record.tz, due),
+        )
+        self._schedules[name] = updated
+        self._store.save_schedule(updated)
+        if self._commit_call is None:
+            self._commit_call = self._clock.callLater(0, self._commit)
+        self._arm(updated, now)
+
+    def _untick(self, task_id: int) -> None:
+        """A tick's task was withdrawn (the store could not commit it): the tick is due again."""
+        if not self._ticks:
+            return
+        before = self._ticks.pop(task_id, None)
+        if before is None or self._schedules.get(before.name) is None:
+            return
+        self._schedules[before.name] = before
+        self._store.save_schedule(before)
+        self._arm(before, self._clock.seconds())
+
+    def add_schedule(self, record: ScheduleRecord) -> ScheduleRecord:
+        """
+        Create or replace a schedule (``next_due`` is computed here, from
+        now); durable at the next commit (answer in ``after_commit``).
+        Raises ScheduleError for a bad one.
+        """
+        check_name(record.name)
+        check_spec(record.cron, record.every, record.tz)
+        if record.name not in self._schedules and len(self._schedules) >= MAX_SCHEDULES:
+            raise ScheduleError(f"a scheduler keeps at most {MAX_SCHEDULES} schedules")
+        now = self._clock.seconds()
+        old = self._schedules.get(record.name)
+        record = replace(
+            record,
+            next_due=first_due(record.cron, record.every, record.tz, now),
+            last_due=old.last_due if old else None,
+            last_task=old.last_task if old else None,
+        )
+        self._set_schedule(record, now)
+        return record
+
+    def _set_schedule(self, record: ScheduleRecord, now: float) -> None:
+        self._schedules[record.name] = record
+        self._store.save_schedule(record)
+        if self._commit_call is None:
+            self._commit_call = self._clock.callLater(0, self._commit)
+        self._arm(record, now)
+
+    def remove_schedule(self, name: str) -> bool:
+        """Forget a schedule (its ticks' tasks stay); False if there is none of that name."""
+        if self._schedules.pop(name, None) is None:
+            return False
+        call = self._tick_calls.pop(name, None)
+        if call is not None and call.active():
+            call.cancel()
+        self._store.remove_schedule(name)
+        if self._commit_call is None:
+            self._commit_call = self._clock.callLater(0, self._commit)
+        return True
+
+    def pause_schedule(self, name: str, paused: bool = True) -> ScheduleRecord | None:
+        """
+        Pause (no ticks) or resume a schedule; None if there is none of that
+        name.  Resuming skips the ticks due while it was paused: the next is
+        the first one after now.
+        """
+        record = self._schedules.get(name)
+        if record is None:
+            return None
+        now = self._clock.seconds()
+        if not paused and record.paused:
+            last = record.last_due if record.last_due is not None else now
+            following = next_after(record.cron, record.every, record.tz, max(last, now))
+            record = replace(record, paused=False, next_due=following)
+        else:
+            record = replace(record, paused=paused)
+        self._set_schedule(record, now)
+        return record
+
+    def schedules(self) -> list[ScheduleRecord]:
+        """Every schedule, by name."""
+        return [self._schedules[name] for name in sorted(self._schedules)]
 
     # -- jobs (maps) ---------------------------------------------------------
 
@@ -839,7 +1226,9 @@ class Scheduler:
                 "succeeded": self.counts[State.SUCCEEDED],
                 "failed": self.counts[State.FAILED],
                 "cancelled": self.counts[State.CANCELLED],
+                "scheduled": self.scheduled_count,
             },
+            "schedules": [describe_schedule(record) for record in self.schedules()[:SCHEDULES_LISTED]],
             "waiting_by_type": {
                 task_type: {"queued": count, "no_worker_runs_it": task_type not in self._served}
                 for task_type, count in sorted(waiting.items())
@@ -1211,6 +1600,10 @@ class Scheduler:
             self._commit_call = self._clock.callLater(0, self._commit)
             return
         self._committed_up_to = self._next_id
+        if self._far:
+            self._far_committed()
+        if self._ticks:
+            self._ticks.clear()
         finished, self._finished = self._finished, []
         tasks = self._tasks
         for task, value in finished:
@@ -1323,7 +1716,7 @@ class Scheduler:
         (an outage) rather than listed on every submission.
         """
         mark = self._committed_up_to
-        return [task for task in self._tasks.values() if task.id >= mark]
+        return [task for task in self._tasks.values() if task.id >= mark] + list(self._far.values())
 
     def _withdraw(self, tasks: list[Task], reason: str) -> None:
         """
@@ -1335,9 +1728,16 @@ class Scheduler:
         refill: list[WorkerState] = []
         failure = TaskFailed(f"submission refused: {StoreUnavailable(reason)}")
         for task in tasks:
+            if self._far.get(task.id) is task:
+                del self._far[task.id]
+                self.scheduled_count -= 1
+                if task.options.key is not None and self._keys.get(task.options.key) == task.id:
+                    del self._keys[task.options.key]
+                continue
             if self._tasks.get(task.id) is not task:
                 continue
             del self._tasks[task.id]
+            self._untick(task.id)
             key = task.options.key
             if key is not None and self._keys.get(key) == task.id:
                 del self._keys[key]
@@ -1353,7 +1753,10 @@ class Scheduler:
                 elif task.timer is not None:
                     task.timer.cancel()
                     task.timer = None
-                    self._waiting_retry -= 1
+                    if task.state is State.SCHEDULED:
+                        self.scheduled_count -= 1
+                    else:
+                        self._waiting_retry -= 1
                 else:
                     self._queue.remove(task)
             task.state = State.CANCELLED
@@ -1436,6 +1839,23 @@ class Scheduler:
             self._prune_call = self._clock.callLater(0, self._prune_batch, before, pruned)
         elif pruned:
             self.log.info("pruned {count} outcomes older than the retention time", count=pruned)
+
+
+def describe_schedule(record: ScheduleRecord) -> dict[str, Any]:
+    """A schedule as status and the schedule commands show it (JSON)."""
+    return {
+        "name": record.name,
+        "cron": record.cron,
+        "every": record.every,
+        "tz": record.tz,
+        "type": record.task_type,
+        "paused": record.paused,
+        "catch_up": record.catch_up,
+        "next_due": None if record.paused else record.next_due,
+        "last_due": record.last_due,
+        "last_task": record.last_task,
+        "source": record.source,
+    }
 
 
 def _no_retry(status: int, value: bytes) -> tuple[int, bytes]:

@@ -128,6 +128,12 @@ class ClientProtocol(FramedProtocol):
         self.core.status(answer)
         return answer
 
+    def schedule(self, command: wire.ScheduleCommand) -> Deferred[Any]:
+        """A schedule command; fires with the schedule (or the list), or ScheduleRefused."""
+        answer: Deferred[Any] = Deferred()
+        self.core.schedule(answer, command)
+        return answer
+
     def open_job(
         self,
         task_type: str,

@@ -32,6 +32,7 @@ from taskmesh import wire
 from taskmesh.codec import decode_result, task_failed
 from taskmesh.errors import (
     AuthenticationFailed,
+    ScheduleRefused,
     SchedulerGone,
     TaskFailed,
     TaskPending,
@@ -86,7 +87,7 @@ def outcome_error(task_id: int, status: int, value: bytes) -> Exception:
     if status == wire.STATUS_PENDING:
         state, progress = wire.parse_pending(value)
         if progress is None:
-            return TaskPending(task_id, state)
+            return TaskPending(task_id, state, due=wire.parse_due(value))
         done, total, note = progress
         return TaskPending(task_id, state, TaskProgress(done, total or None, note))
     return TaskUnknown(f"task {task_id}: {value.decode('utf-8', 'replace')}")
@@ -160,6 +161,8 @@ class ClientConnection:
         # task id -> answers of the next (status, value) record, pending or final
         self._peeks: dict[int, list[Answer]] = {}
         self._status: deque[Answer] = deque()
+        #: Answers of schedule commands, in the order sent (the scheduler answers in order).
+        self._schedule_answers: deque[Answer] = deque()
         # request number -> (answer of (job id, flags), results callback), until accepted
         self._job_requests: dict[int, tuple[Answer, JobListener]] = {}
         # job id -> results callback
@@ -212,6 +215,16 @@ class ClientConnection:
             return
         self._status.append(answer)
         self._output.send(wire.StatusRequest())
+
+    def schedule(self, answer: Answer, command: wire.ScheduleCommand) -> None:
+        """
+        A schedule command; the answer fires with the schedule (a dict), the
+        list of them (``list``), or fails with ScheduleRefused and the reason.
+        """
+        if self.refuse(answer, len(command.payload)):
+            return
+        self._schedule_answers.append(answer)
+        self._output.send(command)
 
     def open_job(
         self,
@@ -293,6 +306,16 @@ class ClientConnection:
                 if not isinstance(status, dict):
                     raise PeerMisbehaved("the status report is not a JSON object")
                 _fire(self._status.popleft(), status)
+            case wire.ScheduleAnswer(ok=ok, json=text) if self._schedule_answers:
+                answer = self._schedule_answers.popleft()
+                if not ok:
+                    _fail(answer, ScheduleRefused(text))
+                    return
+                try:
+                    found = json.loads(text)
+                except ValueError:
+                    raise PeerMisbehaved("a schedule answer is not JSON") from None
+                _fire(answer, found)
             case wire.Challenge() if self.welcome is None and not self._handshake.answered:
                 self._answer_challenge(message)
             case wire.Welcome() if self.welcome is None and (
@@ -390,6 +413,8 @@ class ClientConnection:
         for records in (*self._finals.values(), *self._peeks.values()):
             waiting.extend(records)
         waiting.extend(self._status)
+        waiting.extend(self._schedule_answers)
+        self._schedule_answers.clear()
         waiting.extend(answer for answer, _ in self._job_requests.values())
         self._job_requests.clear()
         self._jobs.clear()

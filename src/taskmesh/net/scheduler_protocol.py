@@ -32,12 +32,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from taskmesh import wire
-from taskmesh.core.scheduler import IWorkerChannel, Job, Scheduler, WorkerState
+from taskmesh.core.scheduler import IWorkerChannel, Job, Scheduler, WorkerState, describe_schedule
+from taskmesh.core.schedules import ScheduleError
 from taskmesh.errors import StoreUnavailable, TaskCancelled, TaskFailed
 from taskmesh.net.auth import AuthenticationFailed, RoleSecrets, SchedulerHandshake
 from taskmesh.net.frames import PartialFrameBudget
 from taskmesh.net.framing import DEFAULT_FRAME_BUDGET, ConnectionLimits, FramedProtocol, PeerMisbehaved
-from taskmesh.store.interface import State
+from taskmesh.store.interface import ScheduleRecord, State
 
 NO_SUCH_TASK = b"no such task: never submitted, or its result was pruned"
 
@@ -141,6 +142,9 @@ class SchedulerProtocol(FramedProtocol):
                 self._cancel(task_ids)
             case wire.StatusRequest():
                 self.send(wire.StatusReport(status_report(self.core.stats(), self.send_limit)))
+            case wire.ScheduleCommand():
+                self._count_queries(1)
+                self._schedule(message)
             case wire.JobItems():
                 self._job_items(message)
             case wire.JobSubmit():
@@ -161,6 +165,64 @@ class SchedulerProtocol(FramedProtocol):
                 self._peer_error(message)
             case _:
                 raise PeerMisbehaved(f"a client may not send {type(message).__name__}")
+
+    def _schedule(self, command: wire.ScheduleCommand) -> None:
+        """
+        A schedule command: the core decides; the answer goes out once what
+        it changed is durable (every answer after a commit, so they leave in
+        the order the commands came).
+        """
+        ok, answer = True, ""
+        try:
+            if command.op == wire.SCHEDULE_ADD:
+                if len(command.payload) > self.factory.max_payload:
+                    raise ScheduleError(
+                        f"payload of {len(command.payload)} bytes exceeds the limit of "
+                        f"{self.factory.max_payload} bytes"
+                    )
+                options = command.options
+                record = self.core.add_schedule(
+                    ScheduleRecord(
+                        name=command.name,
+                        cron=command.cron,
+                        every=command.every,
+                        tz=command.tz,
+                        task_type=command.task_type,
+                        payload=command.payload,
+                        priority=options.priority,
+                        timeout=options.timeout,
+                        max_attempts=options.max_attempts,
+                        retry_on_error=options.retry_on_error,
+                        catch_up=command.catch_up,
+                        paused=False,
+                        next_due=0.0,
+                        last_due=None,
+                        last_task=None,
+                    )
+                )
+                answer = json.dumps(describe_schedule(record))
+            elif command.op == wire.SCHEDULE_LIST:
+                answer = json.dumps([describe_schedule(record) for record in self.core.schedules()])
+            elif command.op == wire.SCHEDULE_REMOVE:
+                if not self.core.remove_schedule(command.name):
+                    raise ScheduleError(f"no schedule named {command.name!r}")
+                answer = json.dumps({"name": command.name, "removed": True})
+            else:
+                changed = self.core.pause_schedule(command.name, command.op == wire.SCHEDULE_PAUSE)
+                if changed is None:
+                    raise ScheduleError(f"no schedule named {command.name!r}")
+                answer = json.dumps(describe_schedule(changed))
+        except ScheduleError as e:
+            ok, answer = False, str(e)
+        self.core.after_commit(self._schedule_answer, ok, answer)
+
+    def _schedule_answer(self, ok: bool, answer: str) -> None:
+        self._queries_pending -= 1
+        if self.closing:
+            return
+        if ok and len(answer) > self.send_limit - 16:
+            ok, answer = False, f"the answer ({len(answer)} bytes) does not fit a frame; list fewer schedules"
+        self.send(wire.ScheduleAnswer(ok, answer))
 
     def _count_queries(self, count: int) -> None:
         waiting = self._queries_pending + len(self._queried) + count
@@ -303,10 +365,11 @@ class SchedulerProtocol(FramedProtocol):
                     self._answered_this_turn(task_id)
             else:
                 answered.add(task_id)
-                progress = self.core.progress_of(task_id)
-                self._send_result(
-                    task_id, wire.STATUS_PENDING, wire.pending_value(state.name.lower(), progress)
-                )
+                if state is State.SCHEDULED:
+                    value = wire.pending_value("scheduled", due=self.core.due_of(task_id))
+                else:
+                    value = wire.pending_value(state.name.lower(), self.core.progress_of(task_id))
+                self._send_result(task_id, wire.STATUS_PENDING, value)
 
     def outcome(self, task_id: int, status: int, value: bytes) -> None:
         """A task has its outcome (from ResultWatchers): one record for every wait on it."""

@@ -41,10 +41,13 @@ class State(IntEnum):
     SUCCEEDED = 2
     FAILED = 3
     CANCELLED = 4
+    #: Waiting for its due time (a delayed task, or a schedule's tick made
+    #: early).  Numbered after the finished states, which stores keep.
+    SCHEDULED = 5
 
     @property
     def finished(self) -> bool:
-        return self >= State.SUCCEEDED
+        return 2 <= self <= 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,41 @@ class StoredTask:
     retry_on_error: bool
     attempts: int
     losses: int
+    #: When it may run (seconds since the epoch), or None: at once.
+    due_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRecord:
+    """
+    A periodic schedule as a store keeps it: what each tick submits, when
+    the next one is due, and what the last one was.  Exactly one of
+    ``cron`` and ``every`` is set.  A tick's task and the record saying it
+    happened are written in the same commit, and the tick's deduplication
+    key (``tick_key``) names the schedule and the due time, so a tick is
+    enqueued once however often the scheduler restarts.
+    """
+
+    name: str
+    cron: str | None  # a cron expression, in the time zone ``tz``
+    every: float | None  # seconds between ticks
+    tz: str  # an IANA time zone name (zoneinfo); "UTC" by default
+    task_type: str
+    payload: bytes
+    priority: int
+    timeout: float | None
+    max_attempts: int
+    retry_on_error: bool
+    #: Ticks missed while no scheduler ran: True runs one of them at start
+    #: (the latest), False skips them all.
+    catch_up: bool
+    paused: bool
+    #: When the next tick is due (seconds since the epoch).
+    next_due: float
+    last_due: float | None
+    last_task: int | None
+    #: Where it was declared: "api" (added by a client) or "config" (the scheduler's file).
+    source: str = "api"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +167,48 @@ class ITaskStore(Interface):
         """
 
     def unfinished() -> Iterator[StoredTask]:
-        """Every task without an outcome, oldest first."""
+        """
+        Every task without an outcome and without a due time, oldest first.
+        Tasks with a due time are read with ``due_tasks`` instead, a window
+        at a time, so that a million tasks due tomorrow cost the scheduler
+        nothing today.
+        """
+
+    def due_tasks(before: float, after: tuple[float, int], limit: int) -> list[StoredTask]:
+        """
+        Committed tasks without an outcome whose due time is before
+        ``before``, and whose (due time, id) comes after ``after``, in
+        (due time, id) order; at most ``limit`` of them.  The scheduler
+        pages through a horizon window with it.  SQL: ``WHERE finished_at IS
+        NULL AND due_at < ? AND (due_at, id) > (?, ?) ORDER BY due_at, id
+        LIMIT ?``.  Reads may raise ``StoreUnavailable``.
+        """
+
+    def scheduled_task(task_id: int) -> StoredTask | None:
+        """
+        The committed task with this id if it has a due time and no outcome
+        (so a status query or a cancel reaches a task the scheduler has not
+        loaded yet), else None.  Reads may raise ``StoreUnavailable``.
+        """
+
+    def count_scheduled(after: float) -> int:
+        """
+        How many committed tasks without an outcome are due after this time
+        (what status shows as scheduled).  Reads may raise ``StoreUnavailable``.
+        """
+
+    def save_schedule(schedule: ScheduleRecord) -> None:
+        """
+        Create or replace the schedule of that name (durable at the next
+        commit, in the same transaction as the tasks added before it: a
+        tick's task and its record are durable together or not at all).
+        """
+
+    def remove_schedule(name: str) -> None:
+        """Forget the schedule of that name, if any (durable at the next commit)."""
+
+    def schedules() -> list[ScheduleRecord]:
+        """Every committed schedule, by name.  Reads may raise ``StoreUnavailable``."""
 
     def outcome(task_id: int) -> Outcome | None:
         """

@@ -2,18 +2,60 @@
 The memory store: everything in this process, fast, and gone with it.
 
 Unfinished tasks live in the scheduler core anyway; this store only has to
-remember outcomes and deduplication keys beyond them, for retrieval by id.
+remember outcomes and deduplication keys beyond them, for retrieval by id,
+and what the core keeps out of its memory: tasks with a due time (the core
+loads them a window at a time) and schedules.
 """
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Collection, Iterator
 from typing import Any
 
 from zope.interface import implementer
 
-from taskmesh.store.interface import LIST_SCAN_ROWS, ITaskStore, Outcome, State, StoredTask, TaskSummary
+from taskmesh.store.interface import (
+    LIST_SCAN_ROWS,
+    ITaskStore,
+    Outcome,
+    ScheduleRecord,
+    State,
+    StoredTask,
+    TaskSummary,
+)
+
+
+def due_time(task: Any) -> float | None:
+    """A core task's due time: its ``at``, or its submission plus its ``delay``; None: at once."""
+    options = task.options
+    at: float | None = options.at
+    if at is not None:
+        return at
+    delay: float | None = options.delay
+    if delay is not None:
+        return float(task.submitted_at + delay)
+    return None
+
+
+def stored_task(task: Any, due_at: float | None) -> StoredTask:
+    """A core task as a store gives it back."""
+    options = task.options
+    return StoredTask(
+        id=task.id,
+        type=task.type,
+        payload=task.payload,
+        submitted_at=task.submitted_at,
+        priority=options.priority,
+        key=options.key,
+        timeout=options.timeout,
+        max_attempts=options.max_attempts,
+        retry_on_error=options.retry_on_error,
+        attempts=task.attempts,
+        losses=task.losses,
+        due_at=due_at,
+    )
 
 
 def time_based_first_id() -> int:
@@ -35,6 +77,12 @@ class MemoryStore:
         self._outcomes: dict[int, Outcome] = {}
         self._keys: dict[str, int] = {}
         self._key_of: dict[int, str] = {}
+        #: Tasks with a due time and no outcome, and their (due time, id)
+        #: in order (entries of finished tasks are skipped, and dropped as
+        #: the window passes them).
+        self._delayed: dict[int, StoredTask] = {}
+        self._due_order: list[tuple[float, int]] = []
+        self._schedules: dict[str, ScheduleRecord] = {}
 
     def next_id(self) -> int:
         return self._next_id
@@ -48,12 +96,19 @@ class MemoryStore:
         if key is not None:
             self._keys[key] = task.id
             self._key_of[task.id] = key
+        if task.options.delay is not None or task.options.at is not None:
+            due = due_time(task)
+            assert due is not None
+            self._delayed[task.id] = stored_task(task, due)
+            bisect.insort(self._due_order, (due, task.id))
 
     def record_attempts(self, task_id: int, attempts: int, losses: int) -> None:
         """Nothing to do: the core holds the counts, and a restart forgets all."""
 
     def finish(self, task_id: int, state: State, value: bytes, finished_at: float) -> None:
         self._outcomes[task_id] = Outcome(state, value, finished_at)
+        if self._delayed:
+            self._delayed.pop(task_id, None)
 
     def commit(self) -> bool:
         """Nothing to do: every write is already as durable as it will be (so it never fails)."""
@@ -63,6 +118,7 @@ class MemoryStore:
         """Forget these tasks' keys and outcomes (never needed: commits never fail here)."""
         for task_id in task_ids:
             self._outcomes.pop(task_id, None)
+            self._delayed.pop(task_id, None)
             key = self._key_of.pop(task_id, None)
             if key is not None and self._keys.get(key) == task_id:
                 del self._keys[key]
@@ -70,6 +126,39 @@ class MemoryStore:
     def unfinished(self) -> Iterator[StoredTask]:
         """Always empty: nothing outlives the process that held it."""
         return iter(())
+
+    def due_tasks(self, before: float, after: tuple[float, int], limit: int) -> list[StoredTask]:
+        order = self._due_order
+        # Entries of finished tasks before the window are of no more use.
+        stale = 0
+        while stale < len(order) and order[stale][0] < before and order[stale][1] not in self._delayed:
+            stale += 1
+        if stale:
+            del order[:stale]
+        found: list[StoredTask] = []
+        for index in range(bisect.bisect_right(order, after), len(order)):
+            due, task_id = order[index]
+            if due >= before or len(found) >= limit:
+                break
+            task = self._delayed.get(task_id)
+            if task is not None:
+                found.append(task)
+        return found
+
+    def scheduled_task(self, task_id: int) -> StoredTask | None:
+        return self._delayed.get(task_id)
+
+    def count_scheduled(self, after: float) -> int:
+        return sum(1 for task in self._delayed.values() if task.due_at is not None and task.due_at > after)
+
+    def save_schedule(self, schedule: ScheduleRecord) -> None:
+        self._schedules[schedule.name] = schedule
+
+    def remove_schedule(self, name: str) -> None:
+        self._schedules.pop(name, None)
+
+    def schedules(self) -> list[ScheduleRecord]:
+        return [self._schedules[name] for name in sorted(self._schedules)]
 
     def outcome(self, task_id: int) -> Outcome | None:
         return self._outcomes.get(task_id)

@@ -68,7 +68,16 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from taskmesh.errors import StoreUnavailable
-from taskmesh.store.interface import LIST_SCAN_ROWS, ITaskStore, Outcome, State, StoredTask, TaskSummary
+from taskmesh.store.interface import (
+    LIST_SCAN_ROWS,
+    ITaskStore,
+    Outcome,
+    ScheduleRecord,
+    State,
+    StoredTask,
+    TaskSummary,
+)
+from taskmesh.store.memory import due_time
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -92,14 +101,51 @@ CREATE INDEX IF NOT EXISTS tasks_finished_at ON tasks (finished_at) WHERE finish
 -- The next task id, kept apart from the tasks: pruning old rows must never
 -- let an id be handed out twice.
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+-- Periodic schedules (see ScheduleRecord), one row each, by name.
+CREATE TABLE IF NOT EXISTS schedules (
+    name           TEXT    PRIMARY KEY,
+    cron           TEXT,
+    every          REAL,
+    tz             TEXT    NOT NULL,
+    type           TEXT    NOT NULL,
+    payload        BLOB    NOT NULL,
+    priority       INTEGER NOT NULL,
+    timeout        REAL,
+    max_attempts   INTEGER NOT NULL,
+    retry_on_error INTEGER NOT NULL,
+    catch_up       INTEGER NOT NULL,
+    paused         INTEGER NOT NULL,
+    next_due       REAL    NOT NULL,
+    last_due       REAL,
+    last_task      INTEGER,
+    source         TEXT    NOT NULL
+);
 """
+
+#: What a store made before delayed tasks lacks: added at open (guarded, so
+#: an older file is migrated in place, once).
+MIGRATIONS = (("tasks", "due_at", "ALTER TABLE tasks ADD COLUMN due_at REAL"),)
+#: Indexes on migrated columns, made after the migrations.
+DUE_INDEX = (
+    "CREATE INDEX IF NOT EXISTS tasks_due ON tasks (due_at, id)"
+    " WHERE finished_at IS NULL AND due_at IS NOT NULL"
+)
+_TASK_COLUMNS = (
+    "id, type, payload, submitted_at, priority, key, timeout, max_attempts,"
+    " retry_on_error, attempts, losses, due_at"
+)
+_SAVE_SCHEDULE = (
+    "INSERT OR REPLACE INTO schedules (name, cron, every, tz, type, payload, priority, timeout,"
+    " max_attempts, retry_on_error, catch_up, paused, next_due, last_due, last_task, source)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 # Idempotent by id: a commit retried after one that reached the disk while
 # reporting an error (an fsync that failed late) must not fail for good on
 # its own rows.  Another task with the same key still fails, loudly.
 _INSERT = (
     "INSERT INTO tasks (id, type, payload, submitted_at, priority, key, timeout,"
-    " max_attempts, retry_on_error, attempts, losses) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " max_attempts, retry_on_error, attempts, losses, due_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (id) DO NOTHING"
 )
 _FINISH = "UPDATE tasks SET state = ?, result = ?, finished_at = ? WHERE id = ?"
@@ -203,6 +249,45 @@ class StoreLock:
             self._fd = None
 
 
+def _stored(row: tuple[Any, ...]) -> StoredTask:
+    """A row of ``_TASK_COLUMNS`` as a StoredTask."""
+    return StoredTask(
+        id=row[0],
+        type=row[1],
+        payload=bytes(row[2]),
+        submitted_at=row[3],
+        priority=row[4],
+        key=row[5],
+        timeout=row[6],
+        max_attempts=row[7],
+        retry_on_error=bool(row[8]),
+        attempts=row[9],
+        losses=row[10],
+        due_at=row[11],
+    )
+
+
+def _schedule_row(record: ScheduleRecord) -> tuple[Any, ...]:
+    return (
+        record.name,
+        record.cron,
+        record.every,
+        record.tz,
+        record.task_type,
+        record.payload,
+        record.priority,
+        record.timeout,
+        record.max_attempts,
+        int(record.retry_on_error),
+        int(record.catch_up),
+        int(record.paused),
+        record.next_due,
+        record.last_due,
+        record.last_task,
+        record.source,
+    )
+
+
 @implementer(ITaskStore)
 class SqliteStore:
     """Tasks and outcomes in one SQLite database file."""
@@ -242,6 +327,9 @@ class SqliteStore:
         self._adds: list[tuple[Any, ...]] = []
         self._finishes: list[tuple[Any, ...]] = []
         self._attempts: list[tuple[Any, ...]] = []
+        #: Schedules to save (a record) or remove (None), by name: written in
+        #: the commit's last slice, after the tasks of their ticks.
+        self._schedule_writes: dict[str, ScheduleRecord | None] = {}
         #: Payload and result bytes buffered, to keep each commit short.
         self._bytes = 0
         (highest,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM tasks").fetchone()
@@ -261,6 +349,11 @@ class SqliteStore:
             db.execute(f"PRAGMA synchronous={synchronous.upper()}")
             db.execute("PRAGMA wal_autocheckpoint=0")
             db.executescript(SCHEMA)
+            for table, column, statement in MIGRATIONS:
+                columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                if column not in columns:
+                    db.execute(statement)
+            db.execute(DUE_INDEX)
             # SQLite opens a file it may not write read-only, silently; find
             # out now, not at the first commit.
             db.execute("BEGIN IMMEDIATE")
@@ -295,6 +388,7 @@ class SqliteStore:
                 options.retry_on_error,
                 task.attempts,
                 task.losses,
+                None if options.delay is None and options.at is None else due_time(task),
             )
         )
         self._bytes += len(task.payload)
@@ -310,14 +404,16 @@ class SqliteStore:
 
     def commit(self) -> bool:
         adds, attempts, finishes = self._adds, self._attempts, self._finishes
-        if not (adds or finishes or attempts or self._next_id != self._stored_next_id):
+        schedules = self._schedule_writes
+        if not (adds or finishes or attempts or schedules or self._next_id != self._stored_next_id):
             return True
         if len(adds) + len(attempts) + len(finishes) > COMMIT_ROWS or self._bytes > COMMIT_BYTES:
             return self._commit_slice()
-        self._write(adds, attempts, finishes)
+        self._write(adds, attempts, finishes, schedules)
         adds.clear()
         attempts.clear()
         finishes.clear()
+        schedules.clear()
         self._bytes = 0
         return True
 
@@ -342,15 +438,24 @@ class SqliteStore:
             if taken[kind] < len(buffer):
                 break  # what follows waits for the next slice
         adds, attempts, finishes = self._adds, self._attempts, self._finishes
-        self._write(adds[: taken[0]], attempts[: taken[1]], finishes[: taken[2]])
+        last = taken == [len(adds), len(attempts), len(finishes)]
+        # Schedules go with the last slice: a tick's record is never durable before its task.
+        schedules = self._schedule_writes if last else {}
+        self._write(adds[: taken[0]], attempts[: taken[1]], finishes[: taken[2]], schedules)
         del adds[: taken[0]]
         del attempts[: taken[1]]
         del finishes[: taken[2]]
+        if last:
+            self._schedule_writes.clear()
         self._bytes -= size
-        return not (adds or attempts or finishes)
+        return not (adds or attempts or finishes or self._schedule_writes)
 
     def _write(
-        self, adds: list[tuple[Any, ...]], attempts: list[tuple[Any, ...]], finishes: list[tuple[Any, ...]]
+        self,
+        adds: list[tuple[Any, ...]],
+        attempts: list[tuple[Any, ...]],
+        finishes: list[tuple[Any, ...]],
+        schedules: dict[str, ScheduleRecord | None],
     ) -> None:
         """One transaction, or StoreUnavailable and nothing written."""
         db = self._db
@@ -363,6 +468,11 @@ class SqliteStore:
                     db.executemany(_ATTEMPTS, attempts)
                 if finishes:
                     db.executemany(_FINISH, finishes)
+                for name, record in schedules.items():
+                    if record is None:
+                        db.execute("DELETE FROM schedules WHERE name = ?", (name,))
+                    else:
+                        db.execute(_SAVE_SCHEDULE, _schedule_row(record))
                 if self._next_id != self._stored_next_id:
                     db.execute(
                         "INSERT OR REPLACE INTO counters (name, value) VALUES ('next_id', ?)",
@@ -400,27 +510,83 @@ class SqliteStore:
 
     def pending(self) -> int:
         """Buffered writes not yet committed (for status and logs)."""
-        return len(self._adds) + len(self._attempts) + len(self._finishes)
+        return len(self._adds) + len(self._attempts) + len(self._finishes) + len(self._schedule_writes)
 
     def unfinished(self) -> Iterator[StoredTask]:
         rows = self._db.execute(
-            "SELECT id, type, payload, submitted_at, priority, key, timeout, max_attempts,"
-            " retry_on_error, attempts, losses FROM tasks WHERE finished_at IS NULL ORDER BY id"
+            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE finished_at IS NULL AND due_at IS NULL ORDER BY id"
         )
         for row in rows:
-            yield StoredTask(
-                id=row[0],
-                type=row[1],
-                payload=bytes(row[2]),
-                submitted_at=row[3],
-                priority=row[4],
-                key=row[5],
-                timeout=row[6],
-                max_attempts=row[7],
-                retry_on_error=bool(row[8]),
-                attempts=row[9],
-                losses=row[10],
+            yield _stored(row)
+
+    def due_tasks(self, before: float, after: tuple[float, int], limit: int) -> list[StoredTask]:
+        try:
+            rows = self._db.execute(
+                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE finished_at IS NULL AND due_at IS NOT NULL"
+                " AND due_at < ? AND (due_at, id) > (?, ?) ORDER BY due_at, id LIMIT ?",
+                (before, after[0], after[1], limit),
+            ).fetchall()
+        except sqlite3.Error as e:
+            raise StoreUnavailable(describe_error(e)) from e
+        return [_stored(row) for row in rows]
+
+    def scheduled_task(self, task_id: int) -> StoredTask | None:
+        try:
+            row = self._db.execute(
+                f"SELECT {_TASK_COLUMNS} FROM tasks"
+                " WHERE id = ? AND finished_at IS NULL AND due_at IS NOT NULL",
+                (task_id,),
+            ).fetchone()
+        except sqlite3.Error as e:
+            raise StoreUnavailable(describe_error(e)) from e
+        return None if row is None else _stored(row)
+
+    def count_scheduled(self, after: float) -> int:
+        try:
+            (count,) = self._db.execute(
+                "SELECT count(*) FROM tasks WHERE finished_at IS NULL AND due_at IS NOT NULL AND due_at > ?",
+                (after,),
+            ).fetchone()
+        except sqlite3.Error as e:
+            raise StoreUnavailable(describe_error(e)) from e
+        return int(count)
+
+    def save_schedule(self, schedule: ScheduleRecord) -> None:
+        self._schedule_writes[schedule.name] = schedule
+
+    def remove_schedule(self, name: str) -> None:
+        self._schedule_writes[name] = None
+
+    def schedules(self) -> list[ScheduleRecord]:
+        try:
+            rows = self._db.execute(
+                "SELECT name, cron, every, tz, type, payload, priority, timeout, max_attempts,"
+                " retry_on_error, catch_up, paused, next_due, last_due, last_task, source"
+                " FROM schedules ORDER BY name"
+            ).fetchall()
+        except sqlite3.Error as e:
+            raise StoreUnavailable(describe_error(e)) from e
+        return [
+            ScheduleRecord(
+                name=row[0],
+                cron=row[1],
+                every=row[2],
+                tz=row[3],
+                task_type=row[4],
+                payload=bytes(row[5]),
+                priority=row[6],
+                timeout=row[7],
+                max_attempts=row[8],
+                retry_on_error=bool(row[9]),
+                catch_up=bool(row[10]),
+                paused=bool(row[11]),
+                next_due=row[12],
+                last_due=row[13],
+                last_task=row[14],
+                source=row[15],
             )
+            for row in rows
+        ]
 
     def outcome(self, task_id: int) -> Outcome | None:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import time
 from pathlib import Path
 
 from twisted.application.service import IService
@@ -27,6 +28,7 @@ from taskmesh.service import SchedulerService
 from taskmesh.store import ITaskStore, MemoryStore, time_based_first_id
 from taskmesh.store.sqlite import MAX_PAGES_VARIABLE, SYNC_MODES, SqliteStore
 from taskmesh.tap import non_negative_float, positive_float, positive_int, release_default_pidfile
+from taskmesh.tap.schedules import read_schedules
 
 DEFAULT_LISTEN = "tcp:9001"
 #: The dashboard's endpoint (taskmesh.web): loopback only unless told otherwise.
@@ -223,6 +225,19 @@ class Options(usage.Options):
             None,
             "A separate secret for workers (then the main one is for clients).",
         ],
+        [
+            "schedules",
+            None,
+            None,
+            "Periodic schedules declared in this TOML file ([schedule.NAME] tables; see the README).",
+        ],
+        [
+            "horizon",
+            None,
+            _DEFAULTS.horizon,
+            "Seconds ahead the scheduler holds delayed tasks in memory; later ones stay in the store.",
+            float,
+        ],
         ["tls-cert", None, None, "Serve TLS with this certificate (PEM; it may hold the key too)."],
         ["tls-key", None, None, "The private key (PEM) of --tls-cert, if it is not in the same file."],
         [
@@ -262,9 +277,16 @@ class Options(usage.Options):
                 store_grace=self["store-grace"],
                 store_retry_delay=min(_DEFAULTS.store_retry_delay, self["store-retry-max-delay"]),
                 store_retry_max_delay=self["store-retry-max-delay"],
+                horizon=self["horizon"],
             )
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+        self["schedule-records"] = None
+        if self["schedules"] is not None:
+            try:
+                self["schedule-records"] = read_schedules(self["schedules"], time.time())
+            except ValueError as e:
+                raise usage.UsageError(f"--schedules: {e}") from None
         if (self["tls-key"] or self["tls-client-ca"]) and not self["tls-cert"]:
             raise usage.UsageError("--tls-key and --tls-client-ca go with --tls-cert")
         self["tls-options"] = (
@@ -299,6 +321,11 @@ def makeService(options: Options) -> IService:
     secrets = role_secrets(options)
     store = open_store(options["store"], options["sync"])
     core = Scheduler(reactor, store, options["policy"])
+    if options["schedule-records"] is not None:
+        try:
+            core.declare_schedules(options["schedule-records"])
+        except StoreUnavailable as e:
+            raise SystemExit(f"taskmesh-scheduler: cannot store the --schedules: {e.reason}") from None
     return SchedulerService(
         reactor,
         options["listen"],

@@ -128,6 +128,7 @@ class MeshView:
                 "submitted_seconds_ago": round(now - live.submitted_at, 3),
                 "worker": live.worker.name if live.worker is not None else None,
                 "progress": list(progress) if progress is not None else None,
+                "due": self._core.due_of(task_id),
             }
         outcome = self._core.watch(task_id)
         if not isinstance(outcome, Outcome):

@@ -79,6 +79,7 @@ function render() {
   const t = status.tasks;
   text("rate-submitted", status.rates.submitted_per_second);
   text("rate-completed", status.rates.completed_per_second);
+  text("count-scheduled", t.scheduled);
   text("count-queued", t.queued);
   text("count-running", t.running);
   text("count-prefetched", t.prefetched);
@@ -98,6 +99,10 @@ function render() {
     return [j.id, j.type, j.items_done, j.items_received + (j.ended ? "" : "+"), j.items_failed,
       rate.toFixed(1), rate > 0 && j.ended ? duration(left / rate) : "-", j.chunk_size];
   }), "no-maps");
+  const when = s => s === null ? "-" : new Date(s * 1000).toISOString().replace(".000Z", "Z");
+  fill("schedules", status.schedules.map(s => [s.name, s.cron ? s.cron + " " + s.tz : "every " + s.every + " s",
+    s.paused ? "paused" : when(s.next_due), when(s.last_due), s.last_task === null ? "-" : s.last_task, s.type]),
+    "no-schedules");
   fill("progress", status.progress.map(p => [p.id, p.type, p.done, p.total === null ? "?" : p.total, p.note]));
   fill("waiting", Object.entries(status.waiting_by_type).map(([type, w]) =>
     [type, w.queued, w.no_worker_runs_it ? "no worker runs it" : "yes"]));
