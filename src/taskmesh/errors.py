@@ -86,6 +86,17 @@ class SchedulerGone(Exception):
     """The connection to the scheduler ended before the answer came."""
 
 
+class NotLeader(SchedulerGone):
+    """
+    The scheduler reached is a hot standby: ``leader`` is where it says the
+    leader is (``host:port``), or None while it knows no leader.
+    """
+
+    def __init__(self, message: str, leader: str | None) -> None:
+        super().__init__(message)
+        self.leader = leader
+
+
 class AuthenticationFailed(Exception):
     """The handshake failed: no secret, the wrong one, or not the scheduler meant; the message says which."""
 

@@ -27,6 +27,7 @@ from taskmesh.service import SchedulerService
 from taskmesh.store import ITaskStore, MemoryStore, time_based_first_id
 from taskmesh.store.sqlite import MAX_PAGES_VARIABLE, SYNC_MODES, SqliteStore
 from taskmesh.tap import non_negative_float, positive_float, positive_int, release_default_pidfile
+from taskmesh.tap.standby import advertised_address, is_shared_store, standby_service
 
 DEFAULT_LISTEN = "tcp:9001"
 #: The dashboard's endpoint (taskmesh.web): loopback only unless told otherwise.
@@ -77,6 +78,14 @@ class Options(usage.Options):
             "Only 'full' means on disk (an fsync per commit): survives a power loss.",
         ],
         ["name", None, "taskmesh-scheduler", "Name announced to clients and workers."],
+        [
+            "advertise",
+            None,
+            None,
+            "With a PostgreSQL store: the HOST:PORT this scheduler publishes while it leads, "
+            "where standbys send clients and workers (default: from --listen, its interface "
+            "or this host's name).",
+        ],
         ["prefetch", None, _DEFAULTS.prefetch, "Tasks a worker may hold beyond its slots.", int],
         [
             "max-losses",
@@ -278,6 +287,11 @@ class Options(usage.Options):
             frame_timeout=self["frame-timeout"],
             max_unsent=self["max-unsent"],
         )
+        if is_shared_store(self["store"]):
+            try:
+                self["advertise"] = advertised_address(self["listen"], self["advertise"])
+            except ValueError as e:
+                raise usage.UsageError(f"--advertise: {e}") from None
         release_default_pidfile(self)
 
 
@@ -297,6 +311,8 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     secrets = role_secrets(options)
+    if is_shared_store(options["store"]):  # several schedulers, one leads (hot standby)
+        return standby_service(options, reactor, secrets)
     store = open_store(options["store"], options["sync"])
     core = Scheduler(reactor, store, options["policy"])
     return SchedulerService(
