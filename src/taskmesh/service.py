@@ -296,7 +296,8 @@ class StandbySchedulerService(Service):
     Elected, it opens the store, takes back every unfinished task (the
     core's restart path) and serves.  If it loses its leadership it stops
     serving at once: every connection aborted, nothing more committed (the
-    store's commits are fenced by the term, see ``taskmesh.store.election``),
+    store writes only on the session that holds the lock, see
+    ``taskmesh.store.election``),
     and the process exits with ``EXIT_LOST_LEADERSHIP``.
     """
 
@@ -323,7 +324,7 @@ class StandbySchedulerService(Service):
         self.reactor = reactor
         self.listen = listen
         self.election = election
-        #: ``open_core(term)`` -> (core, store): the store fenced by our term.
+        #: ``open_core(store)`` -> core: the scheduler core over the store the election opened.
         self.open_core = open_core
         self.secrets = secrets
         self.max_frame = max_frame
@@ -373,7 +374,8 @@ class StandbySchedulerService(Service):
     def _lead(self) -> None:
         """Elected: open the store under our term, recover, serve."""
         try:
-            core, store = self.open_core(self.election.term)
+            store = self.election.store
+            core = self.open_core(store)
             factory = SchedulerFactory(
                 core,
                 self.reactor,

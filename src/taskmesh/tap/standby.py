@@ -15,13 +15,14 @@ from typing import Any
 from taskmesh.net.address import parse_address
 from taskmesh.net.auth import RoleSecrets
 
-SHARED_STORE_SCHEMES = ("postgresql://", "postgres://")
 _ANY_INTERFACE = ("", "0.0.0.0", "::", "[::]")
 
 
 def is_shared_store(store: str) -> bool:
     """A store several schedulers can share: PostgreSQL (one of them leads)."""
-    return store.startswith(SHARED_STORE_SCHEMES)
+    from taskmesh.store.postgres import is_postgres_url
+
+    return is_postgres_url(store)
 
 
 def advertised_address(listen: str, advertise: str | None) -> str:
@@ -60,12 +61,10 @@ def standby_service(options: Any, reactor: Any, secrets: RoleSecrets) -> Any:
     from taskmesh.store.election import PostgresElection
     from taskmesh.tap.scheduler import connection_limit
 
-    url = options["store"]
-    election = PostgresElection(url, options["advertise"])
+    election = PostgresElection(options["store"], options["advertise"], reactor)
 
-    def open_core(term: int) -> tuple[Scheduler, Any]:
-        store = open_fenced_store(url, term, election)
-        return Scheduler(reactor, store, options["policy"]), store
+    def open_core(store: Any) -> Scheduler:
+        return Scheduler(reactor, store, options["policy"])
 
     return StandbySchedulerService(
         reactor,
@@ -87,8 +86,3 @@ def standby_service(options: Any, reactor: Any, secrets: RoleSecrets) -> Any:
         tls=options["tls-options"],
         web=None if options["web"] == "none" else options["web"],
     )
-
-
-def open_fenced_store(url: str, term: int, election: Any) -> Any:
-    """The PostgreSQL store, every commit of it fenced by our term (see taskmesh.store.election)."""
-    raise SystemExit("taskmesh-scheduler: the PostgreSQL store is not in this build yet")
