@@ -52,6 +52,19 @@ def make() -> tuple[Clock, Election, Leadership, list[str]]:
     return clock, election, leadership, events
 
 
+def test_the_standby_is_told_each_new_leader_once_the_first_answer_included() -> None:
+    clock = Clock()
+    election = Election()
+    told: list[str] = []
+    leadership = Leadership(clock, election, "me:1", lambda: None, lambda reason: None, on_standby=told.append)
+    leadership.start()
+    election.last("lead").callback("")  # nobody leads yet: still an answer
+    for leader in ("a:1", "a:1", "b:1"):
+        clock.advance(1.0)
+        election.last("lead").callback(leader)
+    assert told == ["", "a:1", "b:1"]
+
+
 def test_a_standby_asks_every_second_and_hands_out_the_leader() -> None:
     clock, election, leadership, events = make()
     leadership.start()

@@ -31,7 +31,7 @@ from taskbench.backlog import run_backlog
 from taskbench.common import BenchError, say
 from taskbench.environment import environment
 from taskbench.mapping import command_startup_s, run_map
-from taskbench.processes import STORES, Cluster, ClusterFactory
+from taskbench.processes import DEFAULT_STORES, STORES, Cluster, ClusterFactory
 from taskbench.report import report, write_json
 from taskbench.results import StoreResults
 from taskbench.scaling import run_scaling
@@ -78,8 +78,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--stores",
         type=store_names,
-        default=",".join(STORES),
-        help="the scheduler stores to measure, side by side: memory, sqlite",
+        default=",".join(DEFAULT_STORES),
+        help="the scheduler stores to measure, side by side: memory, sqlite, postgres "
+        "(a throwaway PostgreSQL cluster; needs its binaries)",
     )
     parser.add_argument("--tasks", type=int, default=10_000, help="tasks per throughput run")
     parser.add_argument(

@@ -33,7 +33,34 @@ T = TypeVar("T")
 #: The scheduler options of each store.  SQLite is the scheduler's default
 #: (``taskmesh.sqlite`` in its folder), so it is measured as a user gets it:
 #: without any option.
-STORES: dict[str, list[str]] = {"memory": ["--store", "memory"], "sqlite": []}
+STORES: dict[str, list[str]] = {"memory": ["--store", "memory"], "sqlite": [], "postgres": []}
+#: The stores measured unless --stores says otherwise (postgres needs PostgreSQL's binaries).
+DEFAULT_STORES = ("memory", "sqlite")
+
+_postgres: Any = None
+
+
+def postgres_store() -> list[str]:
+    """
+    ``--store URL`` of a fresh database in a throwaway PostgreSQL cluster
+    (``taskmesh.testing_postgres``), started on first use and destroyed (by
+    pid) when the benchmark exits: every cluster of the benchmark starts on an
+    empty store, as with SQLite.
+    """
+    global _postgres
+    if _postgres is None:
+        import atexit
+
+        from taskmesh.testing_postgres import PostgresCluster, missing_reason
+
+        reason = missing_reason()
+        if reason is not None:
+            raise BenchError(f"--stores postgres: {reason}")
+        _postgres = PostgresCluster()
+        atexit.register(_postgres.destroy)
+        _postgres.start()
+    return ["--store", _postgres.create_database("bench")]
+
 
 #: The scheduler picks its own free port (port 0) and logs it; reading the
 #: port back from this line avoids the race of probing for a free port first.
@@ -398,7 +425,11 @@ class ClusterFactory:
             self.workspace / f"{store}-{label}",
             workers,
             self.concurrency,
-            [*STORES[store], *self.scheduler_args, *scheduler_args],
+            [
+                *(postgres_store() if store == "postgres" else STORES[store]),
+                *self.scheduler_args,
+                *scheduler_args,
+            ],
             self.worker_args,
             self.profile_dir,
         )

@@ -91,7 +91,10 @@ def table_rows(data: dict[str, Any]) -> list[Row]:
 
 def store_note(store: str, filesystem: str | None) -> str:
     """How a store was set up, for the table's header: its option, and for SQLite where it wrote."""
-    how = "--store memory" if store == "memory" else "the default, taskmesh.sqlite"
+    how = {
+        "memory": "--store memory",
+        "postgres": "--store postgresql://..., a throwaway local cluster, fsync on",
+    }.get(store, "the default, taskmesh.sqlite")
     if store == "sqlite" and filesystem:
         how += f", on {filesystem}"
     return f"{store} ({how})"

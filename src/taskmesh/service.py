@@ -335,8 +335,9 @@ class StandbySchedulerService(Service):
         self.exit = exit
         self.endpoint = serverFromString(reactor, listen)
         self.leadership = Leadership(
-            reactor, election, advertise, self._lead, self._step_down, poll_interval, lease
+            reactor, election, advertise, self._lead, self._step_down, poll_interval, lease, self._standby
         )
+        self._announced = False
         options = self.factory_options
         self.standby = StandbyFactory(
             reactor,
@@ -365,11 +366,28 @@ class StandbySchedulerService(Service):
 
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
+        leadership = self.leadership
+        host, _, advertised_port = leadership.advertise.rpartition(":")
+        if advertised_port == "0":  # listening on port 0: advertise the port we got
+            leadership.advertise = self.election.advertise = f"{host}:{getattr(port.getHost(), 'port', 0)}"
+
+    def _announce(self, role: str) -> None:
+        """
+        "listening" is logged once the first election answer is in: a peer
+        that connects on reading it meets a leader, or a standby that knows one.
+        """
+        if self._announced or self.port is None:
+            return
+        self._announced = True
         self.log.info(
-            "scheduler listening on {address} ({listen}) as a standby until elected",
-            address=describe_address(port.getHost()),
+            "scheduler listening on {address} ({listen}) {role}",
+            address=describe_address(self.port.getHost()),
             listen=self.listen,
+            role=role,
         )
+
+    def _standby(self, leader: str) -> None:
+        self._announce(f"as a hot standby; the leader is at {leader or '(none yet)'}")
 
     def _lead(self) -> None:
         """Elected: open the store under our term, recover, serve."""
@@ -397,6 +415,7 @@ class StandbySchedulerService(Service):
             self.web = WebService(self.reactor, self.web_endpoint, core, self.secrets.client, store)
             self.web.startService()
         self.log.info("leading: serving on {listen}", listen=self.listen)
+        self._announce(f"as the leader, advertised as {self.leadership.advertise}")
 
     def _step_down(self, reason: str) -> None:
         """Never two leaders: drop every peer and leave, without committing anything more."""

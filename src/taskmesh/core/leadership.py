@@ -73,6 +73,7 @@ class Leadership:
         on_step_down: Callable[[str], None],
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         lease: float = DEFAULT_LEASE,
+        on_standby: Callable[[str], None] = lambda leader: None,
     ) -> None:
         if not 0 < poll_interval < lease:
             raise ValueError("the poll interval must be positive and shorter than the lease")
@@ -82,6 +83,9 @@ class Leadership:
         self.advertise = advertise
         self.on_lead = on_lead
         self.on_step_down = on_step_down
+        #: Called with the leader's address whenever a standby learns another one (the first included).
+        self.on_standby = on_standby
+        self._answered = False
         self.poll_interval = poll_interval
         self.lease = lease
         self.role = Role.STANDBY
@@ -135,9 +139,11 @@ class Leadership:
         if self.role is not Role.STANDBY:
             return
         if leader is not None:
-            if leader != self.known_leader:
+            if leader != self.known_leader or not self._answered:
+                self._answered = True
                 self.log.info("standby: the leader is at {leader}", leader=leader or "(unknown)")
-            self.known_leader = leader
+                self.known_leader = leader
+                self.on_standby(leader)
             return
         self.role = Role.LEADING
         self.known_leader = self.advertise
