@@ -357,6 +357,10 @@ def orchestrate_standby(arguments: argparse.Namespace) -> int:
                 time.sleep(rng.uniform(arguments.pace / 2, arguments.pace * 1.5))
                 if not client.running():
                     break
+                for which, process in schedulers.items():
+                    if not process.running():  # it stepped down by itself: a supervisor starts it again
+                        incarnations[which] += 1
+                        start_scheduler(which)
                 if action == "worker":
                     name = rng.choice(sorted(workers))
                     workers[name].kill()

@@ -47,7 +47,7 @@ def make() -> tuple[Clock, Election, Leadership, list[str]]:
         on_lead=lambda: events.append("lead"),
         on_step_down=lambda reason: events.append(f"down: {reason}"),
         poll_interval=1.0,
-        lease=3.0,
+        lease=3.0,  # shorter than the default, for the test
     )
     return clock, election, leadership, events
 
@@ -56,7 +56,9 @@ def test_the_standby_is_told_each_new_leader_once_the_first_answer_included() ->
     clock = Clock()
     election = Election()
     told: list[str] = []
-    leadership = Leadership(clock, election, "me:1", lambda: None, lambda reason: None, on_standby=told.append)
+    leadership = Leadership(
+        clock, election, "me:1", lambda: None, lambda reason: None, on_standby=told.append
+    )
     leadership.start()
     election.last("lead").callback("")  # nobody leads yet: still an answer
     for leader in ("a:1", "a:1", "b:1"):

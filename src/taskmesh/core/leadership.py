@@ -13,7 +13,7 @@ and the service acts on ``on_lead`` and ``on_step_down``.
 - The leader asks the database to confirm its leadership every
   ``poll_interval``.  A confirmation that fails (the lock's connection
   broke, was terminated, or another term began) steps down at once; one
-  that does not come within ``lease`` (3 s) steps down too, because by then
+  that does not come within ``lease`` (5 s) steps down too, because by then
   the database may have let another scheduler lead.
 - Stepping down is final for this object: the service stops serving at
   once and exits, and a supervisor starts it again as a standby.  Coming
@@ -37,7 +37,11 @@ from twisted.python.failure import Failure
 #: Seconds between two questions to the database (standby: may I lead? leader: do I still?).
 DEFAULT_POLL_INTERVAL = 1.0
 #: Seconds the leader may go without a confirmation before it stops serving.
-DEFAULT_LEASE = 3.0
+#: Not what makes writes safe (the store writes only on the session holding
+#: the lock); what stops a leader cut off from its database from serving
+#: peers it can no longer answer.  Long enough not to step down because a
+#: busy machine answered one question late.
+DEFAULT_LEASE = 5.0
 
 
 class IElection(Protocol):
