@@ -9,6 +9,7 @@ for standbys to hand out; ``standby_service`` builds the
 
 from __future__ import annotations
 
+import re
 import socket
 from typing import Any
 
@@ -38,7 +39,8 @@ def advertised_address(listen: str, advertise: str | None) -> str:
             raise ValueError(f"{advertise!r} is not HOST:PORT")
         return advertise.strip()
     kind, _, rest = listen.partition(":")
-    parts = rest.split(":")
+    # Endpoint strings escape a colon inside a value: interface=\:\:1
+    parts = [part.replace("\\:", ":") for part in re.split(r"(?<!\\):", rest)]
     if kind not in ("tcp", "ssl") or not parts or not parts[0].isdigit():
         raise ValueError(f"cannot derive the address to advertise from --listen {listen!r}: give --advertise")
     port = parts[0]
