@@ -463,7 +463,18 @@ class PostgresStore:
             self._writer = None
 
     def _write(self, batch: _Batch) -> str | None:
-        """In the writer thread: one transaction; None, or why nothing of it is durable."""
+        """
+        In the writer thread: one transaction; None, or why nothing of it is
+        durable.  A connection found dead (the server restarted since the
+        last commit) is replaced and the batch written once more at once.
+        """
+        reused = self._writer is not None
+        reason = self._write_once(batch)
+        if reason is not None and reused and self._writer is None:
+            reason = self._write_once(batch)
+        return reason
+
+    def _write_once(self, batch: _Batch) -> str | None:
         db = self._writer
         try:
             if db is None or db.closed or db.broken:
@@ -471,7 +482,7 @@ class PostgresStore:
                     db.close()
                 self._writer = None
                 db = self._writer = self._connect_writer()
-                self.log.info("reconnected to the store {where}", where=self.where)
+                self.log.info("connected to the store {where} again", where=self.where)
             with db.transaction():
                 cursor = db.cursor()
                 if batch.adds:
