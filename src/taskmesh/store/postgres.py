@@ -142,7 +142,9 @@ def describe_error(error: BaseException) -> str:
     # libpq repeats "connection to server at "host", port N failed:" before its reason.
     marker = text.rfind("failed: ")
     if text.startswith("connection") and marker >= 0:
-        return "cannot connect: " + text[marker + len("failed: ") :]
+        text = "cannot connect: " + text[marker + len("failed: ") :]
+    # The server's message without its severity and details: "the database system is starting up".
+    text = text.replace("FATAL: ", "").split(" DETAIL: ")[0].split(" HINT: ")[0]
     return text[:300]
 
 
