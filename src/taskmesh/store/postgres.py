@@ -118,8 +118,12 @@ READ_TIMEOUT = 2.0
 #: Seconds to connect for reads, and between two attempts after a failed one (reads fail at once between).
 READ_CONNECT_TIMEOUT = 2
 READ_RECONNECT_INTERVAL = 1.0
+#: Seconds to keep trying for the store's lock before saying another scheduler holds it: a
+#: scheduler that has just stopped is gone, but the server ends its session a moment later.
+LOCK_WAIT = 2.0
+LOCK_POLL = 0.05
 #: Seconds ``commit()`` waits for the writer thread: a bound above its own timeouts.
-COMMIT_WAIT = CONNECT_TIMEOUT + 2 * WRITE_TIMEOUT + 5
+COMMIT_WAIT = CONNECT_TIMEOUT + LOCK_WAIT + 2 * WRITE_TIMEOUT + 5
 
 
 def is_postgres_url(store: str) -> bool:
@@ -255,8 +259,13 @@ class PostgresStore:
         except psycopg.Error as e:
             raise StoreUnavailable(describe_error(e)) from None
         try:
-            row = db.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
-            db.commit()
+            deadline = time.monotonic() + LOCK_WAIT
+            while True:
+                row = db.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
+                db.commit()
+                if (row and row[0]) or time.monotonic() >= deadline:
+                    break
+                time.sleep(LOCK_POLL)  # never on the reactor thread: at open, or in the writer's
             if not (row and row[0]):
                 holder = self._describe_holder(db)
                 raise StoreUnavailable(
