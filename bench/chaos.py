@@ -303,7 +303,7 @@ def orchestrate_standby(arguments: argparse.Namespace) -> int:
     results_path = folder / "client.json"
     os.environ["TASKMESH_CHAOS_JOURNAL"] = str(journal)
     os.environ["TASKMESH_CHAOS_TASK_SECONDS"] = str(arguments.task_seconds)
-    scheduler_options = ("--max-losses", "1000000", "--heartbeat", "1", "--web", "none")
+    scheduler_options = ("--max-losses", "1000000", "--heartbeat", "1", "--web", "none", "--hot-standby")
     worker_options = ("--handler", "chaos_handler:JournaledSha256", "--reconnect-max-delay", "0.5")
     started = time.monotonic()
     failovers: list[float] = []

@@ -156,3 +156,19 @@ def test_the_following_endpoint_tries_the_pointer_then_the_list() -> None:
     # HostnameEndpoint resolves first; the pointer is what it was asked for.
     assert endpoint.addresses.pointer is None
     assert endpoint.addresses.next() == "127.0.0.1:9001"
+
+
+def test_hot_standby_needs_a_postgresql_store_and_derives_its_address() -> None:
+    from taskmesh.tap import scheduler as scheduler_tap
+
+    with pytest.raises(usage.UsageError, match="needs a PostgreSQL --store"):
+        scheduler_tap.Options().parseOptions(["--hot-standby", "--store", "memory"])
+    options = scheduler_tap.Options()
+    options.parseOptions(
+        ["--hot-standby", "--store", "postgresql://u@db/t", "--listen", "tcp:9011:interface=10.1.2.3"]
+    )
+    assert options["advertise"] == "10.1.2.3:9011"
+    with pytest.raises(usage.UsageError, match="--advertise"):
+        scheduler_tap.Options().parseOptions(
+            ["--hot-standby", "--store", "postgresql://u@db/t", "--advertise", "x"]
+        )

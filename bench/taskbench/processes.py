@@ -32,34 +32,45 @@ T = TypeVar("T")
 
 #: The scheduler options of each store.  SQLite is the scheduler's default
 #: (``taskmesh.sqlite`` in its folder), so it is measured as a user gets it:
-#: without any option.
-STORES: dict[str, list[str]] = {"memory": ["--store", "memory"], "sqlite": [], "postgres": []}
-#: The stores measured unless --stores says otherwise (postgres needs PostgreSQL's binaries).
-DEFAULT_STORES = ("memory", "sqlite")
+#: without any option.  PostgreSQL's ``--store`` is a new database for each
+#: scheduler, in a throwaway cluster the benchmark starts (``store_options``).
+STORES: dict[str, list[str]] = {
+    "memory": ["--store", "memory"],
+    "sqlite": [],
+    "postgresql": ["--store", "postgresql://taskmesh@127.0.0.1:PORT/DATABASE"],
+}
+#: The throwaway PostgreSQL cluster, started at the first PostgreSQL measurement.
+_postgres: list[Any] = []
 
-_postgres: Any = None
+
+def available_stores() -> list[str]:
+    """The stores this machine can measure: PostgreSQL only where its binaries are installed."""
+    from taskmesh.testing_postgres import missing_reason
+
+    return [store for store in STORES if store != "postgresql" or missing_reason() is None]
 
 
-def postgres_store() -> list[str]:
-    """
-    ``--store URL`` of a fresh database in a throwaway PostgreSQL cluster
-    (``taskmesh.testing_postgres``), started on first use and destroyed (by
-    pid) when the benchmark exits: every cluster of the benchmark starts on an
-    empty store, as with SQLite.
-    """
-    global _postgres
-    if _postgres is None:
-        import atexit
+def store_options(store: str) -> list[str]:
+    """A scheduler's store options: for PostgreSQL, a new database in the benchmark's cluster."""
+    if store != "postgresql":
+        return STORES[store]
+    from taskmesh.testing_postgres import PostgresCluster, missing_reason
 
-        from taskmesh.testing_postgres import PostgresCluster, missing_reason
-
+    if not _postgres:
         reason = missing_reason()
         if reason is not None:
-            raise BenchError(f"--stores postgres: {reason}")
-        _postgres = PostgresCluster()
-        atexit.register(_postgres.destroy)
-        _postgres.start()
-    return ["--store", _postgres.create_database("bench")]
+            raise BenchError(f"cannot measure the PostgreSQL store: {reason}")
+        say("starting a throwaway PostgreSQL cluster (initdb, fsync on)")
+        cluster = PostgresCluster()
+        _postgres.append(cluster)
+        cluster.start()
+    return ["--store", _postgres[0].create_database("bench")]
+
+
+def stop_postgres() -> None:
+    """Stop the throwaway cluster (by pid) and remove its folder; again is harmless."""
+    while _postgres:
+        _postgres.pop().destroy()
 
 
 #: The scheduler picks its own free port (port 0) and logs it; reading the
@@ -425,11 +436,7 @@ class ClusterFactory:
             self.workspace / f"{store}-{label}",
             workers,
             self.concurrency,
-            [
-                *(postgres_store() if store == "postgres" else STORES[store]),
-                *self.scheduler_args,
-                *scheduler_args,
-            ],
+            [*store_options(store), *self.scheduler_args, *scheduler_args],
             self.worker_args,
             self.profile_dir,
         )

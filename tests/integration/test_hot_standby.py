@@ -40,6 +40,7 @@ def start(mesh: Mesh, name: str, port: int, url: str) -> Process:
         f"tcp:{port}:interface=127.0.0.1",
         "--store",
         url,
+        "--hot-standby",
         "--web",
         "none",
         "--heartbeat",

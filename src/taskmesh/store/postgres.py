@@ -118,8 +118,12 @@ READ_TIMEOUT = 2.0
 #: Seconds to connect for reads, and between two attempts after a failed one (reads fail at once between).
 READ_CONNECT_TIMEOUT = 2
 READ_RECONNECT_INTERVAL = 1.0
+#: Seconds to keep trying for the store's lock before saying another scheduler holds it: a
+#: scheduler that has just stopped is gone, but the server ends its session a moment later.
+LOCK_WAIT = 2.0
+LOCK_POLL = 0.05
 #: Seconds ``commit()`` waits for the writer thread: a bound above its own timeouts.
-COMMIT_WAIT = CONNECT_TIMEOUT + 2 * WRITE_TIMEOUT + 5
+COMMIT_WAIT = CONNECT_TIMEOUT + LOCK_WAIT + 2 * WRITE_TIMEOUT + 5
 
 
 def is_postgres_url(store: str) -> bool:
@@ -142,7 +146,9 @@ def describe_error(error: BaseException) -> str:
     # libpq repeats "connection to server at "host", port N failed:" before its reason.
     marker = text.rfind("failed: ")
     if text.startswith("connection") and marker >= 0:
-        return "cannot connect: " + text[marker + len("failed: ") :]
+        text = "cannot connect: " + text[marker + len("failed: ") :]
+    # The server's message without its severity and details: "the database system is starting up".
+    text = text.replace("FATAL: ", "").split(" DETAIL: ")[0].split(" HINT: ")[0]
     return text[:300]
 
 
@@ -253,8 +259,13 @@ class PostgresStore:
         except psycopg.Error as e:
             raise StoreUnavailable(describe_error(e)) from None
         try:
-            row = db.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
-            db.commit()
+            deadline = time.monotonic() + LOCK_WAIT
+            while True:
+                row = db.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
+                db.commit()
+                if (row and row[0]) or time.monotonic() >= deadline:
+                    break
+                time.sleep(LOCK_POLL)  # never on the reactor thread: at open, or in the writer's
             if not (row and row[0]):
                 holder = self._describe_holder(db)
                 raise StoreUnavailable(
@@ -463,7 +474,18 @@ class PostgresStore:
             self._writer = None
 
     def _write(self, batch: _Batch) -> str | None:
-        """In the writer thread: one transaction; None, or why nothing of it is durable."""
+        """
+        In the writer thread: one transaction; None, or why nothing of it is
+        durable.  A connection found dead (the server restarted since the
+        last commit) is replaced and the batch written once more at once.
+        """
+        reused = self._writer is not None
+        reason = self._write_once(batch)
+        if reason is not None and reused and self._writer is None:
+            reason = self._write_once(batch)
+        return reason
+
+    def _write_once(self, batch: _Batch) -> str | None:
         db = self._writer
         try:
             if db is None or db.closed or db.broken:
@@ -471,7 +493,7 @@ class PostgresStore:
                     db.close()
                 self._writer = None
                 db = self._writer = self._connect_writer()
-                self.log.info("reconnected to the store {where}", where=self.where)
+                self.log.info("connected to the store {where} again", where=self.where)
             with db.transaction():
                 cursor = db.cursor()
                 if batch.adds:
