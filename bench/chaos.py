@@ -26,6 +26,16 @@ It exits 1 if lost, duplicated or wrong is not 0.
 
     python bench/chaos.py       # 500 tasks; 6 worker kills, 2 scheduler kills, 4 store faults
     python bench/chaos.py --tasks 10000 --worker-kills 50 --scheduler-kills 20 --store-faults 40
+
+With ``--standby`` the store is PostgreSQL (a throwaway cluster,
+``taskmesh.testing_postgres``) and two schedulers run on it, a leader and a
+hot standby; workers and the client are given both addresses.  A scheduler
+kill SIGKILLs the *leader* (the standby takes over; the killed one is
+started again and becomes the standby), and a store fault terminates the
+leader's lock session on the server (``pg_terminate_backend``): the leader
+must stop serving at once (it exits) and the standby take over.  After each
+leader kill it measures the failover: from the kill to the first task a
+fresh client gets served (``failover seconds``).
 """
 
 from __future__ import annotations
@@ -248,6 +258,161 @@ def orchestrate(arguments: argparse.Namespace) -> int:
     return report(arguments, folder, results_path, journal, performed, elapsed)
 
 
+def leader_of(schedulers: dict[str, Any]) -> Any:
+    """The running scheduler that logged it leads (None: none yet)."""
+    for process in schedulers.values():
+        if process.running() and process.count(r"leading: serving on ") > 0:
+            return process
+    return None
+
+
+def probe_failover(address: str, deadline: float) -> float:
+    """
+    Seconds until a fresh client, given both addresses, gets a task served
+    (from now): connected to the new leader, run by a worker that found it.
+    """
+    import taskmesh
+
+    started = time.monotonic()
+    n = 0
+    while time.monotonic() < deadline:
+        n += 1
+        try:
+            client = taskmesh.connect(address, timeout=1.0, wait_timeout=5.0)
+            try:
+                # Ahead of the recovered backlog: this measures the failover, not the queue.
+                client.submit(f"probe-{started}-{n}", priority=1_000_000)
+            finally:
+                client.close()
+            return time.monotonic() - started
+        except Exception:  # not served yet: the standby has not taken over
+            time.sleep(0.05)
+    raise TimeoutError("no scheduler served a task before the deadline")
+
+
+def orchestrate_standby(arguments: argparse.Namespace) -> int:
+    """Two schedulers on one PostgreSQL store; kill the leader, cut its lock session."""
+    import psycopg
+
+    from taskmesh.testing import Mesh, Process, free_port, wait_until
+    from taskmesh.testing_postgres import PostgresCluster
+
+    rng = random.Random(arguments.seed)
+    folder = Path(tempfile.mkdtemp(prefix="taskmesh-chaos-standby-"))
+    journal = folder / "executions.journal"
+    results_path = folder / "client.json"
+    os.environ["TASKMESH_CHAOS_JOURNAL"] = str(journal)
+    os.environ["TASKMESH_CHAOS_TASK_SECONDS"] = str(arguments.task_seconds)
+    scheduler_options = ("--max-losses", "1000000", "--heartbeat", "1", "--web", "none", "--hot-standby")
+    worker_options = ("--handler", "chaos_handler:JournaledSha256", "--reconnect-max-delay", "0.5")
+    started = time.monotonic()
+    failovers: list[float] = []
+    with PostgresCluster() as cluster:
+        url = cluster.create_database("chaos")
+        with Mesh(folder, store=url) as mesh:
+            ports = {"a": mesh.port, "b": free_port()}
+            mesh.address = ",".join(f"127.0.0.1:{port}" for port in ports.values())
+            incarnations = {"a": 0, "b": 0}
+            schedulers: dict[str, Process] = {}
+
+            def start_scheduler(which: str) -> None:
+                name = f"scheduler-{which}-{incarnations[which]}"
+                listen = f"tcp:{ports[which]}:interface=127.0.0.1"
+                process = mesh.twistd(
+                    name, "taskmesh-scheduler", "--listen", listen, "--store", url, *scheduler_options
+                )
+                process.wait_for(rf"scheduler listening on 127\.0\.0\.1:{ports[which]}\b")
+                schedulers[which] = process
+
+            start_scheduler("a")
+            wait_until(lambda: leader_of(schedulers), 30, "a leader")
+            start_scheduler("b")
+            schedulers["b"].wait_for(r"standby: the leader is at ")
+            workers: dict[str, Process] = {}
+            for n in range(arguments.workers):
+                workers[f"w{n}"] = mesh.worker(f"w{n}-0", arguments.concurrency, worker_options, HERE)
+                incarnations[f"w{n}"] = 0
+            mesh.scheduler_process = leader_of(schedulers)
+            for name, process in workers.items():
+                mesh.wait_joined(f"{name}-0", arguments.concurrency, worker=process)
+            client_argv = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--client",
+                mesh.address,
+                "--tasks",
+                str(arguments.tasks),
+                "--output",
+                str(results_path),
+            ]
+            client = mesh.start("client", client_argv)
+            performed: dict[str, float] = {"worker": 0, "scheduler": 0, "store": 0, "store seconds": 0.0}
+            actions = (
+                ["worker"] * arguments.worker_kills
+                + ["scheduler"] * arguments.scheduler_kills
+                + ["store"] * arguments.store_faults
+            )
+            rng.shuffle(actions)
+            for action in actions:
+                time.sleep(rng.uniform(arguments.pace / 2, arguments.pace * 1.5))
+                if not client.running():
+                    break
+                for which, process in schedulers.items():
+                    if not process.running():  # it stepped down by itself: a supervisor starts it again
+                        incarnations[which] += 1
+                        start_scheduler(which)
+                if action == "worker":
+                    name = rng.choice(sorted(workers))
+                    workers[name].kill()
+                    time.sleep(rng.uniform(0, arguments.pace))
+                    incarnations[name] += 1
+                    workers[name] = mesh.worker(
+                        f"{name}-{incarnations[name]}", arguments.concurrency, worker_options, HERE
+                    )
+                    performed["worker"] += 1
+                    continue
+                leader = wait_until(lambda: leader_of(schedulers), 30, "a leader")
+                which = next(key for key, process in schedulers.items() if process is leader)
+                if action == "scheduler":
+                    leader.kill()
+                    failovers.append(probe_failover(mesh.address, time.monotonic() + 30))
+                else:  # cut the leader's lock session: it must stop serving, by itself
+                    with psycopg.connect(url, autocommit=True) as db:
+                        db.execute(
+                            "SELECT pg_terminate_backend(pid) FROM pg_locks"
+                            " WHERE locktype = 'advisory' AND granted"
+                        )
+                    leader.wait(timeout=10)
+                    if "stopped serving: " not in leader.log:
+                        raise RuntimeError(f"the leader exited without saying why\n{leader.describe()}")
+                incarnations[which] += 1
+                start_scheduler(which)
+                performed[action] += 1
+            client.wait(timeout=arguments.timeout)
+            wait_until(lambda: results_path.exists(), 5, "the client's results")
+            elapsed = time.monotonic() - started
+            if client.popen.returncode != 0:
+                print(client.describe(), file=sys.stderr)
+                return 1
+            with psycopg.connect(url) as db:
+                rows = db.execute(
+                    "SELECT key, id, state, result FROM tasks WHERE key LIKE 'chaos-%'"
+                ).fetchall()
+    rows = [
+        (key, task_id, state, bytes(result) if result is not None else None)
+        for key, task_id, state, result in rows
+    ]
+    extra: dict[str, Any] = {
+        "mode": "standby (scheduler kills: the leader's; store faults: its lock session cut)"
+    }
+    if failovers:
+        extra["failover seconds (min/median/max)"] = "/".join(
+            f"{value:.2f}"
+            for value in (min(failovers), sorted(failovers)[len(failovers) // 2], max(failovers))
+        )
+    return report(arguments, folder, results_path, journal, performed, elapsed, rows, extra)
+
+
 def report(
     arguments: argparse.Namespace,
     folder: Path,
@@ -255,13 +420,16 @@ def report(
     journal: Path,
     performed: dict[str, float],
     elapsed: float,
+    rows: list[tuple[Any, ...]] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> int:
     client = json.loads(results_path.read_text())
     ids = {int(i): v for i, v in client["ids"].items()}
     results = {int(i): v for i, v in client["results"].items()}
     failures = {int(i): v for i, v in client["failures"].items()}
-    db = sqlite3.connect(str(folder / "chaos.sqlite"))
-    rows = db.execute("SELECT key, id, state, result FROM tasks WHERE key LIKE 'chaos-%'").fetchall()
+    if rows is None:
+        db = sqlite3.connect(str(folder / "chaos.sqlite"))
+        rows = db.execute("SELECT key, id, state, result FROM tasks WHERE key LIKE 'chaos-%'").fetchall()
     stored: dict[int, list[tuple[int, int, bytes | None]]] = {}
     for key, task_id, state, result in rows:
         stored.setdefault(int(key.split("-")[1]), []).append((task_id, state, result))
@@ -280,7 +448,11 @@ def report(
         if not entries or entries[0][1] != 2 or (entries[0][2] or b"").decode() != expected:
             if i in results and results[i] == expected:
                 lost += 1  # reported to the client but not stored: lost all the same
-    executions = [line for line in journal.read_text().splitlines() if line] if journal.exists() else []
+    executions = (
+        [line for line in journal.read_text().splitlines() if line.startswith("chaos-")]
+        if journal.exists()
+        else []
+    )
     duplicate_executions = len(executions) - len(set(executions))
     never_ran = arguments.tasks - len(set(executions))
     table = {
@@ -300,6 +472,7 @@ def report(
         "executions": len(executions),
         "duplicate executions": duplicate_executions,
         "never executed": never_ran,
+        **(extra or {}),
     }
     width = max(map(len, table))
     for name, value in table.items():
@@ -334,6 +507,12 @@ def main() -> None:
     parser.add_argument("--task-seconds", type=float, default=0.05, help="how long each task runs")
     parser.add_argument("--timeout", type=float, default=600, help="bound on the whole run")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--standby",
+        action="store_true",
+        help="PostgreSQL store, two schedulers (leader and hot standby): scheduler kills kill the "
+        "leader, store faults cut its lock session",
+    )
     parser.add_argument("--client", metavar="ADDRESS", help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
@@ -343,7 +522,7 @@ def main() -> None:
     if arguments.seed is None:
         arguments.seed = random.randrange(2**32)
     print(f"seed {arguments.seed}")
-    sys.exit(orchestrate(arguments))
+    sys.exit(orchestrate_standby(arguments) if arguments.standby else orchestrate(arguments))
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ sys.path.insert(0, str(HERE))
 
 from taskbench.client import close, expected_digests, gather  # noqa: E402
 from taskbench.common import BenchError, say  # noqa: E402
-from taskbench.processes import STORES, Cluster  # noqa: E402
+from taskbench.processes import STORES, Cluster, stop_postgres, store_options  # noqa: E402
 from twisted.internet import task  # noqa: E402
 
 from taskmesh import Client  # noqa: E402
@@ -106,7 +106,7 @@ async def bench_store(
     reactor: Any, args: argparse.Namespace, store: str, folder: Path
 ) -> dict[str, list[float]]:
     cluster = Cluster(
-        f"{store}-pytasks", folder / store, args.workers, 1, STORES[store], ["--tasks", "bench_tasks"]
+        f"{store}-pytasks", folder / store, args.workers, 1, store_options(store), ["--tasks", "bench_tasks"]
     )
     say(f"[{store}] starting a scheduler and {args.workers} workers (--tasks bench_tasks)")
     try:
@@ -166,7 +166,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=5, help="runs of each type, alternating")
     parser.add_argument("--warmup", type=int, default=500, help="tasks of each type before measuring")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--stores", default="memory,sqlite", help="memory, sqlite, or both")
+    parser.add_argument(
+        "--stores", default="memory,sqlite", help="memory, sqlite, postgresql (comma-separated)"
+    )
     parser.add_argument("--codec", choices=("json", "msgspec"), default="json")
     parser.add_argument("--startup-timeout", type=float, default=30.0)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds for the results of one run")
@@ -182,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="taskmesh-pytasks-"))
     atexit.register(Cluster.stop_all)
+    atexit.register(stop_postgres)
     results: dict[str, dict[str, list[float]]] = {}
 
     async def run(reactor: Any) -> None:

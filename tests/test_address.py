@@ -38,3 +38,90 @@ def test_endpoints() -> None:
     assert isinstance(client_endpoint(reactor, "[::1]:9002"), HostnameEndpoint)
     assert isinstance(client_endpoint(reactor, "tcp:host=127.0.0.1:port=9"), TCP4ClientEndpoint)
     assert isinstance(client_endpoint(reactor, "unix:/tmp/x.sock"), UNIXClientEndpoint)
+
+
+# -- lists of schedulers, and finding the leader among them ------------------
+
+
+def test_a_list_of_schedulers_is_read_and_each_entry_checked() -> None:
+    from taskmesh.net.address import parse_addresses
+
+    assert parse_addresses("a:9001, b:9002,[::1]:9003") == ["a:9001", "b:9002", "[::1]:9003"]
+    assert parse_addresses("tcp:host=a:port=1") == ["tcp:host=a:port=1"]
+    for bad, reason in [("a:9001,,b", "empty entry"), ("a:9001,b:x", "port"), (" , ", "empty")]:
+        with pytest.raises(ValueError, match=reason):
+            parse_addresses(bad)
+
+
+def test_addresses_go_round_start_from_what_worked_and_try_a_pointer_first() -> None:
+    from taskmesh.net.address import Addresses
+
+    addresses = Addresses("a:1,b:2,c:3")
+    assert [addresses.next() for _ in range(4)] == ["a:1", "b:2", "c:3", "a:1"]
+    addresses.follow("z:9")
+    assert addresses.pointer == "z:9" and addresses.next() == "z:9" and addresses.pointer is None
+    addresses.worked("c:3")
+    assert addresses.next() == "c:3"
+    addresses.follow("unix:/not/an/address")  # only host:port is followed
+    assert addresses.pointer is None
+
+
+def _run(coroutine):  # type: ignore[no-untyped-def]
+    from twisted.internet.defer import Deferred
+
+    results: list[object] = []
+    Deferred.fromCoroutine(coroutine).addBoth(results.append)
+    assert results, "the coroutine did not finish"
+    return results[0]
+
+
+def test_reach_leader_follows_a_standby_and_skips_the_unreachable() -> None:
+    from twisted.internet.defer import fail, succeed
+
+    from taskmesh.errors import NotLeader
+    from taskmesh.net.address import Addresses, reach_leader
+
+    tried: list[str] = []
+
+    def attempt(address: str):  # type: ignore[no-untyped-def]
+        tried.append(address)
+        if address == "a:1":
+            return fail(ConnectionRefusedError("refused"))
+        if address == "b:2":
+            return fail(NotLeader("b:2 is a standby", "c:3"))
+        return succeed(f"connected to {address}")
+
+    addresses = Addresses("a:1,b:2")
+    assert _run(reach_leader(addresses, attempt)) == "connected to c:3"
+    assert tried == ["a:1", "b:2", "c:3"]
+
+
+def test_reach_leader_gives_up_with_what_each_said_and_keeps_a_lone_error() -> None:
+    from twisted.internet.defer import fail
+    from twisted.python.failure import Failure
+
+    from taskmesh.errors import AuthenticationFailed, NotLeader, SchedulerGone
+    from taskmesh.net.address import Addresses, reach_leader
+
+    def standby(address: str):  # type: ignore[no-untyped-def]
+        return fail(NotLeader(f"{address} is a standby and knows no leader yet", None))
+
+    result = _run(reach_leader(Addresses("a:1,b:2"), standby))
+    assert isinstance(result, Failure) and result.check(SchedulerGone)
+    assert "a:1: a:1 is a standby" in str(result.value) and "b:2: b:2 is a standby" in str(result.value)
+
+    lone = _run(reach_leader(Addresses("a:1"), lambda address: fail(ConnectionRefusedError("no"))))
+    assert isinstance(lone, Failure) and lone.check(ConnectionRefusedError)
+
+    # Two standbys pointing at each other: bounded, not a loop.
+    calls: list[str] = []
+
+    def ping_pong(address: str):  # type: ignore[no-untyped-def]
+        calls.append(address)
+        return fail(NotLeader("standby", "b:2" if address == "a:1" else "a:1"))
+
+    bounded = _run(reach_leader(Addresses("a:1,b:2"), ping_pong))
+    assert isinstance(bounded, Failure) and bounded.check(SchedulerGone) and len(calls) <= 6
+
+    denied = _run(reach_leader(Addresses("a:1,b:2"), lambda address: fail(AuthenticationFailed("no"))))
+    assert isinstance(denied, Failure) and denied.check(AuthenticationFailed)

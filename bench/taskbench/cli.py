@@ -31,7 +31,7 @@ from taskbench.backlog import run_backlog
 from taskbench.common import BenchError, say
 from taskbench.environment import environment
 from taskbench.mapping import command_startup_s, run_map
-from taskbench.processes import STORES, Cluster, ClusterFactory
+from taskbench.processes import STORES, Cluster, ClusterFactory, available_stores, stop_postgres
 from taskbench.report import report, write_json
 from taskbench.results import StoreResults
 from taskbench.scaling import run_scaling
@@ -78,8 +78,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--stores",
         type=store_names,
-        default=",".join(STORES),
-        help="the scheduler stores to measure, side by side: memory, sqlite",
+        default=",".join(available_stores()),
+        help="the scheduler stores to measure, side by side: memory, sqlite, postgresql "
+        "(a throwaway cluster the benchmark starts; the default has it where PostgreSQL is installed)",
     )
     parser.add_argument("--tasks", type=int, default=10_000, help="tasks per throughput run")
     parser.add_argument(
@@ -246,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     globalLogBeginner.beginLoggingTo([warnings], redirectStandardIO=False)  # type: ignore[list-item]
     outcome = Outcome()
     atexit.register(Cluster.stop_all)  # the last resort, if all else was skipped
+    atexit.register(stop_postgres)
 
     def on_shutdown() -> None:
         # Runs before the reactor stops, also after Ctrl-C or SIGTERM, when
@@ -274,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         status = e.code if isinstance(e.code, int) else 1
     finally:
         Cluster.stop_all()
+        stop_postgres()
         if outcome.workspace is not None:
             failed = not outcome.succeeded and not outcome.interrupted
             if args.keep_logs or failed:

@@ -32,8 +32,46 @@ T = TypeVar("T")
 
 #: The scheduler options of each store.  SQLite is the scheduler's default
 #: (``taskmesh.sqlite`` in its folder), so it is measured as a user gets it:
-#: without any option.
-STORES: dict[str, list[str]] = {"memory": ["--store", "memory"], "sqlite": []}
+#: without any option.  PostgreSQL's ``--store`` is a new database for each
+#: scheduler, in a throwaway cluster the benchmark starts (``store_options``).
+STORES: dict[str, list[str]] = {
+    "memory": ["--store", "memory"],
+    "sqlite": [],
+    "postgresql": ["--store", "postgresql://taskmesh@127.0.0.1:PORT/DATABASE"],
+}
+#: The throwaway PostgreSQL cluster, started at the first PostgreSQL measurement.
+_postgres: list[Any] = []
+
+
+def available_stores() -> list[str]:
+    """The stores this machine can measure: PostgreSQL only where its binaries are installed."""
+    from taskmesh.testing_postgres import missing_reason
+
+    return [store for store in STORES if store != "postgresql" or missing_reason() is None]
+
+
+def store_options(store: str) -> list[str]:
+    """A scheduler's store options: for PostgreSQL, a new database in the benchmark's cluster."""
+    if store != "postgresql":
+        return STORES[store]
+    from taskmesh.testing_postgres import PostgresCluster, missing_reason
+
+    if not _postgres:
+        reason = missing_reason()
+        if reason is not None:
+            raise BenchError(f"cannot measure the PostgreSQL store: {reason}")
+        say("starting a throwaway PostgreSQL cluster (initdb, fsync on)")
+        cluster = PostgresCluster()
+        _postgres.append(cluster)
+        cluster.start()
+    return ["--store", _postgres[0].create_database("bench")]
+
+
+def stop_postgres() -> None:
+    """Stop the throwaway cluster (by pid) and remove its folder; again is harmless."""
+    while _postgres:
+        _postgres.pop().destroy()
+
 
 #: The scheduler picks its own free port (port 0) and logs it; reading the
 #: port back from this line avoids the race of probing for a free port first.
@@ -398,7 +436,7 @@ class ClusterFactory:
             self.workspace / f"{store}-{label}",
             workers,
             self.concurrency,
-            [*STORES[store], *self.scheduler_args, *scheduler_args],
+            [*store_options(store), *self.scheduler_args, *scheduler_args],
             self.worker_args,
             self.profile_dir,
         )

@@ -91,7 +91,10 @@ def table_rows(data: dict[str, Any]) -> list[Row]:
 
 def store_note(store: str, filesystem: str | None) -> str:
     """How a store was set up, for the table's header: its option, and for SQLite where it wrote."""
-    how = "--store memory" if store == "memory" else "the default, taskmesh.sqlite"
+    how = {
+        "memory": "--store memory",
+        "postgresql": "--store postgresql://..., a throwaway local cluster, fsync on",
+    }.get(store, "the default, taskmesh.sqlite")
     if store == "sqlite" and filesystem:
         how += f", on {filesystem}"
     return f"{store} ({how})"
@@ -131,13 +134,13 @@ def table(data: dict[str, Any]) -> str:
     lines.append("")
 
     rows = table_rows(data)
-    compare = "memory" in stores and "sqlite" in stores
+    # Each durable store's median against memory's, where both were measured.
+    compare = [store for store in stores if store != "memory"] if "memory" in stores else []
     headers = ["measurement", "runs"]
     for _ in stores:
         headers += ["median", "min", "max"]
     headers.append("unit")
-    if compare:
-        headers.append("sqlite/memory")
+    headers += [f"{store}/memory" for store in compare]
     cells: list[list[str]] = []
     for label, runs, values, unit, digits in rows:
         row = [label, str(runs)]
@@ -145,9 +148,9 @@ def table(data: dict[str, Any]) -> str:
             found = values.get(store)
             row += ["-" if found is None else f"{found[key]:,.{digits}f}" for key in ("median", "min", "max")]
         row.append(unit)
-        if compare:
-            if "memory" in values and "sqlite" in values and values["memory"]["median"]:
-                row.append(f"x{values['sqlite']['median'] / values['memory']['median']:.2f}")
+        for store in compare:
+            if "memory" in values and store in values and values["memory"]["median"]:
+                row.append(f"x{values[store]['median'] / values['memory']['median']:.2f}")
             else:
                 row.append("")
         cells.append(row)
@@ -195,8 +198,8 @@ def table(data: dict[str, Any]) -> str:
             )
     if config["scaling"]:
         notes.append(f"{machine['cpu_count']} CPUs are shared by the client, the scheduler and every worker")
-    if compare:
-        notes.append("sqlite/memory: the sqlite median over the memory median")
+    for store in compare:
+        notes.append(f"{store}/memory: the {store} median over the memory median")
     if notes:
         lines.append("")
         lines.extend(

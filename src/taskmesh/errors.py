@@ -91,6 +91,17 @@ class NotTaskmesh(SchedulerGone):
     """The address answered, but not in taskmesh's protocol (a web server, say): what it said."""
 
 
+class NotLeader(SchedulerGone):
+    """
+    The scheduler reached is a hot standby: ``leader`` is where it says the
+    leader is (``host:port``), or None while it knows no leader.
+    """
+
+    def __init__(self, message: str, leader: str | None) -> None:
+        super().__init__(message)
+        self.leader = leader
+
+
 class AuthenticationFailed(Exception):
     """The handshake failed: no secret, the wrong one, or not the scheduler meant; the message says which."""
 

@@ -2,6 +2,8 @@
 The long-running services that twistd supervises.
 
 ``SchedulerService`` listens on an endpoint and serves the scheduler core;
+``StandbySchedulerService`` is one of several on a shared PostgreSQL store,
+serving only while it is the elected leader;
 ``WorkerService`` keeps one connection to the scheduler alive with a
 ``ClientService`` (reconnecting with backoff, so a restarted scheduler gets
 its workers back by itself) and owns the thread pool that blocking task
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.pool
+import os
 import threading
 from typing import Any
 
@@ -27,11 +30,14 @@ from twisted.python.threadpool import ThreadPool
 
 from taskmesh import wire
 from taskmesh.context import install_child_outbox
+from taskmesh.core.leadership import DEFAULT_LEASE, DEFAULT_POLL_INTERVAL, Leadership
 from taskmesh.core.scheduler import Scheduler
 from taskmesh.handlers import HandlerRegistry
+from taskmesh.net.address import FollowingEndpoint
 from taskmesh.net.auth import RoleSecrets
 from taskmesh.net.framing import describe_address
-from taskmesh.net.scheduler_protocol import SchedulerFactory
+from taskmesh.net.scheduler_protocol import DEFAULT_MAX_CONNECTIONS, SchedulerFactory
+from taskmesh.net.standby import LeaderSwitch, StandbyFactory
 from taskmesh.net.tls import ServerTLS
 from taskmesh.net.worker_protocol import WorkerFactory
 from taskmesh.store import ITaskStore
@@ -179,6 +185,8 @@ class WorkerService(MultiService):
             on_authentication_failed=self._authentication_failed,
             on_welcomed=self._welcomed,
             call_from_thread=reactor.callFromThread,
+            # A hot standby answered: the next attempt goes where it points.
+            on_standby=connect.follow if isinstance(connect, FollowingEndpoint) else lambda leader: None,
         )
         #: Progress reported by tasks in the process pool comes back through
         #: this queue, drained by a thread of its own.
@@ -284,4 +292,171 @@ class WorkerService(MultiService):
         if self._progress_queue is not None:
             self._progress_queue.put(None)  # ends the drain thread
             self._progress_queue = None
+        return passthrough
+
+
+#: Exit status of a scheduler that lost its leadership (a supervisor starts it again, as a standby).
+EXIT_LOST_LEADERSHIP = 75
+
+
+class StandbySchedulerService(Service):
+    """
+    One of several schedulers on one shared store (PostgreSQL), hot standbys
+    of each other: it listens at once, and until it is elected it answers
+    every connection with the leader's address (``taskmesh.net.standby``).
+    Elected, it opens the store, takes back every unfinished task (the
+    core's restart path) and serves.  If it loses its leadership it stops
+    serving at once: every connection aborted, nothing more committed (the
+    store writes only on the session that holds the lock, see
+    ``taskmesh.store.election``),
+    and the process exits with ``EXIT_LOST_LEADERSHIP``.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        listen: str,
+        election: Any,
+        advertise: str,
+        open_core: Any,
+        secrets: RoleSecrets,
+        max_frame: int = wire.DEFAULT_MAX_FRAME,
+        max_payload: int = wire.DEFAULT_MAX_PAYLOAD,
+        name: str = "taskmesh-scheduler",
+        factory_options: dict[str, Any] | None = None,
+        tls: ServerTLS | None = None,
+        web: str | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        lease: float = DEFAULT_LEASE,
+        exit: Any = os._exit,
+    ) -> None:
+        self.reactor = reactor
+        self.listen = listen
+        self.election = election
+        #: ``open_core(store)`` -> core: the scheduler core over the store the election opened.
+        self.open_core = open_core
+        self.secrets = secrets
+        self.max_frame = max_frame
+        self.max_payload = max_payload
+        self.scheduler_name = name
+        self.factory_options = dict(factory_options or {})
+        self.web_endpoint = web
+        self.exit = exit
+        self.endpoint = serverFromString(reactor, listen)
+        self.leadership = Leadership(
+            reactor, election, advertise, self._lead, self._step_down, poll_interval, lease, self._standby
+        )
+        self._announced = False
+        options = self.factory_options
+        self.standby = StandbyFactory(
+            reactor,
+            secrets,
+            lambda: self.leadership.leader,
+            name,
+            limits=options.get("limits"),
+            max_connections=options.get("max_connections", DEFAULT_MAX_CONNECTIONS),
+        )
+        self.switch = LeaderSwitch(self.standby)
+        self.listening_factory = tls.wrap(self.switch) if tls is not None else self.switch
+        self.port: IListeningPort | None = None
+        self.core: Scheduler | None = None
+        self.store: ITaskStore | None = None
+        self.factory: SchedulerFactory | None = None
+        self.web: Service | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        failures: list[Failure] = []
+        self.endpoint.listen(self.listening_factory).addCallbacks(self._listening, failures.append)
+        if failures:
+            failures[0].raiseException()
+        self.election.start(self.reactor)
+        self.leadership.start()
+
+    def _listening(self, port: IListeningPort) -> None:
+        self.port = port
+        leadership = self.leadership
+        host, _, advertised_port = leadership.advertise.rpartition(":")
+        if advertised_port == "0":  # listening on port 0: advertise the port we got
+            leadership.advertise = self.election.advertise = f"{host}:{getattr(port.getHost(), 'port', 0)}"
+
+    def _announce(self, role: str) -> None:
+        """
+        "listening" is logged once the first election answer is in: a peer
+        that connects on reading it meets a leader, or a standby that knows one.
+        """
+        if self._announced or self.port is None:
+            return
+        self._announced = True
+        self.log.info(
+            "scheduler listening on {address} ({listen}) {role}",
+            address=describe_address(self.port.getHost()),
+            listen=self.listen,
+            role=role,
+        )
+
+    def _standby(self, leader: str) -> None:
+        self._announce(f"as a hot standby; the leader is at {leader or '(none yet)'}")
+
+    def _lead(self) -> None:
+        """Elected: open the store under our term, recover, serve."""
+        try:
+            store = self.election.store
+            core = self.open_core(store)
+            factory = SchedulerFactory(
+                core,
+                self.reactor,
+                self.secrets,
+                self.scheduler_name,
+                self.max_frame,
+                self.max_payload,
+                **self.factory_options,
+            )
+            core.start()
+        except Exception as e:
+            self._step_down(f"cannot open the store as the leader: {e}")
+            return
+        self.core, self.store, self.factory = core, store, factory
+        self.switch.lead(factory)
+        if self.web_endpoint is not None:
+            from taskmesh.web import WebService
+
+            self.web = WebService(self.reactor, self.web_endpoint, core, self.secrets.client, store)
+            self.web.startService()
+        self.log.info("leading: serving on {listen}", listen=self.listen)
+        self._announce(f"as the leader, advertised as {self.leadership.advertise}")
+
+    def _step_down(self, reason: str) -> None:
+        """Never two leaders: drop every peer and leave, without committing anything more."""
+        factory = self.factory
+        for protocol in list(factory.connections if factory is not None else ()):
+            protocol.transport.abortConnection()
+        if self.port is not None:
+            self.port.stopListening()
+            self.port = None
+        self.log.critical(
+            "stopped serving: {reason}; exiting with status {status}",
+            reason=reason,
+            status=EXIT_LOST_LEADERSHIP,
+        )
+        self.reactor.callLater(0.1, self.exit, EXIT_LOST_LEADERSHIP)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self.leadership.stop()
+        port, self.port = self.port, None
+        stopping: Deferred[Any] = maybeDeferred(port.stopListening) if port is not None else succeed(None)
+        if self.web is not None and self.web.running:
+            web = self.web
+            stopping.addBoth(lambda kept: maybeDeferred(web.stopService).addBoth(lambda _: kept))
+        stopping.addBoth(self._close)
+        return stopping
+
+    def _close(self, passthrough: Any) -> Any:
+        if self.core is not None and self.store is not None:
+            self.core.stop()
+            self.store.close()
+        self.election.stop()
         return passthrough

@@ -98,6 +98,7 @@ KIND_STATUS_REQUEST = 0x05
 KIND_STATUS_REPORT = 0x06
 KIND_CHALLENGE = 0x07
 KIND_PROOF = 0x08
+KIND_STANDBY = 0x09
 KIND_SUBMIT = 0x10
 KIND_ACCEPTED = 0x11
 KIND_REJECTED = 0x12
@@ -209,6 +210,21 @@ class Proof:
     """The peer's proof that it knows the role's secret; the scheduler welcomes it, or refuses."""
 
     proof: bytes
+
+
+#: The longest leader address a Standby may carry, in bytes.
+MAX_LEADER_ADDRESS = 255
+
+
+@dataclass(frozen=True, slots=True)
+class Standby:
+    """
+    Instead of the Welcome: this scheduler is a hot standby, not the leader;
+    the leader's advertised address is ``leader`` (``host:port``), or empty
+    while no leader is known.  The scheduler closes the connection next.
+    """
+
+    leader: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -561,6 +577,7 @@ Message = (
     | Welcome
     | Challenge
     | Proof
+    | Standby
     | Error
     | Heartbeat
     | StatusRequest
@@ -661,6 +678,24 @@ def encode_welcome(message: Welcome) -> bytes:
         )
         + name
     )
+
+
+def check_leader_address(address: str) -> str:
+    """
+    A Standby's leader address: at most MAX_LEADER_ADDRESS bytes of printable
+    ASCII without spaces (a ``host:port``), or empty.
+    """
+    if len(address) > MAX_LEADER_ADDRESS or not all("!" <= c <= "~" for c in address):
+        raise ProtocolError(
+            f"a leader address is up to {MAX_LEADER_ADDRESS} printable ASCII characters "
+            f"without spaces, not {address[:80]!r}"
+        )
+    return address
+
+
+def encode_standby(message: Standby) -> bytes:
+    leader = check_leader_address(message.leader).encode("ascii")
+    return _U8.pack(KIND_STANDBY) + _U8.pack(len(leader)) + leader
 
 
 def encode_error(message: Error) -> bytes:
@@ -974,6 +1009,7 @@ _ENCODERS: dict[type[Any], Callable[[Any], bytes]] = {
     Welcome: encode_welcome,
     Challenge: encode_challenge,
     Proof: encode_proof,
+    Standby: encode_standby,
     Error: encode_error,
     Heartbeat: lambda message: bytes([KIND_HEARTBEAT]),
     StatusRequest: lambda message: bytes([KIND_STATUS_REQUEST]),
@@ -1073,6 +1109,14 @@ def _decode_proof(data: bytes) -> Proof:
     proof = reader.take(PROOF_SIZE)
     reader.finish()
     return Proof(proof)
+
+
+def _decode_standby(data: bytes) -> Standby:
+    reader = _Reader(data, 1)
+    (length,) = reader.unpack(_U8)
+    raw = reader.take(length)
+    reader.finish()
+    return Standby(check_leader_address(raw.decode("latin-1")))
 
 
 def _decode_welcome(data: bytes) -> Welcome:
@@ -1561,6 +1605,7 @@ _DECODERS: dict[int, Callable[[bytes], Message]] = {
     KIND_WELCOME: _decode_welcome,
     KIND_CHALLENGE: _decode_challenge,
     KIND_PROOF: _decode_proof,
+    KIND_STANDBY: _decode_standby,
     KIND_ERROR: _decode_error,
     KIND_HEARTBEAT: _decode_empty(Heartbeat()),
     KIND_STATUS_REQUEST: _decode_empty(StatusRequest()),

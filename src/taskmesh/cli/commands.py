@@ -46,7 +46,7 @@ from taskmesh.errors import (
     format_due,
 )
 from taskmesh.handlers import DEFAULT_TASK_TYPE
-from taskmesh.net.address import DEFAULT_ADDRESS, parse_address
+from taskmesh.net.address import DEFAULT_ADDRESS, parse_addresses
 from taskmesh.tap import (
     PEER_SECURITY_FLAGS,
     PEER_SECURITY_PARAMETERS,
@@ -124,7 +124,13 @@ class CommandOptions(usage.Options):
 
 class ConnectionOptions(CommandOptions):
     optParameters = [
-        ["connect", "c", DEFAULT_ADDRESS, "Scheduler address: host:port, [ipv6]:port or an endpoint string."],
+        [
+            "connect",
+            "c",
+            DEFAULT_ADDRESS,
+            "Scheduler address: host:port, [ipv6]:port or an endpoint string; several separated by "
+            "commas (a hot standby and its leader) are tried in turn.",
+        ],
         [
             "connect-timeout",
             None,
@@ -138,7 +144,7 @@ class ConnectionOptions(CommandOptions):
 
     def postOptions(self) -> None:
         try:
-            parse_address(self["connect"])
+            parse_addresses(self["connect"])
         except ValueError as e:
             raise usage.UsageError(f"--connect: {e}") from None
         self["secret"], self["tls-options"] = peer_security(self)

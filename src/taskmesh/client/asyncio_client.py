@@ -58,7 +58,7 @@ from taskmesh.codec import decode_result, task_failed
 from taskmesh.errors import AuthenticationFailed, NotTaskmesh, SchedulerGone, TaskFailed
 from taskmesh.functions import as_task, task_options
 from taskmesh.handlers import DEFAULT_TASK_TYPE
-from taskmesh.net.address import DEFAULT_ADDRESS, parse_address
+from taskmesh.net.address import DEFAULT_ADDRESS, Addresses, parse_address, reach_leader
 from taskmesh.net.connection import (
     ClientConnection,
     PeerMisbehaved,
@@ -711,15 +711,20 @@ async def connect(
     on_no_worker: Callable[[str], None] = lambda task_type: None,
 ) -> AsyncClient:
     """
-    Connect to the scheduler at ``address`` (``host:port``) and shake hands
-    within ``timeout`` seconds; the secret as ``taskmesh.Client.connect``
-    finds it.  ``wait_timeout`` bounds every later wait; ``reconnect``
+    Connect to the scheduler at ``address`` (``host:port``, or several
+    separated by commas: each tried in turn, a hot standby's pointer to the
+    leader followed) and shake hands within ``timeout`` seconds each; the
+    secret as ``taskmesh.Client.connect`` finds it.  ``wait_timeout`` bounds every later wait; ``reconnect``
     makes a dropped connection again and re-attaches accepted tasks by id.
     """
     key = _secret_bytes(secret, secret_file)
+    addresses = Addresses(address)
+
+    async def attempt(one: str) -> _Protocol:
+        return await _open(one, timeout, key, tls, on_no_worker)
 
     async def again() -> _Protocol:
-        return await _open(address, timeout, key, tls, on_no_worker)
+        return await reach_leader(addresses, attempt)
 
     protocol = await again()
     return AsyncClient(protocol, wait_timeout, again if reconnect else None)

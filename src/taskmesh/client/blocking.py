@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 from twisted.internet.defer import Deferred
 
 from taskmesh.client.twisted_client import DEFAULT_CONNECT_TIMEOUT, Client, TaskHandle
-from taskmesh.net.address import DEFAULT_ADDRESS
+from taskmesh.net.address import DEFAULT_ADDRESS, parse_addresses
 from taskmesh.net.tls import ClientTLS
 
 __all__ = ["BlockingClient", "Handle", "connect", "shutdown"]
@@ -397,7 +397,8 @@ def connect(
 ) -> BlockingClient:
     """
     Connect to the scheduler at ``address`` (``host:port`` or an endpoint
-    string), within ``timeout`` seconds; see ``taskmesh.Client.connect`` for
+    string, or several separated by commas, tried in turn), within
+    ``timeout`` seconds each; see ``taskmesh.Client.connect`` for
     the secret, TLS and ``reconnect``.  ``wait_timeout`` bounds every later
     wait (None: unbounded).  The first call starts the reactor thread.
     """
@@ -414,5 +415,6 @@ def connect(
             reconnect=reconnect,
         )
     )
-    client = _wait(connecting, timeout * 2 + 1)
+    tries = len(parse_addresses(address)) + 1  # each in the list, and one pointer followed
+    client = _wait(connecting, timeout * 2 * tries + 1)
     return BlockingClient(client, thread, wait_timeout)

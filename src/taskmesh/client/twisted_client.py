@@ -59,7 +59,7 @@ from taskmesh.errors import (
 )
 from taskmesh.functions import TaskFunction, as_task, task_options
 from taskmesh.handlers import DEFAULT_TASK_TYPE
-from taskmesh.net.address import DEFAULT_ADDRESS, client_endpoint
+from taskmesh.net.address import DEFAULT_ADDRESS, Addresses, client_endpoint, reach_leader
 from taskmesh.net.client_protocol import ClientProtocol, outcome_error
 from taskmesh.net.connection import cancelled_state, result_value
 from taskmesh.net.credentials import peer_secret
@@ -223,7 +223,9 @@ class Client:
     ) -> Deferred[Client]:
         """
         Connect and shake hands.  ``address`` is ``host:port`` or an endpoint
-        string.  ``on_no_worker(task_type)`` is called when a task is accepted
+        string, or several separated by commas (``a:9001,b:9001``): each is
+        tried in turn, and a hot standby's pointer to the leader is followed.
+        ``on_no_worker(task_type)`` is called when a task is accepted
         but no connected worker runs its type yet (it waits for one).
 
         The clients' secret is ``secret``, else ``TASKMESH_SECRET``, else the
@@ -237,12 +239,16 @@ class Client:
         """
         reactor = _resolve_reactor(reactor)
         key = _secret_bytes(secret, secret_file)
+        addresses = Addresses(address)
+
+        def attempt(one: str) -> Deferred[ClientProtocol]:
+            return Deferred.fromCoroutine(open_protocol(reactor, one, timeout, on_no_worker, key, tls))
 
         def again() -> Deferred[ClientProtocol]:
-            return Deferred.fromCoroutine(open_protocol(reactor, address, timeout, on_no_worker, key, tls))
+            return Deferred.fromCoroutine(reach_leader(addresses, attempt))
 
         async def first() -> Client:
-            protocol = await open_protocol(reactor, address, timeout, on_no_worker, key, tls)
+            protocol = await reach_leader(addresses, attempt)
             return cls(
                 protocol, reactor=reactor, wait_timeout=wait_timeout, reconnect=again if reconnect else None
             )

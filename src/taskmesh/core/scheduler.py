@@ -25,6 +25,12 @@ unavailable: database or disk is full") and their tasks withdrawn, so that
 no client hangs on a store that may stay full for hours; from then until
 the store commits again, new submissions are refused at once.  Results
 already promised are held back, never dropped: their clients keep waiting.
+
+A store that commits in its own thread (``IBackgroundCommit``: PostgreSQL)
+is given each group commit with ``begin_commit`` instead: the core keeps
+serving while it is in flight, and answers what was promised before it
+began when it lands; what came since waits for the next one, begun at that
+landing.  A failed landing is a failed commit, as above.
 """
 
 from __future__ import annotations
@@ -57,7 +63,14 @@ from taskmesh.core.taskqueue import TaskQueue
 from taskmesh.core.tasks import Chunk, Group, Job, JobReport, Lease, Queued, Task
 from taskmesh.core.timings import Histogram
 from taskmesh.errors import StoreUnavailable, TaskCancelled, TaskFailed
-from taskmesh.store.interface import ITaskStore, Outcome, ScheduleRecord, State, StoredTask
+from taskmesh.store.interface import (
+    IBackgroundCommit,
+    ITaskStore,
+    Outcome,
+    ScheduleRecord,
+    State,
+    StoredTask,
+)
 from taskmesh.store.memory import MemoryStore, due_time
 from taskmesh.wire import (
     CHUNK_ITEM_OVERHEAD,
@@ -252,6 +265,9 @@ def tick_key(name: str, due: float) -> str:
 #: What waits for a commit: (function, args, refuse or None).  ``refuse`` is
 #: set for acknowledgements, which may be refused when the store stays down.
 _Waiter = tuple[Callable[..., object], tuple[Any, ...], Callable[..., object] | None]
+#: A background commit in flight: the outcomes and waiters it answers when it
+#: lands, and the first task id it does not cover.
+_Flight = tuple[list[tuple[Task, bytes]], list[_Waiter], int]
 
 
 class Scheduler:
@@ -286,6 +302,11 @@ class Scheduler:
         #: Ids only grow: every task with an id from this one on was added
         #: after the last successful commit (and is withdrawn if refused).
         self._committed_up_to = self._next_id
+        #: The store, when it commits in its own thread (see IBackgroundCommit).
+        self._background: Any = store if IBackgroundCommit.providedBy(store) else None
+        self._in_flight: _Flight | None = None
+        #: The grace time ended while a commit was in flight: refuse if it fails.
+        self._refuse_after_flight = False
         # store health: see the module's docstring
         self._store_error: str | None = None
         self._store_failed_at = 0.0
@@ -1581,6 +1602,16 @@ class Scheduler:
         answers still go out.
         """
         self._commit_call = None
+        if self._background is not None:
+            if not self._stopping:
+                if self._in_flight is None:
+                    self._begin_commit()
+                # else: its landing begins the next commit, for what came since
+                return
+            if self._in_flight is not None:
+                # The last commit, below, waits for this one and writes everything.
+                self._put_back(self._in_flight)
+                self._in_flight = None
         try:
             done = self._store.commit()
             while not done and self._stopping:  # the last commit: all of it, now
@@ -1605,6 +1636,11 @@ class Scheduler:
         if self._ticks:
             self._ticks.clear()
         finished, self._finished = self._finished, []
+        waiting, self._after_commit = self._after_commit, []
+        self._answer(finished, waiting)
+
+    def _answer(self, finished: list[tuple[Task, bytes]], waiting: list[_Waiter]) -> None:
+        """Their writes are durable: fire the finished tasks' Deferreds, then call the waiters."""
         tasks = self._tasks
         for task, value in finished:
             del tasks[task.id]
@@ -1620,7 +1656,6 @@ class Scheduler:
                     deferred.addErrback(_consume)
             except Exception:
                 self.log.failure("bug while reporting the outcome of task {task_id}", task_id=task.id)
-        waiting, self._after_commit = self._after_commit, []
         for function, args, _ in waiting:
             try:
                 function(*args)
@@ -1628,6 +1663,46 @@ class Scheduler:
                 self.log.failure(
                     "bug in {function} after a commit; the other answers still go out", function=function
                 )
+
+    def _begin_commit(self) -> None:
+        """Hand everything written so far to the store's thread, with what waits for it."""
+        flight: _Flight = (self._finished, self._after_commit, self._next_id)
+        self._finished, self._after_commit = [], []
+        self._in_flight = flight
+        try:
+            started = self._background.begin_commit(lambda reason: self._commit_landed(flight, reason))
+        except Exception as e:
+            self.log.failure("bug in the store's begin_commit; treating the store as unavailable")
+            self._in_flight = None
+            self._put_back(flight)
+            self._commit_failed(f"{type(e).__name__}: {e}")
+            return
+        if not started:  # nothing to write: all of it is durable already
+            self._commit_landed(flight, None)
+
+    def _commit_landed(self, flight: _Flight, reason: str | None) -> None:
+        """A background commit is durable (reason None) or failed; begin the next one if needed."""
+        if self._in_flight is not flight:
+            return  # taken over by the last commit, when stopping
+        self._in_flight = None
+        if reason is not None:
+            self._put_back(flight)
+            self._commit_failed(reason)
+            if self._refuse_after_flight:
+                self._refuse_after_flight = False
+                self._refuse_held()
+            return
+        if self._store_error is not None:
+            self._store_recovered()
+        self._committed_up_to = flight[2]
+        self._answer(flight[0], flight[1])
+        if (self._finished or self._after_commit or self._background.pending()) and self._commit_call is None:
+            self._commit_call = self._clock.callLater(0, self._commit)
+
+    def _put_back(self, flight: _Flight) -> None:
+        """A commit that did not land: what it would have answered waits again, first in line."""
+        self._finished[:0] = flight[0]
+        self._after_commit[:0] = flight[1]
 
     def _commit_failed(self, reason: str) -> None:
         """
@@ -1686,6 +1761,10 @@ class Scheduler:
         self._grace_call = None
         reason = self._store_error
         if reason is None:
+            return
+        if self._in_flight is not None:
+            # Its writes are the store's now: refuse (and discard) only if it fails.
+            self._refuse_after_flight = True
             return
         self._refusing = True
         withdrawn = self._uncommitted()
@@ -1790,6 +1869,7 @@ class Scheduler:
         self._store_error = None
         self._store_failures = 0
         self._refusing = False
+        self._refuse_after_flight = False
         if self._grace_call is not None:
             if self._grace_call.active():
                 self._grace_call.cancel()

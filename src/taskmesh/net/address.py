@@ -1,5 +1,6 @@
 """
-Addresses as users type them, turned into Twisted client endpoints.
+Addresses as users type them, turned into Twisted client endpoints; lists
+of them, and how a peer finds the leader among hot standbys.
 
 Users write ``host:port`` (``localhost:9001``, ``[::1]:9001``) or just a
 host; those become a ``HostnameEndpoint``, which resolves both IPv4 and IPv6
@@ -10,12 +11,18 @@ names a known endpoint type: ``tcp:host=h:port=p``, ``tls:...``,
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, clientFromString, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from zope.interface import implementer
 
+from taskmesh.errors import AuthenticationFailed, NotLeader, SchedulerGone
 from taskmesh.net.tls import ClientTLS
+
+T = TypeVar("T")
 
 DEFAULT_PORT = 9001
 DEFAULT_ADDRESS = f"localhost:{DEFAULT_PORT}"
@@ -66,3 +73,150 @@ def client_endpoint(reactor: Any, address: str, tls: ClientTLS | None = None) ->
     if tls is None:
         return endpoint
     return wrapClientTLS(tls.creator(host), endpoint)
+
+
+def parse_addresses(text: str) -> list[str]:
+    """
+    A comma-separated list of schedulers (``a:9001,b:9001``): each one
+    ``host:port``, ``[v6]:port``, ``host`` or an endpoint string (which then
+    may not contain a comma).  Raises ValueError naming the bad entry.
+    """
+    entries = [entry.strip() for entry in text.split(",")]
+    if not any(entries):
+        raise ValueError("the address is empty")
+    for entry in entries:
+        if not entry:
+            raise ValueError(f"cannot read {text!r}: an empty entry in the list")
+        parse_address(entry)
+    if len(entries) > MAX_ADDRESSES:
+        raise ValueError(f"at most {MAX_ADDRESSES} schedulers in one list, not {len(entries)}")
+    return entries
+
+
+#: Schedulers one --connect list may name.
+MAX_ADDRESSES = 64
+#: Standby pointers followed in one attempt to reach the leader, beyond the list itself.
+MAX_REDIRECTS = 4
+
+
+class Addresses:
+    """
+    Which scheduler to try next: the list in turn, starting from the one
+    that answered last, but first wherever a standby said the leader is.
+    Sans-I/O; the Twisted and asyncio clients and the worker share it.
+    """
+
+    def __init__(self, addresses: str | list[str]) -> None:
+        self.addresses = parse_addresses(addresses) if isinstance(addresses, str) else list(addresses)
+        if not self.addresses:
+            raise ValueError("no scheduler address")
+        self._next = 0
+        self._pointer: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.addresses)
+
+    def __str__(self) -> str:
+        return ",".join(self.addresses)
+
+    @property
+    def pointer(self) -> str | None:
+        """Where a standby said the leader is, until it is tried."""
+        return self._pointer
+
+    def next(self) -> str:
+        """The address to try now."""
+        if self._pointer is not None:
+            pointer, self._pointer = self._pointer, None
+            return pointer
+        address = self.addresses[self._next % len(self.addresses)]
+        self._next = (self._next + 1) % len(self.addresses)
+        return address
+
+    def follow(self, leader: str) -> None:
+        """A standby named the leader: try it next (a ``host:port``; anything else is ignored)."""
+        try:
+            if parse_address(leader) is not None:
+                self._pointer = leader
+        except ValueError:
+            pass
+
+    def worked(self, address: str) -> None:
+        """``address`` answered as the leader: after a failover, start from it again."""
+        if address in self.addresses:
+            self._next = self.addresses.index(address)
+
+
+async def reach_leader(addresses: Addresses, attempt: Callable[[str], Awaitable[T]]) -> T:
+    """
+    ``attempt(address)`` for each scheduler in turn until one is the leader:
+    a standby's pointer (``NotLeader``) is followed first, an unreachable one
+    is skipped; AuthenticationFailed stops at once.  The awaitables may be
+    Deferreds or asyncio futures: no event loop is named here.  With one
+    address and no pointer, its own error is raised unchanged; otherwise
+    SchedulerGone lists what each said.
+    """
+    errors: list[tuple[str, Exception]] = []
+    tried: set[str] = set()
+    for _ in range(len(addresses) + MAX_REDIRECTS):
+        if addresses.pointer is None and tried >= set(addresses.addresses):
+            break  # every one in the list said no, and nobody pointed elsewhere
+        address = addresses.next()
+        tried.add(address)
+        try:
+            result = await attempt(address)
+        except AuthenticationFailed:
+            raise
+        except Exception as e:
+            errors.append((address, e))
+            if isinstance(e, NotLeader) and e.leader and e.leader != address:
+                addresses.follow(e.leader)
+            continue
+        addresses.worked(address)
+        return result
+    if len(errors) == 1:
+        raise errors[0][1]
+    said = "; ".join(f"{address}: {error or type(error).__name__}" for address, error in errors)
+    raise SchedulerGone(f"no leader among the schedulers ({said})")
+
+
+@implementer(IStreamClientEndpoint)
+class FollowingEndpoint:
+    """
+    A client endpoint over a list of schedulers, for a ``ClientService``:
+    each ``connect`` tries where a standby last pointed, then the list in
+    turn, until one accepts the connection.  Whether it is the leader is
+    learnt at the handshake: a standby's answer goes to ``follow``, and the
+    service's next attempt goes there.
+    """
+
+    def __init__(self, reactor: Any, addresses: Addresses, tls: ClientTLS | None = None) -> None:
+        self.reactor = reactor
+        self.addresses = addresses
+        self.tls = tls
+        for address in addresses.addresses:
+            client_endpoint(reactor, address, tls)  # refused now, not at the first connect
+
+    def follow(self, leader: str) -> None:
+        """A standby said the leader is at ``leader`` (empty: it knows none)."""
+        if leader:
+            self.addresses.follow(leader)
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        return Deferred.fromCoroutine(self._connect(factory))
+
+    async def _connect(self, factory: IProtocolFactory) -> IProtocol:
+        tries = len(self.addresses) + (1 if self.addresses.pointer is not None else 0)
+        failure: Exception | None = None
+        for _ in range(tries):
+            address = self.addresses.next()
+            try:
+                protocol: IProtocol = await client_endpoint(self.reactor, address, self.tls).connect(factory)
+            except CancelledError:
+                raise
+            except Exception as e:
+                failure = e
+                continue
+            return protocol
+        assert failure is not None
+        raise failure

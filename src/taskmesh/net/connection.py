@@ -32,6 +32,7 @@ from taskmesh import wire
 from taskmesh.codec import decode_result, task_failed
 from taskmesh.errors import (
     AuthenticationFailed,
+    NotLeader,
     ScheduleRefused,
     SchedulerGone,
     TaskFailed,
@@ -150,6 +151,8 @@ class ClientConnection:
         #: Why the scheduler said it closed (an Error frame), or why authentication failed.
         self.error: str | None = None
         self.auth_failure: str | None = None
+        #: Set when the scheduler answered as a standby: the leader's address ("" if none is known).
+        self.standby: str | None = None
         self._on_no_worker = on_no_worker
         self._next_request = 0
         # request number -> (task type, answer, wants the result, decode, on_id)
@@ -328,6 +331,14 @@ class ClientConnection:
                     )
                 self.welcome = message
                 self._output.welcomed(message)
+            case wire.Standby(leader=leader) if self.welcome is None and self._handshake.answered:
+                self.standby = leader
+                self.error = (
+                    f"{self.peer} is a standby scheduler; the leader is at {leader}"
+                    if leader
+                    else f"{self.peer} is a standby scheduler and knows no leader yet"
+                )
+                self._output.close()
             case wire.Heartbeat() if self.welcome is not None:
                 pass
             case wire.Error():
@@ -401,6 +412,8 @@ class ClientConnection:
         """Why the handshake did not finish: a refused secret, or the connection lost."""
         if self.auth_failure is not None:
             return AuthenticationFailed(self.auth_failure)
+        if self.standby is not None:
+            return NotLeader(self.error or "a standby scheduler", self.standby or None)
         return SchedulerGone(f"connection to the scheduler lost: {self.error or why}")
 
     def connection_lost(self, why: str) -> None:

@@ -73,6 +73,15 @@ class WorkerProtocol(PeerProtocol):
                 )
             case wire.Welcome() if core is None and self.challenge_answered:
                 self._welcomed(message)
+            case wire.Standby(leader=leader) if core is None and self.challenge_answered:
+                # Not refused: this scheduler is a hot standby.  Try the leader next.
+                self.log.info(
+                    "scheduler at {peer} is a standby; the leader is at {leader}",
+                    peer=self.peer,
+                    leader=leader or "(none yet)",
+                )
+                self.close()
+                self.factory.standby(leader)
             case wire.Error() if core is None and message.code == wire.ERROR_AUTH:
                 self.refused_by_scheduler(message)
                 self.close()
@@ -186,7 +195,10 @@ class WorkerFactory(Factory):
         on_authentication_failed: Callable[[str], None] = lambda reason: None,
         on_welcomed: Callable[[], None] = lambda: None,
         call_from_thread: Callable[[Callable[[], None]], None] | None = None,
+        on_standby: Callable[[str], None] = lambda leader: None,
     ) -> None:
+        #: Called with the leader's address ("" if unknown) when a standby answered.
+        self.standby = on_standby
         #: The workers' secret, proved (never sent) in every handshake.
         self.secret = secret
         #: Called when the handshake fails on either side (the service backs off).

@@ -18,14 +18,23 @@ retries; if it gives up on some submissions it refuses them and takes
 their writes back with ``discard()``.  No store call may wait on a lock:
 the core runs on the reactor thread and retries on a timer instead.
 
+A store whose commits go over a network (PostgreSQL) also provides
+``IBackgroundCommit``: the core then starts each group commit with
+``begin_commit`` and carries on serving while the store's own thread
+commits; what the core had promised before it began is answered when that
+commit lands, and what came since goes in the next one.  Stores without it
+(memory, SQLite) are committed by ``commit()`` on the reactor thread, as
+before.
+
 ``taskmesh.store.memory.MemoryStore`` keeps everything in this process
 (nothing survives a restart); ``taskmesh.store.sqlite.SqliteStore`` is the
-embedded default.
+embedded default; ``taskmesh.store.postgres.PostgresStore`` is a
+PostgreSQL database.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -240,3 +249,28 @@ class ITaskStore(Interface):
 
     def close() -> None:
         """Commit what can be committed, and release the storage (and its lock)."""
+
+
+class IBackgroundCommit(Interface):
+    """
+    A store that commits in a thread of its own, so that a commit's round
+    trips and fsync never hold the reactor.  ``commit()`` still works (it
+    waits: for closing, and for whoever needs durability now).
+    """
+
+    def begin_commit(landed: Callable[[str | None], None]) -> bool:
+        """
+        Start making every write so far durable, in the store's thread, and
+        return True; or return False when there is nothing to write (every
+        write is durable already) and ``landed`` is never called.  At most
+        one commit is in flight: the caller begins the next one after this
+        one has landed.  ``landed`` is called once, on the reactor thread,
+        with None when the commit is durable, or with the reason it is not
+        (``StoreUnavailable``'s): then its writes are kept, in order, before
+        any written since, for the next commit.  A ``commit()`` or
+        ``close()`` while one is in flight waits for it and takes it over:
+        its ``landed`` is not called then.
+        """
+
+    def pending() -> int:
+        """Buffered writes not yet handed to a commit (after a landing: whether to begin another)."""

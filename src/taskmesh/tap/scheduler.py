@@ -6,6 +6,7 @@ import os
 import resource
 import time
 from pathlib import Path
+from typing import Any
 
 from twisted.application.service import IService
 from twisted.python import usage
@@ -26,9 +27,11 @@ from taskmesh.net.scheduler_protocol import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX
 from taskmesh.net.tls import ServerTLS
 from taskmesh.service import SchedulerService
 from taskmesh.store import ITaskStore, MemoryStore, time_based_first_id
+from taskmesh.store.postgres import PostgresStore, is_postgres_url
 from taskmesh.store.sqlite import MAX_PAGES_VARIABLE, SYNC_MODES, SqliteStore
 from taskmesh.tap import non_negative_float, positive_float, positive_int, release_default_pidfile
 from taskmesh.tap.schedules import read_schedules
+from taskmesh.tap.standby import advertised_address, is_shared_store, standby_service
 
 DEFAULT_LISTEN = "tcp:9001"
 #: The dashboard's endpoint (taskmesh.web): loopback only unless told otherwise.
@@ -66,8 +69,9 @@ class Options(usage.Options):
             "store",
             "s",
             DEFAULT_STORE,
-            "Where tasks and results are kept: an SQLite file path, or 'memory' "
-            "(nothing survives a restart).",
+            "Where tasks and results are kept: an SQLite file path, a PostgreSQL "
+            "database URL (postgresql://user@host:port/dbname; libpq's PG* variables "
+            "and ~/.pgpass apply), or 'memory' (nothing survives a restart).",
         ],
         [
             "sync",
@@ -76,9 +80,18 @@ class Options(usage.Options):
             "When SQLite acknowledges a commit. 'normal': once the OS has the write: "
             "survives the scheduler being killed; a power loss may lose the last "
             "commits. 'off': the same, but a power loss may also corrupt the file. "
-            "Only 'full' means on disk (an fsync per commit): survives a power loss.",
+            "Only 'full' means on disk (an fsync per commit): survives a power loss. "
+            "(PostgreSQL: the server's synchronous_commit decides.)",
         ],
         ["name", None, "taskmesh-scheduler", "Name announced to clients and workers."],
+        [
+            "advertise",
+            None,
+            None,
+            "With --hot-standby: the HOST:PORT this scheduler publishes while it leads, "
+            "where standbys send clients and workers (default: from --listen, its interface "
+            "or this host's name).",
+        ],
         ["prefetch", None, _DEFAULTS.prefetch, "Tasks a worker may hold beyond its slots.", int],
         [
             "max-losses",
@@ -255,6 +268,16 @@ class Options(usage.Options):
             positive_int,
         ],
     ]
+    optFlags = [
+        [
+            "hot-standby",
+            None,
+            "With a PostgreSQL store: be one of several schedulers on it, of which one leads "
+            "and the others are hot standbys that point peers to it and take over when it "
+            "dies (give each of them this flag). A leader that loses its database connection "
+            "then stops and exits (status 75) instead of waiting for the database.",
+        ],
+    ]
 
     def postOptions(self) -> None:
         if self["max-frame"] > wire.MAX_FRAME_LIMIT:
@@ -300,13 +323,26 @@ class Options(usage.Options):
             frame_timeout=self["frame-timeout"],
             max_unsent=self["max-unsent"],
         )
+        if self["hot-standby"]:
+            if not is_shared_store(self["store"]):
+                raise usage.UsageError("--hot-standby needs a PostgreSQL --store (postgresql://...)")
+            try:
+                self["advertise"] = advertised_address(self["listen"], self["advertise"])
+            except ValueError as e:
+                raise usage.UsageError(f"--advertise: {e}") from None
         release_default_pidfile(self)
 
 
-def open_store(path: str, sync: str) -> ITaskStore:
+def open_store(path: str, sync: str, reactor: Any = None) -> ITaskStore:
     """The store, or exit with one line saying why not (read-only, in use by another scheduler)."""
     if path == "memory":
         return MemoryStore(first_id=time_based_first_id())
+    if is_postgres_url(path):
+        try:
+            return PostgresStore(path, reactor)
+        except StoreUnavailable as e:
+            # e.reason names host:port/database, never the URL (it may hold a password).
+            raise SystemExit(f"taskmesh-scheduler: cannot open the store: {e.reason}") from None
     # For tests only (undocumented for users): a genuine SQLITE_FULL without filling a disk.
     max_pages = os.environ.get(MAX_PAGES_VARIABLE)
     try:
@@ -319,7 +355,9 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     secrets = role_secrets(options)
-    store = open_store(options["store"], options["sync"])
+    if options["hot-standby"]:  # several schedulers on one store, one leads
+        return standby_service(options, reactor, secrets)
+    store = open_store(options["store"], options["sync"], reactor)
     core = Scheduler(reactor, store, options["policy"])
     if options["schedule-records"] is not None:
         try:

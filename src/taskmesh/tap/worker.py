@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from typing import Any
 
 from twisted.application.service import IService
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python import usage
 
 from taskmesh.functions import load_tasks
 from taskmesh.handlers import HandlerError, default_registry, load_import_path
-from taskmesh.net.address import DEFAULT_ADDRESS, client_endpoint, parse_address
+from taskmesh.net.address import DEFAULT_ADDRESS, Addresses, FollowingEndpoint, parse_addresses
 from taskmesh.net.scheduler_protocol import MAX_WORKER_SLOTS
+from taskmesh.net.tls import ClientTLS
 from taskmesh.service import DEFAULT_RECONNECT_MAX_DELAY, POOLS, WorkerService
 from taskmesh.tap import (
     PEER_SECURITY_FLAGS,
@@ -37,7 +40,8 @@ class Options(usage.Options):
             "c",
             DEFAULT_ADDRESS,
             "Scheduler to connect to: host:port, [ipv6]:port, or an endpoint "
-            "string such as tcp:host=h:port=p.",
+            "string such as tcp:host=h:port=p; several separated by commas "
+            "(a leader and its hot standbys) are tried in turn, following a standby's pointer.",
         ],
         ["concurrency", "j", 1, "Tasks run at the same time (slots).", positive_int],
         ["name", None, None, "Name shown in the scheduler's logs (default: host-pid)."],
@@ -81,7 +85,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         try:
-            parse_address(self["connect"])
+            parse_addresses(self["connect"])
         except ValueError as e:
             raise usage.UsageError(f"--connect: {e}") from None
         if self["handlers"] or self["tasks"]:
@@ -124,7 +128,7 @@ def makeService(options: Options) -> IService:
     handlers = default_registry(reactor, options["handler-objects"], use_plugins=not options["no-plugins"])
     return WorkerService(
         reactor,
-        client_endpoint(reactor, options["connect"], options["tls-options"]),
+        scheduler_endpoint(reactor, options["connect"], options["tls-options"]),
         handlers,
         slots=options["concurrency"],
         name=options["name"],
@@ -132,3 +136,11 @@ def makeService(options: Options) -> IService:
         pool=options["pool"],
         secret=options["secret"],
     )
+
+
+def scheduler_endpoint(reactor: Any, connect: str, tls: ClientTLS | None) -> IStreamClientEndpoint:
+    """
+    The scheduler's endpoint: each address of the list in turn, and where a
+    hot standby points (even with one address: it may be a standby's).
+    """
+    return FollowingEndpoint(reactor, Addresses(parse_addresses(connect)), tls)
