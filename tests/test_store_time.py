@@ -1,30 +1,45 @@
 """
-The store contract for time, the same tests for the memory and SQLite
-stores: delayed tasks (kept apart from ``unfinished``, paged by due time,
-found by id, counted), schedules (saved, replaced, removed, committed with
-the tasks before them), and an SQLite file made before delayed tasks is
-migrated in place.
+The store contract for time, the same tests for the memory, SQLite and
+PostgreSQL stores (a throwaway cluster): delayed tasks (kept apart from
+``unfinished``, paged by due time, found by id, counted), schedules (saved,
+replaced, removed, committed with the tasks before them, also when a
+PostgreSQL commit in the store's thread fails and is retried), and an
+SQLite file or a PostgreSQL database made before delayed tasks is migrated
+in place.
 """
 
 from __future__ import annotations
 
+import queue
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 from zope.interface.verify import verifyObject
 
 from taskmesh.core.scheduler import Task
+from taskmesh.errors import StoreUnavailable
 from taskmesh.store import ITaskStore, MemoryStore, State
 from taskmesh.store.interface import ScheduleRecord
+from taskmesh.store.postgres import PostgresStore
 from taskmesh.store.sqlite import SqliteStore
+from taskmesh.testing import TIMEOUT
+from taskmesh.testing_postgres import PostgresCluster
 from taskmesh.wire import DEFAULT_OPTIONS, TaskOptions
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ITaskStore]:
-    made: ITaskStore = MemoryStore() if request.param == "memory" else SqliteStore(str(tmp_path / "s.db"))
+    made: ITaskStore
+    if request.param == "memory":
+        made = MemoryStore()
+    elif request.param == "sqlite":
+        made = SqliteStore(str(tmp_path / "s.db"))
+    else:
+        made = PostgresStore(request.getfixturevalue("postgres_url"))
     yield made
     made.close()
 
@@ -135,3 +150,113 @@ def test_an_sqlite_file_from_before_delayed_tasks_is_migrated(tmp_path: Path) ->
     store = SqliteStore(str(path))  # opening again migrates nothing twice
     assert store.count_scheduled(0.0) == 1
     store.close()
+
+
+# -- PostgreSQL: the same promises through its writer thread ---------------------------
+
+
+class Landings:
+    """The reactor's callFromThread, for a test: a background commit lands when the test says."""
+
+    def __init__(self) -> None:
+        self.calls: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]]] = queue.SimpleQueue()
+
+    def callFromThread(self, function: Callable[..., Any], *args: Any) -> None:
+        self.calls.put((function, args))
+
+    def run_one(self) -> None:
+        function, args = self.calls.get(timeout=TIMEOUT)
+        function(*args)
+
+
+def pg_rows(url: str, query: str) -> list[tuple[Any, ...]]:
+    """What another client of the database sees (committed rows only)."""
+    with psycopg.connect(url, autocommit=True) as db:
+        return db.execute(query).fetchall()
+
+
+def test_postgresql_commits_a_tick_s_task_and_its_record_together(postgres_url: str) -> None:
+    landings = Landings()
+    store = PostgresStore(postgres_url, landings)
+    try:
+        store.add(task(1, TaskOptions(at=100.0, key="schedule:s@100000")))
+        store.save_schedule(record("s", last_due=100.0, last_task=1))
+        assert store.pending() == 2
+        landed: list[str | None] = []
+        assert store.begin_commit(landed.append)
+        store.save_schedule(record("s", last_due=100.0, last_task=1, next_due=2000.0))  # the next batch's
+        landings.run_one()
+        assert landed == [None]
+        assert pg_rows(postgres_url, "SELECT id, due_at FROM tasks") == [(1, 100.0)]
+        assert pg_rows(postgres_url, "SELECT name, last_task, next_due FROM schedules") == [("s", 1, 1000.0)]
+        assert store.pending() == 1
+        assert store.commit()
+        assert pg_rows(postgres_url, "SELECT next_due FROM schedules") == [(2000.0,)]
+    finally:
+        store.close()
+
+
+def test_a_failed_postgresql_commit_keeps_its_schedules_and_newer_ones_win(
+    postgres: PostgresCluster, postgres_url: str
+) -> None:
+    landings = Landings()
+    store = PostgresStore(postgres_url, landings)
+    try:
+        store.save_schedule(record("gone"))
+        store.commit()
+        postgres.stop("immediate")
+        store.add(task(1, TaskOptions(at=100.0, key="schedule:s@100000")))
+        store.save_schedule(record("s", last_due=100.0, last_task=1))
+        store.save_schedule(record("t"))
+        store.remove_schedule("gone")
+        landed: list[str | None] = []
+        assert store.begin_commit(landed.append)
+        store.save_schedule(record("t", paused=True))  # written while the failing batch is in flight
+        landings.run_one()
+        assert landed and landed[0] is not None  # the reason: the server is down
+        assert store.pending() == 4  # the task, and s, t and gone: every write kept
+        with pytest.raises(StoreUnavailable):
+            store.schedules()
+        postgres.start()
+        assert store.commit()
+        assert store.schedules() == [record("s", last_due=100.0, last_task=1), record("t", paused=True)]
+        assert [t.id for t in store.due_tasks(1000.0, (-1.0, 0), 10)] == [1]
+    finally:
+        store.close()
+
+
+def test_a_postgresql_database_from_before_delayed_tasks_is_migrated(postgres_url: str) -> None:
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        # The tables as the PostgreSQL store made them before delayed tasks and schedules.
+        db.execute(
+            """
+            CREATE TABLE tasks (
+                id bigint PRIMARY KEY, type text NOT NULL, payload bytea NOT NULL,
+                submitted_at double precision NOT NULL, priority integer NOT NULL DEFAULT 0,
+                key text UNIQUE, timeout double precision, max_attempts integer NOT NULL,
+                retry_on_error boolean NOT NULL DEFAULT false, attempts integer NOT NULL DEFAULT 0,
+                losses integer NOT NULL DEFAULT 0, state smallint NOT NULL DEFAULT 0,
+                result bytea, finished_at double precision
+            );
+            CREATE INDEX tasks_unfinished ON tasks (id) WHERE finished_at IS NULL;
+            CREATE INDEX tasks_finished_at ON tasks (finished_at) WHERE finished_at IS NOT NULL;
+            CREATE TABLE counters (name text PRIMARY KEY, value bigint NOT NULL);
+            INSERT INTO tasks (id, type, payload, submitted_at, max_attempts)
+                VALUES (7, 't', '\\x00', 1.0, 0);
+            """
+        )
+    store = PostgresStore(postgres_url)
+    assert [(t.id, t.due_at) for t in store.unfinished()] == [(7, None)]
+    assert store.next_id() == 8
+    store.add(task(8, TaskOptions(delay=5.0)))
+    store.save_schedule(record("s"))
+    store.commit()
+    assert [t.id for t in store.due_tasks(1000.0, (-1.0, 0), 10)] == [8]
+    store.close()
+    store = PostgresStore(postgres_url)  # opening again migrates nothing twice
+    assert store.count_scheduled(0.0) == 1
+    assert store.schedules() == [record("s")]
+    assert [t.id for t in store.unfinished()] == [7]
+    store.close()
+    indexes = pg_rows(postgres_url, "SELECT indexname FROM pg_indexes WHERE tablename = 'tasks'")
+    assert "tasks_due" in {name for (name,) in indexes}

@@ -2,12 +2,15 @@
 Time in the scheduler core, driven by a Clock: delayed tasks (held within
 the horizon, read back from the store beyond it, cancelled from the store),
 periodic schedules (a tick per interval, cron in a time zone across DST
-changes), a restart in the middle of a tick, and the missed-tick policies.
+changes), a restart in the middle of a tick, and the missed-tick policies;
+and delayed tasks and ticks over the PostgreSQL store, whose commits land
+from its own thread.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -19,9 +22,11 @@ from taskmesh.core.scheduler import Policy, Scheduler, tick_key
 from taskmesh.core.schedules import ScheduleError, next_after
 from taskmesh.store import ITaskStore, MemoryStore, State
 from taskmesh.store.interface import ScheduleRecord
+from taskmesh.store.postgres import PostgresStore
 from taskmesh.store.sqlite import SqliteStore
 from taskmesh.wire import TaskOptions
 from tests.test_scheduler_core import FakeChannel, killed
+from tests.test_store_time import Landings
 
 #: Thursday 1 January 2026, 00:00 UTC: the clocks of these tests start there.
 START = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
@@ -336,4 +341,71 @@ def test_schedules_declared_in_the_configuration_replace_their_definition_only(t
     core.declare_schedules([])  # the file no longer declares it
     core.start()
     assert [record.name for record in core.schedules()] == ["mine"]
+    store.close()
+
+
+def _turn(landings: Landings, clock: Clock, core: Scheduler, seconds: float = 0.0) -> None:
+    """Let time pass, every commit that begins landing before the next step."""
+    clock.advance(seconds)
+    while core._in_flight is not None:
+        landings.run_one()
+        clock.advance(0)
+
+
+def test_a_far_task_is_the_store_s_once_its_background_commit_lands_not_before(postgres_url: str) -> None:
+    landings = Landings()
+    store = PostgresStore(postgres_url, landings)
+    clock, core = rig(store, horizon=60.0)
+    first, _ = core.submit("t", b"1", TaskOptions(delay=600.0))
+    clock.advance(0)
+    assert core._in_flight is not None  # its commit is in the store's thread
+    second, _ = core.submit("t", b"2", TaskOptions(delay=600.0))
+    landings.run_one()
+    # Only what that commit carried is the store's: the second is held until its own lands.
+    assert list(core._far) == [second]
+    _turn(landings, clock, core)
+    assert core._far == {}
+    assert [t.id for t in store.due_tasks(START + 601, (-1.0, 0), 10)] == [first, second]
+    core.stop()
+    store.close()
+
+
+def test_delayed_tasks_and_ticks_over_postgresql_survive_a_restart(postgres_url: str) -> None:
+    landings = Landings()
+    turn = partial(_turn, landings)
+    store = PostgresStore(postgres_url, landings)
+    clock, core = rig(store, horizon=60.0)
+    channel = worker(core)
+    far, _ = core.submit("t", b"far", TaskOptions(delay=100.0))
+    core.add_schedule(schedule(every=10.0))
+    turn(clock, core)
+    assert far not in core._tasks  # beyond the horizon: in the database only
+    assert store.count_scheduled(START) == 1
+    for _ in range(95):
+        turn(clock, core, 1.0)
+    ticks = channel.ids()
+    assert len(ticks) == 9  # +10 ... +90
+    (record,) = store.schedules()  # what the database has, not the core
+    assert (record.last_due, record.last_task, record.next_due) == (START + 90, ticks[-1], START + 100)
+    assert store.task_for_key(tick_key("s", START + 90)) == ticks[-1]
+    for _ in range(10):
+        turn(clock, core, 1.0)
+    # The far task, read back by the window (skipped while the core held it), and the tick at +100.
+    assert len(channel.ids()) == 11 and far in channel.ids()[9:]
+    core.stop()
+    store.close()
+
+    # Down from +105 to +200.5: the unfinished ticks and the far task run again (at least
+    # once), the ticks missed meanwhile once, as the latest (catch_up).
+    store = PostgresStore(postgres_url, landings)
+    before = channel.ids()
+    clock, core = rig(store, at=START + 200.5, horizon=60.0)
+    channel = worker(core)
+    turn(clock, core)
+    assert sorted(channel.ids()[: len(before)]) == sorted(before)
+    assert len(channel.ids()) == len(before) + 1
+    (record,) = store.schedules()
+    assert (record.last_due, record.next_due) == (START + 200, START + 210)
+    assert record.last_task == channel.ids()[-1]
+    core.stop()
     store.close()

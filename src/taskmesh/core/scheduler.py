@@ -629,14 +629,21 @@ class Scheduler:
         task.state = State.QUEUED
         self._enqueue(task)
 
-    def _far_committed(self) -> None:
-        """Tasks beyond the window are durable: the store holds them now, not the core."""
+    def _far_committed(self, below: int | None = None) -> None:
+        """
+        Tasks beyond the window are durable: the store holds them now, not
+        the core (the window reads them back; until then ``_load_batch``
+        skips what is still here).  ``below``: only the tasks with smaller
+        ids were in the commit (a background commit; later ones are in the
+        next), None: all of them.
+        """
         keys = self._keys
-        for task in self._far.values():
+        far = self._far
+        for task_id in list(far) if below is None else [i for i in far if i < below]:
+            task = far.pop(task_id)
             key = task.options.key
             if key is not None and keys.get(key) == task.id:
                 del keys[key]
-        self._far.clear()
 
     def _task_from_store(self, stored: StoredTask) -> Task:
         options = TaskOptions(
@@ -1695,6 +1702,11 @@ class Scheduler:
         if self._store_error is not None:
             self._store_recovered()
         self._committed_up_to = flight[2]
+        # As after commit(), for what this commit carried (tasks below its id mark).
+        if self._far:
+            self._far_committed(flight[2])
+        if self._ticks:
+            self._ticks = {task_id: record for task_id, record in self._ticks.items() if task_id >= flight[2]}
         self._answer(flight[0], flight[1])
         if (self._finished or self._after_commit or self._background.pending()) and self._commit_call is None:
             self._commit_call = self._clock.callLater(0, self._commit)

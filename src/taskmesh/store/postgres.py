@@ -66,10 +66,12 @@ from taskmesh.store.interface import (
     IBackgroundCommit,
     ITaskStore,
     Outcome,
+    ScheduleRecord,
     State,
     StoredTask,
     TaskSummary,
 )
+from taskmesh.store.memory import due_time
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -93,12 +95,63 @@ CREATE INDEX IF NOT EXISTS tasks_finished_at ON tasks (finished_at) WHERE finish
 -- The next task id, kept apart from the tasks: pruning old rows must never
 -- let an id be handed out twice.
 CREATE TABLE IF NOT EXISTS counters (name text PRIMARY KEY, value bigint NOT NULL);
+-- Periodic schedules (see ScheduleRecord), one row each, by name.
+CREATE TABLE IF NOT EXISTS schedules (
+    name           text             PRIMARY KEY,
+    cron           text,
+    every          double precision,
+    tz             text             NOT NULL,
+    type           text             NOT NULL,
+    payload        bytea            NOT NULL,
+    priority       integer          NOT NULL,
+    timeout        double precision,
+    max_attempts   integer          NOT NULL,
+    retry_on_error boolean          NOT NULL,
+    catch_up       boolean          NOT NULL,
+    paused         boolean          NOT NULL,
+    next_due       double precision NOT NULL,
+    last_due       double precision,
+    last_task      bigint,
+    source         text             NOT NULL
+);
 """
+
+#: What a database made before delayed tasks lacks, added at open: (table,
+#: column, statement).  Looked up in the catalog first, so that a database
+#: already migrated takes no ACCESS EXCLUSIVE lock (which would wait on
+#: every reader, a standby's included) at each start.
+MIGRATIONS = (("tasks", "due_at", "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS due_at double precision"),)
+#: Indexes on migrated columns, made after the migrations.
+DUE_INDEX = (
+    "CREATE INDEX IF NOT EXISTS tasks_due ON tasks (due_at, id)"
+    " WHERE finished_at IS NULL AND due_at IS NOT NULL"
+)
+_TASK_COLUMNS = (
+    "id, type, payload, submitted_at, priority, key, timeout, max_attempts,"
+    " retry_on_error, attempts, losses, due_at"
+)
+_SCHEDULE_COLUMNS = (
+    "name, cron, every, tz, type, payload, priority, timeout, max_attempts,"
+    " retry_on_error, catch_up, paused, next_due, last_due, last_task, source"
+)
+# Create or replace, as SQLite's INSERT OR REPLACE: idempotent, so a batch
+# written again after a lost answer to its COMMIT is no problem either.
+_SAVE_SCHEDULE = (
+    f"INSERT INTO schedules ({_SCHEDULE_COLUMNS})"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT (name) DO UPDATE SET cron = excluded.cron, every = excluded.every,"
+    " tz = excluded.tz, type = excluded.type, payload = excluded.payload,"
+    " priority = excluded.priority, timeout = excluded.timeout,"
+    " max_attempts = excluded.max_attempts, retry_on_error = excluded.retry_on_error,"
+    " catch_up = excluded.catch_up, paused = excluded.paused, next_due = excluded.next_due,"
+    " last_due = excluded.last_due, last_task = excluded.last_task, source = excluded.source"
+)
+_REMOVE_SCHEDULE = "DELETE FROM schedules WHERE name = %s"
 
 _INSERT = (
     "INSERT INTO tasks (id, type, payload, submitted_at, priority, key, timeout,"
-    " max_attempts, retry_on_error, attempts, losses)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING"
+    " max_attempts, retry_on_error, attempts, losses, due_at)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING"
 )
 _FINISH = "UPDATE tasks SET state = %s, result = %s, finished_at = %s WHERE id = %s"
 _ATTEMPTS = "UPDATE tasks SET attempts = %s, losses = %s WHERE id = %s"
@@ -183,6 +236,68 @@ def where(url: str) -> str:
     return f"{given.get('host', 'localhost')}:{given.get('port', 5432)}/{given.get('dbname', '')}"
 
 
+def _stored(row: Sequence[Any]) -> StoredTask:
+    """A row of ``_TASK_COLUMNS`` as a StoredTask."""
+    return StoredTask(
+        id=row[0],
+        type=row[1],
+        payload=bytes(row[2]),
+        submitted_at=row[3],
+        priority=row[4],
+        key=row[5],
+        timeout=row[6],
+        max_attempts=row[7],
+        retry_on_error=bool(row[8]),
+        attempts=row[9],
+        losses=row[10],
+        due_at=row[11],
+    )
+
+
+def _schedule_row(record: ScheduleRecord) -> tuple[Any, ...]:
+    """A ScheduleRecord as the values of ``_SCHEDULE_COLUMNS``."""
+    return (
+        record.name,
+        record.cron,
+        record.every,
+        record.tz,
+        record.task_type,
+        record.payload,
+        record.priority,
+        record.timeout,
+        record.max_attempts,
+        bool(record.retry_on_error),
+        bool(record.catch_up),
+        bool(record.paused),
+        record.next_due,
+        record.last_due,
+        record.last_task,
+        record.source,
+    )
+
+
+def _schedule(row: Sequence[Any]) -> ScheduleRecord:
+    """A row of ``_SCHEDULE_COLUMNS`` as a ScheduleRecord."""
+    return ScheduleRecord(
+        name=row[0],
+        cron=row[1],
+        every=row[2],
+        tz=row[3],
+        task_type=row[4],
+        payload=bytes(row[5]),
+        priority=row[6],
+        timeout=row[7],
+        max_attempts=row[8],
+        retry_on_error=bool(row[9]),
+        catch_up=bool(row[10]),
+        paused=bool(row[11]),
+        next_due=row[12],
+        last_due=row[13],
+        last_task=row[14],
+        source=row[15],
+    )
+
+
 @dataclass(eq=False)
 class _Batch:
     """Writes handed to the writer thread, in their order, and how it went."""
@@ -192,6 +307,8 @@ class _Batch:
     finishes: list[tuple[Any, ...]]
     next_id: int | None
     keys: dict[str, int]
+    #: Schedules to save (a record) or remove (None), by name: written after the tasks.
+    schedules: dict[str, ScheduleRecord | None] = field(default_factory=dict)
     done: threading.Event = field(default_factory=threading.Event)
     error: str | None = None
 
@@ -226,6 +343,7 @@ class PostgresStore:
         try:
             with writer.transaction():
                 writer.execute(SCHEMA)
+                self._migrate(writer)
             row = writer.execute(
                 "SELECT GREATEST((SELECT COALESCE(MAX(id), 0) + 1 FROM tasks),"
                 " (SELECT COALESCE(MAX(value), 1) FROM counters WHERE name = 'next_id'))"
@@ -242,6 +360,10 @@ class PostgresStore:
         self._attempts: list[tuple[Any, ...]] = []
         #: Keys of tasks added but not known durable (buffered or in flight): task_for_key sees them.
         self._keys: dict[str, int] = {}
+        #: Schedules to save (a record) or remove (None), by name: written in
+        #: the batch's transaction after its tasks, so a tick's task and its
+        #: record are durable together.
+        self._schedule_writes: dict[str, ScheduleRecord | None] = {}
         self._flight: _Batch | None = None
         self._jobs: queue.SimpleQueue[tuple[_Batch, Callable[[str | None], None] | None] | None] = (
             queue.SimpleQueue()
@@ -367,6 +489,7 @@ class PostgresStore:
                 options.retry_on_error,
                 task.attempts,
                 task.losses,
+                None if options.delay is None and options.at is None else due_time(task),
             )
         )
         if key is not None:
@@ -382,7 +505,7 @@ class PostgresStore:
 
     def pending(self) -> int:
         """Buffered writes not yet handed to a commit."""
-        return len(self._adds) + len(self._attempts) + len(self._finishes)
+        return len(self._adds) + len(self._attempts) + len(self._finishes) + len(self._schedule_writes)
 
     def discard(self, task_ids: Collection[int]) -> None:
         """Take back buffered writes (the core never discards while a commit is in flight)."""
@@ -397,11 +520,13 @@ class PostgresStore:
     def _take(self) -> _Batch | None:
         """Everything buffered, as one batch (None: nothing to write)."""
         next_id = self._next_id if self._next_id != self._stored_next_id else None
-        if not (self._adds or self._attempts or self._finishes or next_id is not None):
+        schedules = self._schedule_writes
+        if not (self._adds or self._attempts or self._finishes or schedules or next_id is not None):
             return None
-        batch = _Batch(self._adds, self._attempts, self._finishes, next_id, self._keys)
+        batch = _Batch(self._adds, self._attempts, self._finishes, next_id, self._keys, schedules)
         self._adds, self._attempts, self._finishes = [], [], []
         self._keys = {}
+        self._schedule_writes = {}
         return batch
 
     def _settle(self, batch: _Batch) -> None:
@@ -416,6 +541,9 @@ class PostgresStore:
         self._finishes[:0] = batch.finishes
         batch.keys.update(self._keys)
         self._keys = batch.keys
+        # A schedule written since the batch was taken is newer than the batch's.
+        batch.schedules.update(self._schedule_writes)
+        self._schedule_writes = batch.schedules
 
     # -- commits -------------------------------------------------------------
 
@@ -502,6 +630,13 @@ class PostgresStore:
                     cursor.executemany(_ATTEMPTS, batch.attempts)
                 if batch.finishes:
                     cursor.executemany(_FINISH, batch.finishes)
+                # After the tasks: a tick's record is never durable without its task.
+                saves = [_schedule_row(r) for r in batch.schedules.values() if r is not None]
+                removes = [(name,) for name, r in batch.schedules.items() if r is None]
+                if saves:
+                    cursor.executemany(_SAVE_SCHEDULE, saves)
+                if removes:
+                    cursor.executemany(_REMOVE_SCHEDULE, removes)
                 if batch.next_id is not None:
                     cursor.execute(_NEXT_ID, (batch.next_id,))
         except StoreUnavailable as e:
@@ -524,24 +659,13 @@ class PostgresStore:
                 db.execute("SET statement_timeout = 0")  # a large backlog takes what it takes, once
                 with db.cursor(name="taskmesh_unfinished") as cursor:
                     cursor.itersize = 2000
+                    # Tasks with a due time are the core's to read a window at a time (due_tasks).
                     cursor.execute(
-                        "SELECT id, type, payload, submitted_at, priority, key, timeout, max_attempts,"
-                        " retry_on_error, attempts, losses FROM tasks WHERE finished_at IS NULL ORDER BY id"
+                        f"SELECT {_TASK_COLUMNS} FROM tasks"
+                        " WHERE finished_at IS NULL AND due_at IS NULL ORDER BY id"
                     )
                     for row in cursor:
-                        yield StoredTask(
-                            id=row[0],
-                            type=row[1],
-                            payload=bytes(row[2]),
-                            submitted_at=row[3],
-                            priority=row[4],
-                            key=row[5],
-                            timeout=row[6],
-                            max_attempts=row[7],
-                            retry_on_error=bool(row[8]),
-                            attempts=row[9],
-                            losses=row[10],
-                        )
+                        yield _stored(row)
         except psycopg.Error as e:
             raise StoreUnavailable(describe_error(e)) from None
 
@@ -637,3 +761,60 @@ class PostgresStore:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+
+    # -- time: delayed tasks and schedules (issue 15), as store/sqlite.py ---------
+    #
+    # Reads run on the reactor thread on the reader connection (bounded by
+    # READ_TIMEOUT, StoreUnavailable on failure) and see only what is
+    # committed; schedule writes are buffered and go in the next batch's
+    # transaction, after its tasks (see _take, _settle, _write_once).
+
+    @staticmethod
+    def _migrate(db: psycopg.Connection[Any]) -> None:
+        """
+        At open, in the schema's transaction (the store's lock is held, so no
+        other scheduler migrates at the same time): add the columns an older
+        database lacks, then their indexes.
+        """
+        for table, column, statement in MIGRATIONS:
+            row = db.execute(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
+                " AND table_name = %s AND column_name = %s",
+                (table, column),
+            ).fetchone()
+            if row is None:
+                db.execute(statement)
+        db.execute(DUE_INDEX)
+
+    def due_tasks(self, before: float, after: tuple[float, int], limit: int) -> list[StoredTask]:
+        rows = self._read(
+            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE finished_at IS NULL AND due_at IS NOT NULL"
+            " AND due_at < %s AND (due_at, id) > (%s, %s) ORDER BY due_at, id LIMIT %s",
+            (before, after[0], after[1], limit),
+        )
+        return [_stored(row) for row in rows]
+
+    def scheduled_task(self, task_id: int) -> StoredTask | None:
+        rows = self._read(
+            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = %s AND finished_at IS NULL AND due_at IS NOT NULL",
+            (task_id,),
+        )
+        return _stored(rows[0]) if rows else None
+
+    def count_scheduled(self, after: float) -> int:
+        rows = self._read(
+            "SELECT count(*) FROM tasks WHERE finished_at IS NULL AND due_at IS NOT NULL AND due_at > %s",
+            (after,),
+        )
+        return int(rows[0][0])
+
+    def save_schedule(self, schedule: ScheduleRecord) -> None:
+        self._schedule_writes[schedule.name] = schedule
+
+    def remove_schedule(self, name: str) -> None:
+        self._schedule_writes[name] = None
+
+    def schedules(self) -> list[ScheduleRecord]:
+        # By code point, as SQLite's and the memory store's order, whatever the database's collation.
+        rows = self._read(f'SELECT {_SCHEDULE_COLUMNS} FROM schedules ORDER BY name COLLATE "C"', ())
+        return [_schedule(row) for row in rows]
