@@ -61,7 +61,10 @@ class State(IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class StoredTask:
-    """An unfinished task as the store gives it back after a restart."""
+    """
+    A task as the store has it: an unfinished one as it is given back after
+    a restart, or any one for ``stored_task`` (then ``state`` says which).
+    """
 
     id: int
     type: str
@@ -76,6 +79,8 @@ class StoredTask:
     losses: int
     #: When it may run (seconds since the epoch), or None: at once.
     due_at: float | None = None
+    #: QUEUED for an unfinished task, else its outcome's state.
+    state: State = State.QUEUED
 
 
 @dataclass(frozen=True, slots=True)

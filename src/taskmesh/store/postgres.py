@@ -52,7 +52,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
@@ -147,6 +147,8 @@ _SAVE_SCHEDULE = (
     " last_due = excluded.last_due, last_task = excluded.last_task, source = excluded.source"
 )
 _REMOVE_SCHEDULE = "DELETE FROM schedules WHERE name = %s"
+# A reopened task runs at once (the core queues it without a due time), after a restart too.
+_REOPEN_DUE = "UPDATE tasks SET due_at = NULL WHERE id = %s"
 
 _INSERT = (
     "INSERT INTO tasks (id, type, payload, submitted_at, priority, key, timeout,"
@@ -309,6 +311,8 @@ class _Batch:
     keys: dict[str, int]
     #: Schedules to save (a record) or remove (None), by name: written after the tasks.
     schedules: dict[str, ScheduleRecord | None] = field(default_factory=dict)
+    #: Ids of reopened tasks, whose due time goes (their state and attempts go with finishes and attempts).
+    reopens: list[tuple[Any, ...]] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
     error: str | None = None
 
@@ -364,6 +368,7 @@ class PostgresStore:
         #: the batch's transaction after its tasks, so a tick's task and its
         #: record are durable together.
         self._schedule_writes: dict[str, ScheduleRecord | None] = {}
+        self._reopens: list[tuple[Any, ...]] = []
         self._flight: _Batch | None = None
         self._jobs: queue.SimpleQueue[tuple[_Batch, Callable[[str | None], None] | None] | None] = (
             queue.SimpleQueue()
@@ -515,6 +520,7 @@ class PostgresStore:
         self._adds = [row for row in self._adds if row[0] not in ids]
         self._attempts = [row for row in self._attempts if row[2] not in ids]
         self._finishes = [row for row in self._finishes if row[3] not in ids]
+        self._reopens = [row for row in self._reopens if row[0] not in ids]
         self._keys = {key: task_id for key, task_id in self._keys.items() if task_id not in ids}
 
     def _take(self) -> _Batch | None:
@@ -523,10 +529,13 @@ class PostgresStore:
         schedules = self._schedule_writes
         if not (self._adds or self._attempts or self._finishes or schedules or next_id is not None):
             return None
-        batch = _Batch(self._adds, self._attempts, self._finishes, next_id, self._keys, schedules)
+        batch = _Batch(
+            self._adds, self._attempts, self._finishes, next_id, self._keys, schedules, reopens=self._reopens
+        )
         self._adds, self._attempts, self._finishes = [], [], []
         self._keys = {}
         self._schedule_writes = {}
+        self._reopens = []
         return batch
 
     def _settle(self, batch: _Batch) -> None:
@@ -539,6 +548,7 @@ class PostgresStore:
         self._adds[:0] = batch.adds
         self._attempts[:0] = batch.attempts
         self._finishes[:0] = batch.finishes
+        self._reopens[:0] = batch.reopens
         batch.keys.update(self._keys)
         self._keys = batch.keys
         # A schedule written since the batch was taken is newer than the batch's.
@@ -637,6 +647,8 @@ class PostgresStore:
                     cursor.executemany(_SAVE_SCHEDULE, saves)
                 if removes:
                     cursor.executemany(_REMOVE_SCHEDULE, removes)
+                if batch.reopens:
+                    cursor.executemany(_REOPEN_DUE, batch.reopens)
                 if batch.next_id is not None:
                     cursor.execute(_NEXT_ID, (batch.next_id,))
         except StoreUnavailable as e:
@@ -818,3 +830,27 @@ class PostgresStore:
         # By code point, as SQLite's and the memory store's order, whatever the database's collation.
         rows = self._read(f'SELECT {_SCHEDULE_COLUMNS} FROM schedules ORDER BY name COLLATE "C"', ())
         return [_schedule(row) for row in rows]
+
+    # -- operating: retry a finished task (the ops branch's stored_task, reopen) ---
+
+    def stored_task(self, task_id: int) -> StoredTask | None:
+        """A committed task as submitted, finished or not, with its state (one read by id)."""
+        rows = self._read(f"SELECT {_TASK_COLUMNS}, state, finished_at FROM tasks WHERE id = %s", (task_id,))
+        if not rows:
+            return None
+        row = rows[0]
+        found = _stored(row)
+        if row[13] is None:
+            return found
+        return replace(found, state=State(row[12]))
+
+    def reopen(self, task_id: int) -> None:
+        """
+        Unfinished again, with no outcome, 0 attempts and losses, and no due
+        time (durable at the next commit).  Through the same buffers as
+        attempts and outcomes, as SQLite's: in order with them, so a
+        reopened task's next outcome is written after its reopening.
+        """
+        self._attempts.append((0, 0, task_id))
+        self._finishes.append((int(State.QUEUED), None, None, task_id))
+        self._reopens.append((task_id,))
