@@ -100,11 +100,11 @@ class TaskHandle(Deferred[R], Generic[R]):
     later with ``client.result(task_id)``.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        #: The task's id, once the scheduler has accepted it (None before).
-        self.task_id: int | None = None
-        self._id_waiters: list[Deferred[int]] | None = None
+    # Class-level defaults instead of an __init__: one handle per submitted
+    # task, so its creation is on the hot path.
+    #: The task's id, once the scheduler has accepted it (None before).
+    task_id: int | None = None
+    _id_waiters: list[Deferred[int]] | None = None
 
     def id(self) -> Deferred[int]:
         """The task's id, once accepted; fails as the submission does if it never is."""
@@ -123,9 +123,11 @@ class TaskHandle(Deferred[R], Generic[R]):
 
     def accepted(self, task_id: int) -> None:
         self.task_id = task_id
-        waiters, self._id_waiters = self._id_waiters, None
-        for waiting in waiters or ():
-            waiting.callback(task_id)
+        waiters = self._id_waiters
+        if waiters is not None:
+            self._id_waiters = None
+            for waiting in waiters:
+                waiting.callback(task_id)
 
     def _no_id(self, failure: Any) -> Any:
         waiters, self._id_waiters = self._id_waiters, None
@@ -323,7 +325,8 @@ class Client:
     ) -> TaskHandle[Any]:
         handle: TaskHandle[Any] = TaskHandle()
         if self._reconnect is None:
-            self._protocol.submit(task_type, payload, options, decode, handle.accepted, handle)
+            # Straight to the connection core: this runs once per task.
+            self._protocol.core.submit(handle, task_type, payload, options, decode, handle.accepted)
         else:
             inner = self._protocol.submit(task_type, payload, options, decode, handle.accepted)
             inner.addCallbacks(handle.callback, self._reattach, errbackArgs=(handle, decode))
@@ -402,8 +405,9 @@ class Client:
         """
         if isinstance(task, (str, bytes)):  # noqa: UP038  (a tuple is quicker here)
             if not kwargs and len(args) < 2:  # the common case, without a second call
-                task_type = args[0] if args else DEFAULT_TASK_TYPE
-                return self._submit(wire.check_task_type(task_type), _as_bytes(task), wire.DEFAULT_OPTIONS)
+                task_type = wire.check_task_type(args[0]) if args else DEFAULT_TASK_TYPE
+                payload = task.encode("utf-8") if isinstance(task, str) else task
+                return self._submit(task_type, payload, wire.DEFAULT_OPTIONS)
             return self._submit_payload(task, *args, **kwargs)
         function = as_task(task)
         return self._submit(

@@ -282,6 +282,11 @@ class Scheduler:
         self._paused = False
         #: Called with True when the queue goes beyond its bound, False when it has room again.
         self.on_queue_full: Callable[[bool], None] = lambda full: None
+        #: Told (task id, final state, value) once the outcome of a task
+        #: marked with ``notify`` is durable.  One call per task instead of
+        #: a Deferred and its callbacks: the hot path of every submission a
+        #: client waits for.  A failure's value is its reason (UTF-8).
+        self.on_outcome: Callable[[int, State, bytes], None] | None = None
         self._loops: list[LoopingCall] = []
         #: What a peer can repeat at will is summarised, not logged each time.
         self._repeated = RepeatedEvents(self.log, clock)
@@ -455,6 +460,19 @@ class Scheduler:
         task = self._tasks.get(task_id)
         if task is not None:
             return task.deferred
+        return self._store.outcome(task_id)
+
+    def notify(self, task_id: int) -> Task | Outcome | None:
+        """
+        Like ``watch``, without a Deferred: a live task is marked so that
+        ``on_outcome`` is told its outcome once durable (the task is
+        returned); a finished one's outcome, or None for an id never used
+        or pruned, is returned for the caller to answer now.
+        """
+        task = self._tasks.get(task_id)
+        if task is not None:
+            task.watched = True
+            return task
         return self._store.outcome(task_id)
 
     def task(self, task_id: int) -> Task | None:
@@ -1210,8 +1228,14 @@ class Scheduler:
         self._committed_up_to = self._next_id
         finished, self._finished = self._finished, []
         tasks = self._tasks
+        on_outcome = self.on_outcome
         for task, value in finished:
             del tasks[task.id]
+            if task.watched and on_outcome is not None:
+                try:
+                    on_outcome(task.id, task.state, value)
+                except Exception:
+                    self.log.failure("bug while reporting the outcome of task {task_id}", task_id=task.id)
             deferred = task.fired
             if deferred is None:  # nobody waits: the store has the outcome
                 continue
@@ -1354,6 +1378,8 @@ class Scheduler:
                 else:
                     self._queue.remove(task)
             task.state = State.CANCELLED
+            if task.watched and self.on_outcome is not None:
+                self.on_outcome(task.id, State.FAILED, str(failure).encode("utf-8", "replace"))
             deferred = task.fired
             if deferred is not None:
                 deferred.errback(failure)
