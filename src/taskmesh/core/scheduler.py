@@ -29,6 +29,7 @@ already promised are held back, never dropped: their clients keep waiting.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -46,7 +47,7 @@ from taskmesh.core.chunking import MAX_CHUNK, ChunkSizer
 from taskmesh.core.logsummary import RepeatedEvents
 from taskmesh.core.taskqueue import TaskQueue
 from taskmesh.core.tasks import Chunk, Group, Job, JobReport, Lease, Queued, Task
-from taskmesh.core.timings import Histogram
+from taskmesh.core.timings import BUCKETS, Histogram, TypeCounters
 from taskmesh.errors import StoreUnavailable, TaskCancelled, TaskFailed
 from taskmesh.store.interface import ITaskStore, Outcome, State
 from taskmesh.store.memory import MemoryStore
@@ -296,11 +297,9 @@ class Scheduler:
         self.started_at = clock.seconds()
         #: Task type -> tasks submitted (map items not included: see job_items).
         self.submitted_by_type: dict[str, int] = {}
-        #: (task type, final state) -> tasks finished.
-        #: Task type -> finished counts, indexed by State (see ``finished_by_type``).
-        self._finished_counts: dict[str, list[int]] = {}
-        #: Task type -> (run time, queue wait) histograms, the same objects as below.
-        self._timings: dict[str, tuple[Histogram, Histogram]] = {}
+        #: Task type -> finished counts by State (see ``finished_by_type``)
+        #: and its histograms, the same objects as in run_times and queue_waits.
+        self._by_type: dict[str, TypeCounters] = {}
         #: Map items answered: [succeeded, failed] (a job's items are no tasks of their own).
         self.job_items = [0, 0]
         #: Task type -> seconds from lease to outcome, and from submission to (last) lease.
@@ -1155,8 +1154,8 @@ class Scheduler:
         """Finished tasks by (type, state), built when someone asks (a scrape), not per task."""
         return {
             (task_type, State(state)): count
-            for task_type, counts in self._finished_counts.items()
-            for state, count in enumerate(counts)
+            for task_type, counters in self._by_type.items()
+            for state, count in enumerate(counters.finished)
             if count
         }
 
@@ -1166,15 +1165,19 @@ class Scheduler:
         self.counts[state] += 1
         now = self._clock.seconds()
         task_type = task.type
-        counts = self._finished_counts.get(task_type)
-        if counts is None:
-            counts = self._finished_counts[task_type] = [0] * len(State)
-        counts[state] += 1
+        counters = self._by_type.get(task_type) or self._new_type(task_type)
+        counters.finished[state] += 1
         leased_at = task.leased_at
         if leased_at >= 0 and state is not State.CANCELLED:
-            timings = self._timings.get(task_type) or self._new_timings(task_type)
-            timings[0].observe(now - leased_at)
-            timings[1].observe(leased_at - task.submitted_at)
+            # Histogram.observe, twice, inline: this runs once per task.
+            seconds = now - leased_at
+            histogram = counters.run
+            histogram.counts[bisect_left(BUCKETS, seconds)] += 1
+            histogram.total += seconds
+            seconds = leased_at - task.submitted_at
+            histogram = counters.wait
+            histogram.counts[bisect_left(BUCKETS, seconds)] += 1
+            histogram.total += seconds
         if self._progress:
             self._progress.pop(task.id, None)
         if state is not State.SUCCEEDED:
@@ -1191,11 +1194,12 @@ class Scheduler:
         if self._commit_call is None:
             self._commit_call = self._clock.callLater(0, self._commit)
 
-    def _new_timings(self, task_type: str) -> tuple[Histogram, Histogram]:
-        """Run time and queue wait histograms of a type (for /metrics), made at its first task."""
-        timings = self._timings[task_type] = (Histogram(), Histogram())
-        self.run_times[task_type], self.queue_waits[task_type] = timings
-        return timings
+    def _new_type(self, task_type: str) -> TypeCounters:
+        """The counters and histograms of a type (for /metrics), made as its first task finishes."""
+        counters = self._by_type[task_type] = TypeCounters(len(State))
+        self.run_times[task_type] = counters.run
+        self.queue_waits[task_type] = counters.wait
+        return counters
 
     def _commit(self) -> None:
         """
