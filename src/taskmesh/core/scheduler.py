@@ -47,7 +47,7 @@ from taskmesh.core.chunking import MAX_CHUNK, ChunkSizer
 from taskmesh.core.logsummary import RepeatedEvents
 from taskmesh.core.taskqueue import TaskQueue
 from taskmesh.core.tasks import Chunk, Group, Job, JobReport, Lease, Queued, Task
-from taskmesh.core.timings import BUCKETS, Histogram, TypeCounters
+from taskmesh.core.timings import BUCKETS, COMMIT_BUCKETS, Histogram, TypeCounters
 from taskmesh.errors import StoreUnavailable, TaskCancelled, TaskFailed
 from taskmesh.store.interface import ITaskStore, Outcome, State
 from taskmesh.store.memory import MemoryStore
@@ -272,6 +272,9 @@ class Scheduler:
         self._stopping = False
         #: Commits that failed since start, over every episode, and the last one's reason and time.
         self.failed_commits = 0
+        #: Seconds each commit took (successful or not), one observation per
+        #: commit (a reactor turn's writes), not per task: for /metrics.
+        self.commit_times = Histogram(COMMIT_BUCKETS)
         self._last_failure: tuple[str, float] | None = None
         # relapses: see STORE_RELAPSE_WINDOW
         self._last_store_error: str | None = None
@@ -1211,10 +1214,15 @@ class Scheduler:
         answers still go out.
         """
         self._commit_call = None
+        clock = self._clock
+        started = clock.seconds()
         try:
-            done = self._store.commit()
-            while not done and self._stopping:  # the last commit: all of it, now
+            try:
                 done = self._store.commit()
+                while not done and self._stopping:  # the last commit: all of it, now
+                    done = self._store.commit()
+            finally:
+                self.commit_times.observe(clock.seconds() - started)
         except StoreUnavailable as e:
             self._commit_failed(e.reason)
             return

@@ -668,6 +668,18 @@ class SchedulerFactory(Factory):
             return
         self.connections.add(protocol)
 
+    def connections_by_role(self) -> dict[str, int]:
+        """
+        Open connections by role, counted when asked (a scrape), not kept up
+        to date per connection: ``handshake`` is one whose hello has not
+        been proved yet.
+        """
+        counts = dict.fromkeys((*wire.ROLE_NAMES.values(), "handshake"), 0)
+        for protocol in self.connections:
+            role = protocol.role
+            counts[wire.ROLE_NAMES[role] if role is not None else "handshake"] += 1
+        return counts
+
     def connection_lost(self, protocol: SchedulerProtocol) -> None:
         self.connections.discard(protocol)
         self._paused.discard(protocol)
