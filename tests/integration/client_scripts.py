@@ -66,6 +66,41 @@ def blocking_restart(address: str, folder: Path) -> dict[str, Any]:
     return seen
 
 
+def blocking_backpressure(address: str, folder: Path) -> dict[str, Any]:
+    """
+    A map read slowly: after the first result the reader stops; the map must
+    stop sending items once ``buffer`` results wait, not run to the end.
+    """
+    import time
+
+    total, buffer, window = 5000, 100, 50
+    client = taskmesh.connect(address, wait_timeout=WAIT)
+    results = client.map(sample_tasks.add, [(i, 1) for i in range(total)], buffer=buffer, window=window)
+    seen: dict[str, Any] = {"first": next(results)}
+
+    def job() -> dict[str, Any]:
+        jobs = client.status()["jobs"]
+        return jobs[0] if jobs else {"items_received": 0, "items_done": 0}
+
+    # Wait (bounded) until everything sent has its answer: the map is then held.
+    deadline = time.monotonic() + WAIT
+    while True:
+        state = job()
+        if state["items_received"] and state["items_done"] == state["items_received"]:
+            break
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the map never settled: {state}")
+        time.sleep(0.05)
+    time.sleep(0.5)  # and it stays held: nothing more is sent while nobody reads
+    seen["received_while_held"] = job()["items_received"]
+    seen["settled_at"] = state["items_received"]
+    rest = list(results)
+    seen["all"] = [seen["first"], *rest] == [i + 1 for i in range(total)]
+    seen["limit"] = buffer + 2 * window
+    client.close()
+    return seen
+
+
 async def aio(address: str, folder: Path) -> dict[str, Any]:
     import taskmesh.aio
 
@@ -116,6 +151,8 @@ def main() -> None:
     kind, address, folder = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     if kind == "blocking":
         seen = blocking(address, folder)
+    elif kind == "blocking-backpressure":
+        seen = blocking_backpressure(address, folder)
     elif kind == "blocking-restart":
         seen = blocking_restart(address, folder)
     elif kind == "aio":

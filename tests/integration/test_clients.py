@@ -53,6 +53,17 @@ def test_the_blocking_client_against_real_processes(mesh: Mesh) -> None:
 
 
 @pytest.mark.integration
+def test_a_blocking_map_read_slowly_stops_sending_items_at_its_buffer(mesh: Mesh) -> None:
+    mesh.scheduler()
+    mesh.workers("w1", concurrency=4, **TASKS)
+    seen = run_script(mesh, "blocking-backpressure")
+    assert seen["first"] == 1
+    assert seen["received_while_held"] == seen["settled_at"]  # held: nothing more sent
+    assert seen["received_while_held"] <= seen["limit"]  # of 5000 items
+    assert seen["all"] is True  # then read to the end, every result in order
+
+
+@pytest.mark.integration
 def test_the_asyncio_client_against_real_processes_without_a_reactor(mesh: Mesh) -> None:
     mesh.scheduler()
     mesh.workers("w1", concurrency=4, **TASKS)

@@ -44,7 +44,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from taskmesh import wire
-from taskmesh.client.mapping import DEFAULT_WINDOW, ItemRefused, MapSummary, Progress, Writer, run_map
+from taskmesh.client.mapping import DEFAULT_WINDOW, Hold, ItemRefused, MapSummary, Progress, Writer, run_map
 from taskmesh.codec import decode_result, encode_arguments, task_failed
 from taskmesh.errors import (
     AuthenticationFailed,
@@ -521,7 +521,9 @@ class Client:
         ends the map with SchedulerGone (the ``taskmesh map`` command
         reconnects and goes on instead).  Keyword options: ``priority``
         (a task function's own by default), ``chunk_size``, ``window``,
-        ``size_hint``, ``progress``.
+        ``size_hint``, ``progress``, and ``hold(resume)`` for a consumer
+        slower than the workers: asked before more items are sent, True
+        pauses the map until ``resume()`` is called in the reactor thread.
         """
         wait_timeout = kwargs.pop("wait_timeout", None)
         if _is_function(task):
@@ -541,6 +543,7 @@ class Client:
         window: int = DEFAULT_WINDOW,
         size_hint: int = 0,
         progress: Progress = lambda done, failed: None,
+        hold: Hold | None = None,
     ) -> MapSummary:
         def decoded(index: int, ok: bool, value: bytes) -> None:
             if not ok:
@@ -562,6 +565,7 @@ class Client:
             window,
             size_hint,
             progress,
+            hold,
         )
 
     async def _map_payloads(
@@ -575,9 +579,12 @@ class Client:
         window: int = DEFAULT_WINDOW,
         size_hint: int = 0,
         progress: Progress = lambda done, failed: None,
+        hold: Hold | None = None,
     ) -> MapSummary:
         payloads = (_as_bytes(item) for item in items)
-        return await self._run(payloads, write, task_type, priority, chunk_size, window, size_hint, progress)
+        return await self._run(
+            payloads, write, task_type, priority, chunk_size, window, size_hint, progress, hold
+        )
 
     async def _run(
         self,
@@ -589,6 +596,7 @@ class Client:
         window: int,
         size_hint: int,
         progress: Progress,
+        hold: Hold | None = None,
     ) -> MapSummary:
         first = self._protocol
 
@@ -610,6 +618,7 @@ class Client:
             size_hint=size_hint,
             progress=progress,
             reconnect=self._reconnect is not None,
+            hold=hold,
         )
 
     def map(self, task: Any, /, *args: Any, **kwargs: Any) -> Deferred[list[Any]]:
