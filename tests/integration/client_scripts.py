@@ -147,6 +147,41 @@ async def aio_restart(address: str, folder: Path) -> dict[str, Any]:
     return seen
 
 
+def wait_for_file(path: Path) -> None:
+    import time
+
+    deadline = time.monotonic() + WAIT
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{path} never appeared")
+        time.sleep(0.02)
+
+
+async def aio_resubmit(address: str, folder: Path) -> dict[str, Any]:
+    """Submit while the scheduler is gone (the test killed it): sent again once it is back."""
+    import taskmesh.aio
+
+    client = await taskmesh.aio.connect(address, wait_timeout=WAIT, reconnect=True)
+    keyed = sample_tasks.add.options(key="aio-only-once")
+    first = await client.submit(keyed, 1, 2)
+    print("connected", flush=True)
+    await asyncio.to_thread(wait_for_file, folder / "killed")
+    handles = [client.submit(sample_tasks.add, i, 10) for i in range(20)]
+    again = client.submit(keyed, 1, 2)
+    enqueued = asyncio.ensure_future(client.enqueue(sample_tasks.add, 5, 5))
+    print("submitted", flush=True)
+    seen = {
+        "first": first,
+        "results": [await handle for handle in handles],
+        "again": await again,
+        "enqueued": await client.result(await enqueued, json=True),
+        "resubmissions": client.resubmissions,
+    }
+    await client.close()
+    seen["reactor_imported"] = "twisted.internet.reactor" in sys.modules
+    return seen
+
+
 def main() -> None:
     kind, address, folder = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     if kind == "blocking":
@@ -157,6 +192,8 @@ def main() -> None:
         seen = blocking_restart(address, folder)
     elif kind == "aio":
         seen = asyncio.run(aio(address, folder))
+    elif kind == "aio-resubmit":
+        seen = asyncio.run(aio_resubmit(address, folder))
     elif kind == "aio-restart":
         seen = asyncio.run(aio_restart(address, folder))
     else:

@@ -95,3 +95,26 @@ def test_a_client_with_reconnect_survives_a_scheduler_restart(mesh: Mesh, kind: 
     assert re.search(r"accepted \d+", script.stdout)
     if kind == "aio-restart":
         assert seen["reactor_imported"] is False
+
+
+@pytest.mark.integration
+def test_the_asyncio_client_sends_again_what_was_not_accepted_before_a_restart(mesh: Mesh) -> None:
+    first = mesh.scheduler("scheduler1")
+    mesh.workers("w1", concurrency=2, **TASKS)
+    script = mesh.start(
+        "aio-resubmit",
+        [sys.executable, str(HERE / "client_scripts.py"), "aio-resubmit", mesh.address, str(mesh.folder)],
+        extra_path=HERE,
+    )
+    script.wait_for(r"connected", source="stdout")
+    first.kill()
+    (mesh.folder / "killed").touch()
+    script.wait_for(r"submitted", source="stdout")
+    mesh.scheduler("scheduler2")  # the same port and store
+    assert script.wait(TIMEOUT * 2) == 0, script.describe() + mesh.describe()
+    seen = json.loads(script.stdout.strip().splitlines()[-1])
+    assert seen["first"] == seen["again"] == 3  # the keyed one: answered by the first task
+    assert seen["results"] == [i + 10 for i in range(20)]
+    assert seen["enqueued"] == 10
+    assert seen["resubmissions"] >= 21
+    assert seen["reactor_imported"] is False

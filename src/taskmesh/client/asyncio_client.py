@@ -71,6 +71,9 @@ from taskmesh.net.tls import ClientTLS
 
 __all__ = ["AsyncClient", "TaskFuture", "connect"]
 
+#: What a submission needs to be sent again: (task type, payload, options, decode).
+_Resubmittable = tuple[str, bytes, wire.TaskOptions, Any]
+
 
 class AnswerFuture(asyncio.Future[Any]):
     """An asyncio future the connection core can fire (its ``Answer``): at most once."""
@@ -313,6 +316,8 @@ class AsyncClient:
         self._connected.set()
         #: Times the connection was made again.
         self.reconnections = 0
+        #: Submissions sent again after a reconnection because they had not been accepted.
+        self.resubmissions = 0
         if again is not None:
             self._watch(protocol)
 
@@ -414,9 +419,7 @@ class AsyncClient:
         if self._again is None:
             core.submit(handle, task_type, payload, options, decode, handle.accepted)
         else:
-            inner = AnswerFuture(loop=self._loop)
-            core.submit(inner, task_type, payload, options, decode, handle.accepted)
-            inner.add_done_callback(lambda done: self._settle(done, handle, decode))
+            self._submit_on(self._protocol, handle, (task_type, payload, options, decode))
         seconds = self.wait_timeout
         if seconds is not None:
             timer = self._loop.call_later(
@@ -425,7 +428,22 @@ class AsyncClient:
             handle.add_done_callback(lambda _: timer.cancel())
         return handle
 
-    def _settle(self, done: asyncio.Future[Any], handle: TaskFuture, decode: Any) -> None:
+    def _submit_on(self, protocol: _Protocol, handle: TaskFuture, request: _Resubmittable) -> None:
+        """Submit on this connection; if it drops first, ``_settle`` takes over."""
+        if handle.done():  # its caller gave up (a timeout) while we reconnected
+            return
+        task_type, payload, options, decode = request
+        inner = AnswerFuture(loop=self._loop)
+        protocol.core.submit(inner, task_type, payload, options, decode, handle.accepted)
+        inner.add_done_callback(lambda done: self._settle(done, handle, request))
+
+    def _settle(self, done: asyncio.Future[Any], handle: TaskFuture, request: _Resubmittable) -> None:
+        """
+        A submission's answer.  If the connection dropped first: accepted,
+        its result is fetched by id on the next connection; never accepted,
+        it is submitted again there (a ``key`` keeps it from running twice;
+        without one it runs at least once), as the Twisted client does.
+        """
         if handle.done():
             return
         error = done.exception()
@@ -433,8 +451,25 @@ class AsyncClient:
             handle.callback(done.result())
             return
         task_id = handle.task_id
-        if task_id is None or not isinstance(error, SchedulerGone) or self._closed:
+        if not isinstance(error, SchedulerGone) or self._closed:
             handle.errback(error)
+            return
+        decode = request[3]
+        if task_id is None:
+            self.resubmissions += 1
+
+            async def resubmit() -> None:
+                try:
+                    protocol = await self._current()
+                except Exception as e:
+                    handle.errback(e)
+                    return
+                if self._closed:
+                    handle.errback(SchedulerGone("the client was closed"))
+                    return
+                self._submit_on(protocol, handle, request)
+
+            self._loop.create_task(resubmit())
             return
 
         async def reattach() -> None:
@@ -472,9 +507,16 @@ class AsyncClient:
         return await self._enqueue(wire.check_task_type(task_type), _as_bytes(payload), options)
 
     async def _enqueue(self, task_type: str, payload: bytes, options: wire.TaskOptions) -> int:
-        answer = AnswerFuture(loop=self._loop)
-        self._protocol.core.submit(answer, task_type, payload, options)
-        return int(await self._bounded(answer, None))
+        if self._again is None:
+            answer = AnswerFuture(loop=self._loop)
+            self._protocol.core.submit(answer, task_type, payload, options)
+            return int(await self._bounded(answer, None))
+        # Not accepted before the connection dropped: sent again on the next one.
+        return int(
+            await self._bounded(
+                self._retrying(lambda core, answer: core.submit(answer, task_type, payload, options)), None
+            )
+        )
 
     async def result(
         self, task_id: int, wait: bool = True, *, json: bool = False, wait_timeout: float | None = None

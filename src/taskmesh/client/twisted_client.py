@@ -27,7 +27,10 @@ wait.)  A timed-out wait fails with TimeoutError; the task itself goes on.
 With ``connect(..., reconnect=True)`` a dropped connection is made again
 (with backoff, until ``close``) and every submission the scheduler had
 accepted is re-attached by its id: its handle fires with the result all the
-same.  A submission not yet accepted fails with SchedulerGone.
+same.  A submission not yet accepted is sent again on the new connection:
+one with a ``key`` runs once (the scheduler answers a repeated key with the
+first task), one without runs at least once (twice, if the scheduler had
+stored it but its acknowledgement was lost with the connection).
 """
 
 from __future__ import annotations
@@ -136,6 +139,10 @@ class TaskHandle(Deferred[R], Generic[R]):
         return failure
 
 
+#: What a submission needs to be sent again: (task type, payload, options, decode).
+_Resubmittable = tuple[str, bytes, wire.TaskOptions, Any]
+
+
 def _timed_out(result: Any, timeout: float) -> Any:
     """A wait cut short raises the builtin TimeoutError, in all three clients alike."""
     if isinstance(result, Failure) and result.check(CancelledError):
@@ -200,6 +207,8 @@ class Client:
         self.wait_timeout = wait_timeout
         self._reconnect = reconnect
         self._closed = False
+        #: Submissions sent again after a reconnection because they had not been accepted.
+        self.resubmissions = 0
         #: Waiting for the next connection (while reconnecting).
         self._next_protocol: list[Deferred[ClientProtocol]] = []
         #: Times the connection was made again.
@@ -328,20 +337,41 @@ class Client:
             # Straight to the connection core: this runs once per task.
             self._protocol.core.submit(handle, task_type, payload, options, decode, handle.accepted)
         else:
-            inner = self._protocol.submit(task_type, payload, options, decode, handle.accepted)
-            inner.addCallbacks(handle.callback, self._reattach, errbackArgs=(handle, decode))
+            self._submit_on(self._protocol, handle, (task_type, payload, options, decode))
         if self.wait_timeout is not None:
             self._bounded(handle, None)
         return handle
 
-    def _reattach(self, failure: Any, handle: TaskHandle[Any], decode: Any) -> None:
-        """The connection dropped under an accepted task: fetch its result by id on the next one."""
+    def _submit_on(self, protocol: ClientProtocol, handle: TaskHandle[Any], request: _Resubmittable) -> None:
+        """Submit on this connection; if it drops first, ``_reattach`` takes over."""
+        if handle.called:  # its caller gave up (a timeout) while we reconnected
+            return
+        task_type, payload, options, decode = request
+        inner = protocol.submit(task_type, payload, options, decode, handle.accepted)
+        inner.addCallbacks(handle.callback, self._reattach, errbackArgs=(handle, request))
+
+    def _reattach(self, failure: Any, handle: TaskHandle[Any], request: _Resubmittable) -> None:
+        """
+        The connection dropped under a submission.  Accepted: fetch its
+        result by id on the next connection.  Never accepted: submit it
+        again there (the scheduler may have stored it without our hearing
+        so: a task with a ``key`` is then answered by the first one, never
+        run twice; one without a key may run twice: at least once).
+        """
         if handle.called:
             return
         task_id = handle.task_id
-        if task_id is None or not failure.check(SchedulerGone) or self._closed:
+        if not failure.check(SchedulerGone) or self._closed:
             handle.errback(failure)
             return
+        if task_id is None:
+            self.resubmissions += 1
+            self._current().addCallbacks(
+                lambda protocol: self._submit_on(protocol, handle, request),
+                lambda failure: None if handle.called else handle.errback(failure),
+            )
+            return
+        decode = request[3]
 
         async def fetch() -> Any:
             status, value = await self._retrying(lambda protocol: protocol.query(task_id, True))
@@ -461,7 +491,15 @@ class Client:
         return self._enqueue(function.name, function.call_payload(args, kwargs), function.enqueue_options)
 
     def _enqueue(self, task_type: str, payload: bytes, options: wire.TaskOptions) -> Deferred[int]:
-        return self._bounded(self._protocol.submit(task_type, payload, options), None)
+        if self._reconnect is None:
+            return self._bounded(self._protocol.submit(task_type, payload, options), None)
+        # Not accepted before the connection dropped: sent again on the next (see _reattach).
+        return self._bounded(
+            Deferred.fromCoroutine(
+                self._retrying(lambda protocol: protocol.submit(task_type, payload, options))
+            ),
+            None,
+        )
 
     def _enqueue_payload(
         self,
