@@ -192,6 +192,15 @@ def main() -> None:
         seen = blocking_restart(address, folder)
     elif kind == "aio":
         seen = asyncio.run(aio(address, folder))
+    elif kind == "aio-uvloop":
+        import uvloop
+
+        async def on_uvloop() -> dict[str, Any]:
+            seen = await aio(address, folder)
+            seen["loop"] = type(asyncio.get_running_loop()).__module__
+            return seen
+
+        seen = uvloop.run(on_uvloop())
     elif kind == "aio-resubmit":
         seen = asyncio.run(aio_resubmit(address, folder))
     elif kind == "aio-restart":

@@ -53,6 +53,18 @@ def test_the_blocking_client_against_real_processes(mesh: Mesh) -> None:
 
 
 @pytest.mark.integration
+def test_the_asyncio_client_on_uvloop(mesh: Mesh) -> None:
+    pytest.importorskip("uvloop")  # the optional extra: pip install taskmesh[uvloop]
+    mesh.scheduler()
+    mesh.workers("w1", concurrency=4, **TASKS)
+    seen = run_script(mesh, "aio-uvloop")
+    check_common(seen)
+    assert seen["loop"].startswith("uvloop")
+    assert seen["gather"] == sum(2 * i for i in range(1000))
+    assert seen["reactor_imported"] is False
+
+
+@pytest.mark.integration
 def test_a_blocking_map_read_slowly_stops_sending_items_at_its_buffer(mesh: Mesh) -> None:
     mesh.scheduler()
     mesh.workers("w1", concurrency=4, **TASKS)
