@@ -56,15 +56,15 @@ async def test_a_worker_serves_its_own_metrics_by_type_and_outcome(mesh: Mesh) -
 
     def counted() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
         samples = scrape(port)
-        done = samples.get(("taskmesh_worker_tasks_run_total", (("outcome", "succeeded"), ("type", flaky))))
+        done = samples.get(("taskmesh_worker_process_tasks_total", (("outcome", "succeeded"), ("type", flaky))))
         return samples if done == 1 else None
 
     samples = wait_until(counted, TIMEOUT, "the worker to count the flaky task")
-    assert samples[("taskmesh_worker_tasks_run_total", (("outcome", "succeeded"), ("type", add)))] == 5
-    assert samples[("taskmesh_worker_tasks_run_total", (("outcome", "failed"), ("type", add)))] == 1
-    assert samples[("taskmesh_worker_tasks_run_total", (("outcome", "retried"), ("type", flaky)))] == 1
-    assert samples[("taskmesh_worker_run_seconds_count", (("type", add),))] == 6
-    assert samples[("taskmesh_worker_run_seconds_bucket", (("le", "+Inf"), ("type", add)))] == 6
-    assert samples[("taskmesh_worker_slots", ())] == 2
-    assert samples[("taskmesh_worker_slots_busy", ())] == 0
-    assert samples[("taskmesh_worker_connected", ())] == 1
+    assert samples[("taskmesh_worker_process_tasks_total", (("outcome", "succeeded"), ("type", add)))] == 5
+    assert samples[("taskmesh_worker_process_tasks_total", (("outcome", "failed"), ("type", add)))] == 1
+    assert samples[("taskmesh_worker_process_tasks_total", (("outcome", "retried"), ("type", flaky)))] == 1
+    assert samples[("taskmesh_worker_process_run_seconds_count", (("type", add),))] == 6
+    assert samples[("taskmesh_worker_process_run_seconds_bucket", (("le", "+Inf"), ("type", add)))] == 6
+    assert samples[("taskmesh_worker_process_slots", ())] == 2
+    assert samples[("taskmesh_worker_process_slots_busy", ())] == 0
+    assert samples[("taskmesh_worker_process_connected", ())] == 1

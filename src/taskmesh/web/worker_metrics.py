@@ -41,36 +41,36 @@ class WorkerCollector(Collector):
         factory = self._factory
         stats = factory.stats
         info = GaugeMetricFamily(
-            "taskmesh_worker_info", "This worker's version and name.", labels=["version", "worker"]
+            "taskmesh_worker_process_info", "This worker's version and name.", labels=["version", "worker"]
         )
         info.add_metric([__version__, factory.name], 1)
         yield info
         protocol = factory.current
         core = protocol.core if protocol is not None else None
         yield GaugeMetricFamily(
-            "taskmesh_worker_connected",
+            "taskmesh_worker_process_connected",
             "1 while connected to a scheduler.",
             value=1 if core is not None else 0,
         )
-        yield GaugeMetricFamily("taskmesh_worker_slots", "Slots (tasks run at once).", value=stats.slots)
+        yield GaugeMetricFamily("taskmesh_worker_process_slots", "Slots (tasks run at once).", value=stats.slots)
         yield GaugeMetricFamily(
-            "taskmesh_worker_slots_busy",
+            "taskmesh_worker_process_slots_busy",
             "Slots holding a task, group or chunk now.",
             value=core.running if core is not None else 0,
         )
         yield GaugeMetricFamily(
-            "taskmesh_worker_waiting",
+            "taskmesh_worker_process_waiting",
             "Tasks, groups and chunks received and waiting for a slot (prefetched).",
             value=core.waiting if core is not None else 0,
         )
         by_type = sorted(list(stats.by_type.items()))
         ran = CounterMetricFamily(
-            "taskmesh_worker_tasks_run",
+            "taskmesh_worker_process_tasks",
             "Tasks (and map items) this worker ran, by type and outcome.",
             labels=["type", "outcome"],
         )
         runtime = HistogramMetricFamily(
-            "taskmesh_worker_run_seconds",
+            "taskmesh_worker_process_run_seconds",
             "Seconds a slot was held, by type: one observation per task, group or map chunk.",
             labels=["type"],
         )
