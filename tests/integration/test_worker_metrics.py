@@ -56,7 +56,9 @@ async def test_a_worker_serves_its_own_metrics_by_type_and_outcome(mesh: Mesh) -
 
     def counted() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
         samples = scrape(port)
-        done = samples.get(("taskmesh_worker_process_tasks_total", (("outcome", "succeeded"), ("type", flaky))))
+        done = samples.get(
+            ("taskmesh_worker_process_tasks_total", (("outcome", "succeeded"), ("type", flaky)))
+        )
         return samples if done == 1 else None
 
     samples = wait_until(counted, TIMEOUT, "the worker to count the flaky task")

@@ -11,8 +11,9 @@ the global reactor, so tests drive it with ``twisted.internet.task.Clock``.
 
 Durability order: a new task is written to the store before its submission
 is acknowledged (``after_commit``), and an outcome is written before the
-task's Deferred fires.  The store is committed once per reactor turn that
-wrote anything (group commit).
+task's Deferred fires (or ``on_outcome`` is told it, for a task marked with
+``notify``: how the protocols wait, with no Deferred per task).  The store
+is committed once per reactor turn that wrote anything (group commit).
 
 When a commit fails (disk full, another process holding the lock, a file
 made read-only), nothing is acknowledged or reported: the store keeps the

@@ -13,8 +13,9 @@ a client may have at most ``max_queries`` queries waiting and ``max_jobs``
 jobs open, the scheduler serves at most ``max_connections`` connections, and
 idle clients exchange heartbeats with the scheduler like workers do, so a
 client that vanished without a FIN is dropped and frees what it held.  Who
-waits for which task's outcome is kept in one ``ResultWatchers`` table, not
-in callbacks on the task's Deferred, so a connection that leaves takes its
+waits for which task's outcome is kept in one ``ResultWatchers`` table, told
+each outcome by the core (``Scheduler.on_outcome``), not in callbacks on a
+Deferred per task, so a connection that leaves takes its
 waits with it.
 """
 

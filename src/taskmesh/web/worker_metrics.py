@@ -52,7 +52,9 @@ class WorkerCollector(Collector):
             "1 while connected to a scheduler.",
             value=1 if core is not None else 0,
         )
-        yield GaugeMetricFamily("taskmesh_worker_process_slots", "Slots (tasks run at once).", value=stats.slots)
+        yield GaugeMetricFamily(
+            "taskmesh_worker_process_slots", "Slots (tasks run at once).", value=stats.slots
+        )
         yield GaugeMetricFamily(
             "taskmesh_worker_process_slots_busy",
             "Slots holding a task, group or chunk now.",
