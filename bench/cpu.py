@@ -98,7 +98,7 @@ def client_main(args: argparse.Namespace) -> int:
     """Warm up, then time the batches; print one JSON line of CPU seconds by process."""
     import hashlib
 
-    from twisted.internet import defer, reactor, task
+    from twisted.internet import defer, reactor, task, threads
 
     from taskmesh import Client
 
@@ -127,7 +127,17 @@ def client_main(args: argparse.Namespace) -> int:
         texts = [f"task-{i}" for i in range(args.tasks)]
         want = digests(texts)
         spent = {name: 0.0 for name in [*pids, "client", "wall"]}
-        for _ in range(args.batches):
+        if args.interactive:
+            # One batch per "batch" line on stdin, its CPU seconds as a JSON line.
+            print("ready", flush=True)
+            while (await threads.deferToThread(sys.stdin.readline)).strip() == "batch":
+                before = readings()
+                got = await batch(client, texts)
+                after = readings()
+                if got != want:
+                    raise SystemExit("wrong digests")
+                print(json.dumps({name: after[name] - before[name] for name in spent}), flush=True)
+        for _ in range(0 if args.interactive else args.batches):
             before = readings()
             got = await batch(client, texts)
             after = readings()
@@ -149,9 +159,10 @@ def client_main(args: argparse.Namespace) -> int:
         d.addBoth(lambda _: reactor.stop())
 
     reactor.callWhenRunning(run)
-    task.deferLater(reactor, args.timeout * (args.batches + 1), lambda: None).addCallback(
-        lambda _: outcome.setdefault("error", "timed out") and reactor.stop()
-    )
+    if not args.interactive:
+        task.deferLater(reactor, args.timeout * (args.batches + 1), lambda: None).addCallback(
+            lambda _: outcome.setdefault("error", "timed out") and reactor.stop()
+        )
     reactor.run()
     print(json.dumps(outcome), flush=True)
     return 0 if "error" not in outcome else 1
@@ -186,6 +197,9 @@ def one_run(args: argparse.Namespace, folder: Path, n: int) -> dict[str, float]:
     async def main() -> None:
         await cluster.start(reactor, 60)
         pids = {name: cluster.pid(name) for name in cluster.twistd_names()}
+        if args.interactive:
+            relay(cluster.address, pids)
+            return
         child = subprocess.run(
             [
                 sys.executable,
@@ -212,6 +226,42 @@ def one_run(args: argparse.Namespace, folder: Path, n: int) -> dict[str, float]:
             raise SystemExit(f"client failed ({child.returncode}):\n{child.stdout}\n{child.stderr}")
         result.update(json.loads(lines[-1]))
 
+    def relay(address: str, pids: dict[str, int]) -> None:
+        """Our stdin to an interactive client, its lines to our stdout (blocking: the cluster is up)."""
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--client",
+                address,
+                "--pids",
+                json.dumps(pids),
+                "--tasks",
+                str(args.tasks),
+                "--warmup",
+                str(args.warmup),
+                "--timeout",
+                str(args.timeout),
+                "--interactive",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdin is not None and child.stdout is not None
+        try:
+            print(child.stdout.readline().strip(), flush=True)  # "ready"
+            for line in sys.stdin:
+                child.stdin.write(line)
+                child.stdin.flush()
+                if line.strip() != "batch":
+                    break
+                print(child.stdout.readline().strip(), flush=True)
+        finally:
+            child.stdin.close()
+            child.wait(60)
+        result["relayed"] = True
+
     def go() -> None:
         d = defer.Deferred.fromCoroutine(main())
         d.addErrback(lambda f: result.update(error=f.getTraceback()))
@@ -221,6 +271,8 @@ def one_run(args: argparse.Namespace, folder: Path, n: int) -> dict[str, float]:
     reactor.run()
     if "error" in result:
         raise SystemExit(result["error"])
+    if args.interactive:
+        return {}
     total = args.tasks * args.batches
     return {name: value * PER / total for name, value in result.items()}
 
@@ -235,6 +287,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", default="memory", help="the scheduler's --store")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds for one batch")
     parser.add_argument("--json", type=Path, help="write every run's numbers here")
+    parser.add_argument(
+        "--against",
+        metavar="PYTHON",
+        help="compare with the taskmesh of this Python (another checkout's .venv/bin/python): "
+        "both clusters run side by side, their batches alternate, so both see the same load",
+    )
+    parser.add_argument("--rounds", type=int, default=10, help="with --against: batches per side")
+    parser.add_argument("--interactive", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--pids", help=argparse.SUPPRESS)
     parser.add_argument("--run", type=int, help=argparse.SUPPRESS)
@@ -242,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.client:
         return client_main(args)
+    if args.against:
+        return compare(args)
     if args.run is not None:
         # One run per process: a Twisted reactor cannot be started twice.
         print(json.dumps(one_run(args, args.folder, args.run)), flush=True)
@@ -275,6 +337,83 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {label:10} {median[name]:.3f}   runs: " + " ".join(f"{r[name]:.3f}" for r in runs))
     if args.json:
         args.json.write_text(json.dumps({"median": median, "runs": runs, "config": vars(args)}, default=str))
+    return 0
+
+
+def compare(args: argparse.Namespace) -> int:
+    """
+    Two checkouts side by side: a cluster and a client of each, their
+    batches alternating (who goes first alternates too), so that both see
+    the same load; per process, the median of the per-batch ratio.
+    """
+    sides = {"this": sys.executable, "against": args.against}
+    common = ["--tasks", str(args.tasks), "--warmup", str(args.warmup), "--timeout", str(args.timeout)]
+    common += ["--store", args.store, "--workers", str(args.workers), "--interactive"]
+    with tempfile.TemporaryDirectory(prefix="taskmesh-cpu-") as tmp:
+        runners: dict[str, subprocess.Popen[str]] = {}
+        try:
+            for n, (side, python) in enumerate(sides.items(), 1):
+                folder = Path(tmp) / side
+                folder.mkdir()
+                runners[side] = subprocess.Popen(
+                    [python, __file__, *common, "--run", str(n), "--folder", str(folder)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            for side, runner in runners.items():
+                assert runner.stdout is not None
+                if runner.stdout.readline().strip() != "ready":
+                    raise SystemExit(f"{side}: the cluster or its client did not start")
+            batches: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
+            for round_ in range(args.rounds):
+                order = list(sides) if round_ % 2 == 0 else list(reversed(sides))
+                for side in order:
+                    runner = runners[side]
+                    assert runner.stdin is not None and runner.stdout is not None
+                    runner.stdin.write("batch\n")
+                    runner.stdin.flush()
+                    line = runner.stdout.readline()
+                    if not line.strip():
+                        raise SystemExit(f"{side}: no answer for batch {round_ + 1}")
+                    batches[side].append({k: v * PER / args.tasks for k, v in json.loads(line).items()})
+                say(
+                    f"round {round_ + 1}/{args.rounds}: "
+                    + "; ".join(
+                        f"{side} scheduler {batches[side][-1]['scheduler']:.3f} client "
+                        f"{batches[side][-1]['client']:.3f}"
+                        for side in sides
+                    )
+                )
+        finally:
+            for runner in runners.values():
+                if runner.stdin is not None and not runner.stdin.closed:
+                    try:
+                        runner.stdin.write("quit\n")
+                        runner.stdin.close()
+                    except OSError:
+                        pass
+            for runner in runners.values():
+                try:
+                    runner.wait(120)
+                except subprocess.TimeoutExpired:
+                    runner.kill()
+    names = list(batches["this"][0])
+    print(f"CPU seconds per {PER:,} tasks, {args.rounds} alternating batches a side ({args.store} store):")
+    print(f"  {'process':10} {'this':>8} {'against':>8} {'ratio':>7}  (median of the per-batch ratios)")
+    report: dict[str, Any] = {}
+    for name in names:
+        this = statistics.median(b[name] for b in batches["this"])
+        other = statistics.median(b[name] for b in batches["against"])
+        ratios = [a[name] / b[name] for a, b in zip(batches["this"], batches["against"]) if b[name] > 0]
+        ratio = statistics.median(ratios) if ratios else float("nan")
+        label = "wall (s)" if name == "wall" else name
+        print(f"  {label:10} {this:8.3f} {other:8.3f} {ratio:7.3f}")
+        report[name] = {"this": this, "against": other, "ratio": ratio}
+    if args.json:
+        args.json.write_text(
+            json.dumps({"summary": report, "batches": batches, "config": vars(args)}, default=str)
+        )
     return 0
 
 

@@ -437,7 +437,14 @@ class Client:
             if not kwargs and len(args) < 2:  # the common case, without a second call
                 task_type = wire.check_task_type(args[0]) if args else DEFAULT_TASK_TYPE
                 payload = task.encode("utf-8") if isinstance(task, str) else task
-                return self._submit(task_type, payload, wire.DEFAULT_OPTIONS)
+                if self._reconnect is not None or self.wait_timeout is not None:
+                    return self._submit(task_type, payload, wire.DEFAULT_OPTIONS)
+                # _submit's usual path, inline: this runs once per task.
+                handle: TaskHandle[bytes] = TaskHandle()
+                self._protocol.core.submit(
+                    handle, task_type, payload, wire.DEFAULT_OPTIONS, None, handle.accepted
+                )
+                return handle
             return self._submit_payload(task, *args, **kwargs)
         function = as_task(task)
         return self._submit(
