@@ -92,7 +92,9 @@ class SchedulerService(Service):
         if web is not None:
             from taskmesh.web import WebService
 
-            self.web = WebService(reactor, web, core, secrets.client, store)
+            self.web = WebService(
+                reactor, web, core, secrets.client, store, connections=self.factory.connections_by_role
+            )
 
     def startService(self) -> None:
         """

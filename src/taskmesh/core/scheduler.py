@@ -11,8 +11,9 @@ the global reactor, so tests drive it with ``twisted.internet.task.Clock``.
 
 Durability order: a new task is written to the store before its submission
 is acknowledged (``after_commit``), and an outcome is written before the
-task's Deferred fires.  The store is committed once per reactor turn that
-wrote anything (group commit).
+task's Deferred fires (or ``on_outcome`` is told it, for a task marked with
+``notify``: how the protocols wait, with no Deferred per task).  The store
+is committed once per reactor turn that wrote anything (group commit).
 
 When a commit fails (disk full, another process holding the lock, a file
 made read-only), nothing is acknowledged or reported: the store keeps the
@@ -35,7 +36,8 @@ landing.  A failed landing is a failed commit, as above.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -61,7 +63,7 @@ from taskmesh.core.schedules import (
 )
 from taskmesh.core.taskqueue import TaskQueue
 from taskmesh.core.tasks import Chunk, Group, Job, JobReport, Lease, Queued, Task
-from taskmesh.core.timings import Histogram
+from taskmesh.core.timings import BUCKETS, COMMIT_BUCKETS, Histogram, TypeCounters
 from taskmesh.errors import StoreUnavailable, TaskCancelled, TaskFailed
 from taskmesh.store.interface import (
     IBackgroundCommit,
@@ -267,7 +269,9 @@ def tick_key(name: str, due: float) -> str:
 _Waiter = tuple[Callable[..., object], tuple[Any, ...], Callable[..., object] | None]
 #: A background commit in flight: the outcomes and waiters it answers when it
 #: lands, and the first task id it does not cover.
-_Flight = tuple[list[tuple[Task, bytes]], list[_Waiter], int]
+#: a background commit: what it answers when it lands, the id mark it makes
+#: durable, and the far tasks and ticks written before it began
+_Flight = tuple[list[tuple[Task, bytes]], list[_Waiter], int, tuple[int, ...], tuple[int, ...]]
 
 
 class Scheduler:
@@ -305,6 +309,7 @@ class Scheduler:
         #: The store, when it commits in its own thread (see IBackgroundCommit).
         self._background: Any = store if IBackgroundCommit.providedBy(store) else None
         self._in_flight: _Flight | None = None
+        self._flight_began = 0.0
         #: The grace time ended while a commit was in flight: refuse if it fails.
         self._refuse_after_flight = False
         # store health: see the module's docstring
@@ -318,6 +323,9 @@ class Scheduler:
         self._stopping = False
         #: Commits that failed since start, over every episode, and the last one's reason and time.
         self.failed_commits = 0
+        #: Seconds each commit took (successful or not), one observation per
+        #: commit (a reactor turn's writes), not per task: for /metrics.
+        self.commit_times = Histogram(COMMIT_BUCKETS)
         self._last_failure: tuple[str, float] | None = None
         # relapses: see STORE_RELAPSE_WINDOW
         self._last_store_error: str | None = None
@@ -329,6 +337,11 @@ class Scheduler:
         self._paused = False
         #: Called with True when the queue goes beyond its bound, False when it has room again.
         self.on_queue_full: Callable[[bool], None] = lambda full: None
+        #: Told (task id, final state, value) once the outcome of a task
+        #: marked with ``notify`` is durable.  One call per task instead of
+        #: a Deferred and its callbacks: the hot path of every submission a
+        #: client waits for.  A failure's value is its reason (UTF-8).
+        self.on_outcome: Callable[[int, State, bytes], None] | None = None
         self._loops: list[LoopingCall] = []
         #: What a peer can repeat at will is summarised, not logged each time.
         self._repeated = RepeatedEvents(self.log, clock)
@@ -338,11 +351,9 @@ class Scheduler:
         self.started_at = clock.seconds()
         #: Task type -> tasks submitted (map items not included: see job_items).
         self.submitted_by_type: dict[str, int] = {}
-        #: (task type, final state) -> tasks finished.
-        #: Task type -> finished counts, indexed by State (see ``finished_by_type``).
-        self._finished_counts: dict[str, list[int]] = {}
-        #: Task type -> (run time, queue wait) histograms, the same objects as below.
-        self._timings: dict[str, tuple[Histogram, Histogram]] = {}
+        #: Task type -> finished counts by State (see ``finished_by_type``)
+        #: and its histograms, the same objects as in run_times and queue_waits.
+        self._by_type: dict[str, TypeCounters] = {}
         #: Map items answered: [succeeded, failed] (a job's items are no tasks of their own).
         self.job_items = [0, 0]
         #: Task type -> seconds from lease to outcome, and from submission to (last) lease.
@@ -533,6 +544,19 @@ class Scheduler:
             return task.deferred
         return self._store.outcome(task_id)
 
+    def notify(self, task_id: int) -> Task | Outcome | None:
+        """
+        Like ``watch``, without a Deferred: a live task is marked so that
+        ``on_outcome`` is told its outcome once durable (the task is
+        returned); a finished one's outcome, or None for an id never used
+        or pruned, is returned for the caller to answer now.
+        """
+        task = self._tasks.get(task_id)
+        if task is not None:
+            task.watched = True
+            return task
+        return self._store.outcome(task_id)
+
     def task(self, task_id: int) -> Task | None:
         """A live (unfinished, or finished but not yet durable) task, or None."""
         return self._tasks.get(task_id)
@@ -629,14 +653,20 @@ class Scheduler:
         task.state = State.QUEUED
         self._enqueue(task)
 
-    def _far_committed(self) -> None:
-        """Tasks beyond the window are durable: the store holds them now, not the core."""
+    def _far_committed(self, ids: Iterable[int] | None = None) -> None:
+        """
+        Tasks beyond the window are durable (all of them, or these, which a
+        background commit wrote): the store holds them now, not the core.
+        """
         keys = self._keys
-        for task in self._far.values():
+        far = self._far
+        for task_id in list(far) if ids is None else ids:
+            task = far.pop(task_id, None)
+            if task is None:
+                continue
             key = task.options.key
             if key is not None and keys.get(key) == task.id:
                 del keys[key]
-        self._far.clear()
 
     def _task_from_store(self, stored: StoredTask) -> Task:
         options = TaskOptions(
@@ -1550,8 +1580,8 @@ class Scheduler:
         """Finished tasks by (type, state), built when someone asks (a scrape), not per task."""
         return {
             (task_type, State(state)): count
-            for task_type, counts in self._finished_counts.items()
-            for state, count in enumerate(counts)
+            for task_type, counters in self._by_type.items()
+            for state, count in enumerate(counters.finished)
             if count
         }
 
@@ -1561,15 +1591,19 @@ class Scheduler:
         self.counts[state] += 1
         now = self._clock.seconds()
         task_type = task.type
-        counts = self._finished_counts.get(task_type)
-        if counts is None:
-            counts = self._finished_counts[task_type] = [0] * len(State)
-        counts[state] += 1
+        counters = self._by_type.get(task_type) or self._new_type(task_type)
+        counters.finished[state] += 1
         leased_at = task.leased_at
         if leased_at >= 0 and state is not State.CANCELLED:
-            timings = self._timings.get(task_type) or self._new_timings(task_type)
-            timings[0].observe(now - leased_at)
-            timings[1].observe(leased_at - task.submitted_at)
+            # Histogram.observe, twice, inline: this runs once per task.
+            seconds = now - leased_at
+            histogram = counters.run
+            histogram.counts[bisect_left(BUCKETS, seconds)] += 1
+            histogram.total += seconds
+            seconds = leased_at - task.submitted_at
+            histogram = counters.wait
+            histogram.counts[bisect_left(BUCKETS, seconds)] += 1
+            histogram.total += seconds
         if self._progress:
             self._progress.pop(task.id, None)
         if state is not State.SUCCEEDED:
@@ -1586,11 +1620,12 @@ class Scheduler:
         if self._commit_call is None:
             self._commit_call = self._clock.callLater(0, self._commit)
 
-    def _new_timings(self, task_type: str) -> tuple[Histogram, Histogram]:
-        """Run time and queue wait histograms of a type (for /metrics), made at its first task."""
-        timings = self._timings[task_type] = (Histogram(), Histogram())
-        self.run_times[task_type], self.queue_waits[task_type] = timings
-        return timings
+    def _new_type(self, task_type: str) -> TypeCounters:
+        """The counters and histograms of a type (for /metrics), made as its first task finishes."""
+        counters = self._by_type[task_type] = TypeCounters(len(State))
+        self.run_times[task_type] = counters.run
+        self.queue_waits[task_type] = counters.wait
+        return counters
 
     def _commit(self) -> None:
         """
@@ -1612,10 +1647,15 @@ class Scheduler:
                 # The last commit, below, waits for this one and writes everything.
                 self._put_back(self._in_flight)
                 self._in_flight = None
+        clock = self._clock
+        started = clock.seconds()
         try:
-            done = self._store.commit()
-            while not done and self._stopping:  # the last commit: all of it, now
+            try:
                 done = self._store.commit()
+                while not done and self._stopping:  # the last commit: all of it, now
+                    done = self._store.commit()
+            finally:
+                self.commit_times.observe(clock.seconds() - started)
         except StoreUnavailable as e:
             self._commit_failed(e.reason)
             return
@@ -1642,8 +1682,14 @@ class Scheduler:
     def _answer(self, finished: list[tuple[Task, bytes]], waiting: list[_Waiter]) -> None:
         """Their writes are durable: fire the finished tasks' Deferreds, then call the waiters."""
         tasks = self._tasks
+        on_outcome = self.on_outcome
         for task, value in finished:
             del tasks[task.id]
+            if task.watched and on_outcome is not None:
+                try:
+                    on_outcome(task.id, task.state, value)
+                except Exception:
+                    self.log.failure("bug while reporting the outcome of task {task_id}", task_id=task.id)
             deferred = task.fired
             if deferred is None:  # nobody waits: the store has the outcome
                 continue
@@ -1666,9 +1712,16 @@ class Scheduler:
 
     def _begin_commit(self) -> None:
         """Hand everything written so far to the store's thread, with what waits for it."""
-        flight: _Flight = (self._finished, self._after_commit, self._next_id)
+        flight: _Flight = (
+            self._finished,
+            self._after_commit,
+            self._next_id,
+            tuple(self._far),
+            tuple(self._ticks),
+        )
         self._finished, self._after_commit = [], []
         self._in_flight = flight
+        self._flight_began = self._clock.seconds()
         try:
             started = self._background.begin_commit(lambda reason: self._commit_landed(flight, reason))
         except Exception as e:
@@ -1685,6 +1738,7 @@ class Scheduler:
         if self._in_flight is not flight:
             return  # taken over by the last commit, when stopping
         self._in_flight = None
+        self.commit_times.observe(self._clock.seconds() - self._flight_began)
         if reason is not None:
             self._put_back(flight)
             self._commit_failed(reason)
@@ -1695,6 +1749,10 @@ class Scheduler:
         if self._store_error is not None:
             self._store_recovered()
         self._committed_up_to = flight[2]
+        if flight[3]:
+            self._far_committed(flight[3])
+        for task_id in flight[4]:  # those ticks' tasks are durable with their records
+            self._ticks.pop(task_id, None)
         self._answer(flight[0], flight[1])
         if (self._finished or self._after_commit or self._background.pending()) and self._commit_call is None:
             self._commit_call = self._clock.callLater(0, self._commit)
@@ -1839,6 +1897,8 @@ class Scheduler:
                 else:
                     self._queue.remove(task)
             task.state = State.CANCELLED
+            if task.watched and self.on_outcome is not None:
+                self.on_outcome(task.id, State.FAILED, str(failure).encode("utf-8", "replace"))
             deferred = task.fired
             if deferred is not None:
                 deferred.errback(failure)

@@ -46,6 +46,7 @@ from taskmesh.codec import (
     type_name,
 )
 from taskmesh.context import CURRENT, PROGRESS_INTERVAL, ContextSpec, ThreadReporter, enter, leave
+from taskmesh.core.timings import WorkerStats
 from taskmesh.errors import Retry
 from taskmesh.handlers import HandlerRegistry, ITaskHandler
 from taskmesh.wire import (
@@ -206,6 +207,7 @@ class Worker:
         clock: IReactorTime | None = None,
         call_from_thread: Callable[[Callable[[], None]], None] = _direct,
         capacity: int | None = None,
+        stats: WorkerStats | None = None,
     ) -> None:
         if slots < 1:
             raise ValueError("a worker needs at least one slot")
@@ -240,6 +242,10 @@ class Worker:
         self._progress_sent = float("-inf")
         #: Where tasks in pool threads report (a process pool's get their process's own).
         self._thread_reporter = ThreadReporter(call_from_thread, self.post_progress)
+        #: Counters for the worker's /metrics (its own unless the caller keeps them).
+        self.stats = stats if stats is not None else WorkerStats(slots)
+        #: When each running task, group or chunk took its slot (by id).
+        self._started: dict[int, float] = {}
 
     @property
     def running(self) -> int:
@@ -379,6 +385,7 @@ class Worker:
 
     def _forget(self, task_id: int) -> None:
         """A task is done here: its progress is no longer sent."""
+        self._started.pop(task_id, None)
         if self._progress:
             self._progress.pop(task_id, None)
 
@@ -422,6 +429,7 @@ class Worker:
 
     def _run(self, work: TaskWork, handler: ITaskHandler) -> None:
         token = None
+        self._started[work.id] = self._clock.seconds()
         try:
             if handler.blocking:
                 function = partial(run_one, handler, self._max_result, self._context(work, pooled=True))
@@ -472,9 +480,20 @@ class Worker:
     def _done(self, work: TaskWork, done: Done) -> None:
         if self._progress:
             self._progress.pop(work.id, None)
-        if done[0] != STATUS_OK:
+        counters = self.stats.counters(work.type)
+        started = self._started.pop(work.id, None)
+        if started is not None:
+            counters.run.observe(self._clock.seconds() - started)
+        status = done[0]
+        if status == STATUS_OK:
+            counters.succeeded += 1
+        else:
+            if status == STATUS_RETRY:
+                counters.retried += 1
+            else:
+                counters.failed += 1
             self._log_outcome(work.type, f"task {work.id}", done)
-        self._report(work.id, done[0], done[1])
+        self._report(work.id, status, done[1])
 
     def _log_outcome(self, task_type: str, what: str, done: Done) -> None:
         status, value, trace = done
@@ -495,6 +514,7 @@ class Worker:
 
     def _run_chunk(self, work: ChunkWork, handler: ITaskHandler) -> None:
         self._running += 1
+        self._started[work.id] = self._clock.seconds()
         if work.members is not None:
             self._groups[work.id] = work.members
             self._group_members = None
@@ -587,17 +607,31 @@ class Worker:
             return
         if work.id in self._cancelled:
             self._cancelled.discard(work.id)
+            self._started.pop(work.id, None)
         else:
             if isinstance(outcomes, Failure):  # the pool itself failed
                 done = failed(outcomes.value, handler, self._max_result)
                 outcomes = [done] * len(work.payloads)
             answers: Outcomes = []
             members = work.members
+            counters = self.stats.counters(work.type)
+            started = self._started.pop(work.id, None)
+            if started is not None:
+                counters.run.observe(self._clock.seconds() - started)
+            succeeded = 0
             for index, done in enumerate(cast(list[Done], outcomes)):
-                if done[0] != STATUS_OK:
+                status = done[0]
+                if status == STATUS_OK:
+                    succeeded += 1
+                else:
+                    if status == STATUS_RETRY:
+                        counters.retried += 1
+                    else:
+                        counters.failed += 1
                     what = f"task {members[index][0]}" if members else f"item {index} of job chunk {work.id}"
                     self._log_outcome(work.type, what, done)
-                answers.append((done[0], done[1]))
+                answers.append((status, done[1]))
+            counters.succeeded += succeeded
             self._report_chunk(work.id, answers)
         if resumed:
             self._start_waiting()

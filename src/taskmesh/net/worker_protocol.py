@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from taskmesh import wire
+from taskmesh.core.timings import WorkerStats
 from taskmesh.core.worker import OverCapacity, RunBlocking, Worker
 from taskmesh.handlers import HandlerRegistry
 from taskmesh.net.framing import ConnectionLimits, PeerMisbehaved
@@ -121,6 +122,7 @@ class WorkerProtocol(PeerProtocol):
             clock=self.clock,
             call_from_thread=factory.call_from_thread,
             capacity=factory.slots + welcome.prefetch,
+            stats=factory.stats,
         )
         factory.welcomed()
         factory.connected(self)
@@ -219,6 +221,8 @@ class WorkerFactory(Factory):
         #: The connection that has been welcomed, if any: where progress from
         #: the process pool goes.
         self.current: WorkerProtocol | None = None
+        #: This process's counters for its /metrics, across reconnections.
+        self.stats = WorkerStats(slots)
 
     def connected(self, protocol: WorkerProtocol) -> None:
         self.current = protocol

@@ -59,6 +59,14 @@ class Options(usage.Options):
             "Where CPU-bound handlers (such as pbkdf2) run: 'thread', or 'process' "
             "for a pool of --concurrency processes that keeps every core busy.",
         ],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve this worker's own Prometheus /metrics (tasks run and failed by type, run "
+            "time, busy slots) on this endpoint, e.g. tcp:9102:interface=127.0.0.1. No login: "
+            "keep it on loopback or a private interface. Off unless given.",
+        ],
         *PEER_SECURITY_PARAMETERS,
     ]
     optFlags = [
@@ -126,7 +134,7 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     handlers = default_registry(reactor, options["handler-objects"], use_plugins=not options["no-plugins"])
-    return WorkerService(
+    service = WorkerService(
         reactor,
         scheduler_endpoint(reactor, options["connect"], options["tls-options"]),
         handlers,
@@ -136,6 +144,11 @@ def makeService(options: Options) -> IService:
         pool=options["pool"],
         secret=options["secret"],
     )
+    if options["metrics"]:
+        from taskmesh.web.worker_metrics import WorkerMetricsService
+
+        WorkerMetricsService(reactor, options["metrics"], service.factory).setServiceParent(service)
+    return service
 
 
 def scheduler_endpoint(reactor: Any, connect: str, tls: ClientTLS | None) -> IStreamClientEndpoint:
