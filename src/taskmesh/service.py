@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.pool
+import signal
 import threading
 from typing import Any
 
@@ -38,6 +39,8 @@ from taskmesh.store import ITaskStore
 
 #: Longest pause between two attempts to reach a scheduler that is down.
 DEFAULT_RECONNECT_MAX_DELAY = 5.0
+#: Seconds a stopping worker lets its running tasks finish (``--grace``).
+DEFAULT_GRACE = 30.0
 #: Longest pause before trying a scheduler again after it refused our secret.
 AUTH_RETRY_MAX_DELAY = 60.0
 #: Where a worker runs CPU-bound handlers: threads (one core between them,
@@ -124,12 +127,33 @@ class SchedulerService(Service):
         return passthrough
 
 
+class _DaemonThreadPool(ThreadPool):
+    """
+    A thread pool whose threads do not hold the process at exit: a worker
+    that gives up on a task still running in a thread (its grace is over, or
+    a second signal) must be able to exit; the scheduler runs the task again.
+    """
+
+    def threadFactory(self, *args: Any, **kwargs: Any) -> threading.Thread:  # type: ignore[override]
+        thread = threading.Thread(*args, **kwargs)
+        thread.daemon = True
+        return thread
+
+
 class WorkerService(MultiService):
     """
     One worker: a reconnecting connection to a scheduler, a thread pool for
     blocking handlers and, with ``pool="process"``, a process pool for the
     handlers that declare themselves CPU-bound, so one worker process can
     keep every core busy.
+
+    Stopping is warm (SIGTERM or SIGINT, through twistd): the worker takes
+    nothing new, hands the tasks it holds and has not started back to the
+    scheduler at once (so other workers run them now), lets the running ones
+    finish and delivers their results, for up to ``grace`` seconds, then
+    exits.  A second signal, or the end of the grace, gives up on what still
+    runs (the scheduler runs it again, counting a lost worker) and exits at
+    once.  ``grace`` 0: no warm shutdown.
     """
 
     log = Logger()
@@ -144,8 +168,15 @@ class WorkerService(MultiService):
         reconnect_max_delay: float = DEFAULT_RECONNECT_MAX_DELAY,
         pool: str = "thread",
         secret: bytes = b"",
+        grace: float = DEFAULT_GRACE,
     ) -> None:
         super().__init__()
+        if grace < 0:
+            raise ValueError("grace must be 0 or more seconds")
+        self.grace = grace
+        self._draining: Deferred[None] | None = None
+        self._grace_call: Any = None
+        self._abandoned = False
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}")
         if not secret:
@@ -153,7 +184,7 @@ class WorkerService(MultiService):
         self.reactor = reactor
         self._authentication_failures = 0
         self._retry_call: Any = None
-        self.threads = ThreadPool(minthreads=0, maxthreads=slots, name="taskmesh-blocking")
+        self.threads = _DaemonThreadPool(minthreads=0, maxthreads=slots, name="taskmesh-blocking")
         self.processes: multiprocessing.pool.Pool | None = None
         self.pool = pool
         self.slots = slots
@@ -252,10 +283,85 @@ class WorkerService(MultiService):
             self.reactor.callFromThread(self.factory.post_progress, records)
 
     def stopService(self) -> Deferred[None]:
+        """
+        A warm shutdown (see the class): the Deferred fires once the running
+        tasks are reported (or given up on) and the pools are stopped;
+        twistd waits for it before the reactor stops.
+        """
+        if self._draining is not None:
+            return self._draining
         if self._retry_call is not None and self._retry_call.active():
             self._retry_call.cancel()
         current = self.factory.current
+        self._draining = Deferred()
+        self._draining.addCallback(self._stop_now)
+        running = current.drain(self._drained) if current is not None and self.grace > 0 else 0
+        if not running:
+            self._drained()
+            return self._draining
+        self.log.info(
+            "waiting up to {grace:g} s for {running} running tasks to finish (a second signal stops at once)",
+            grace=self.grace,
+            running=running,
+        )
+        self._grace_call = self.reactor.callLater(
+            self.grace, self._give_up, f"the {self.grace:g} s grace is over"
+        )
+        self.factory.lost = self._lost_while_draining
+        self._catch_second_signal()
+        return self._draining
+
+    def _catch_second_signal(self) -> None:
+        """From now on SIGTERM or SIGINT ends the wait (twistd's own handler would only log an error)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            name = signal.Signals(signum).name
+            self.reactor.callFromThread(self._give_up, f"a second signal ({name})")
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, handler)
+
+    def _give_up(self, why: str) -> None:
+        """Stop waiting for the running tasks: they are abandoned (the scheduler runs them again)."""
+        if self._draining is None or self._draining.called:
+            return
+        current = self.factory.current
+        running = current.core.busy if current is not None and current.core is not None else 0
+        self.log.warn(
+            "{why}: exiting now; {running} running tasks are abandoned (the scheduler runs them again)",
+            why=why,
+            running=running,
+        )
+        self._abandoned = True
         if current is not None:
+            current.close()
+        self._drained()
+
+    def _lost_while_draining(self) -> None:
+        if self._draining is not None and not self._draining.called:
+            self.log.warn(
+                "lost the scheduler while shutting down: the running tasks' results cannot be "
+                "delivered (the scheduler runs them again)"
+            )
+            self._abandoned = True
+            self._drained()
+
+    def _drained(self) -> None:
+        """Every running task is reported (or given up on): stop."""
+        if self._grace_call is not None and self._grace_call.active():
+            self._grace_call.cancel()
+        self._grace_call = None
+        draining = self._draining
+        if draining is not None and not draining.called:
+            draining.callback(None)
+
+    def _stop_now(self, _: object) -> Deferred[None]:
+        self.factory.lost = lambda: None
+        current = self.factory.current
+        if current is not None:
+            current.flush()  # the last results, before the close drops what is queued
             # Our own close first: it stops being the transport's producer,
             # without which a TLS connection would never start its shutdown.
             current.close()
@@ -264,7 +370,13 @@ class WorkerService(MultiService):
         return stopping
 
     def _stop_pools(self, passthrough: Any) -> Any:
-        self.threads.stop()
+        if self._abandoned:
+            # A thread still runs an abandoned task: do not wait for it (its
+            # threads are daemons; the process exits without them).
+            self.threads.joined = True
+            self.threads.started = False
+        else:
+            self.threads.stop()
         if self.processes is not None:
             # The pool's processes end with the worker, whatever they run.
             self.processes.terminate()

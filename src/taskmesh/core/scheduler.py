@@ -182,6 +182,7 @@ class WorkerState:
         "joined_at",
         "done",
         "failed",
+        "draining",
     )
 
     def __init__(
@@ -206,6 +207,8 @@ class WorkerState:
         #: Outcomes this worker reported (a chunk's or group's items each count): for monitoring.
         self.done = 0
         self.failed = 0
+        #: The worker is shutting down (warm): it gets nothing more.
+        self.draining = False
 
 
 def _consume(failure: Failure) -> None:
@@ -747,6 +750,44 @@ class Scheduler:
                 self._queue.push(task)
         self._fill_all()
 
+    def drain(self, worker: WorkerState, lease_ids: list[int]) -> None:
+        """
+        A worker shuts down warm: it gets nothing more, and the leases it
+        hands back (held, never started) go back in line at once, in their
+        place, without counting an attempt or a loss: nothing ran.  What it
+        still runs stays leased to it until its results come (or it leaves).
+        An id it does not hold (answered, cancelled, timed out) is ignored.
+        """
+        if not worker.draining:
+            worker.draining = True
+            worker.capacity = 0
+            self.log.info(
+                "worker {name} is shutting down: it finishes {running} running, hands back {count}",
+                name=worker.name,
+                running=len(worker.leases) - len(lease_ids),
+                count=len(lease_ids),
+            )
+        requeued: list[Task | Chunk] = []
+        for lease_id in lease_ids:
+            lease = worker.leases.pop(lease_id, None)
+            if lease is None:
+                continue
+            if isinstance(lease, Group):
+                for member in lease.members:
+                    if member.worker is worker and member.state is State.RUNNING:
+                        self._release(member)
+                        requeued.append(member)
+            elif isinstance(lease, Chunk):
+                lease.worker = None
+                requeued.append(lease)
+            else:
+                self._release(lease)
+                requeued.append(lease)
+        for item in requeued:
+            self._queue.push(item)
+        if requeued:
+            self._fill_all()
+
     def complete(self, worker: WorkerState, records: list[tuple[int, int, bytes]]) -> None:
         """
         A worker reports outcomes: (task id, status, value) with status 0 for
@@ -852,6 +893,7 @@ class Scheduler:
                     "done": worker.done,
                     "failed": worker.failed,
                     "connected_seconds": round(now - worker.joined_at, 3),
+                    "draining": worker.draining,
                 }
                 for worker in self._workers
             ],

@@ -120,6 +120,8 @@ class SchedulerProtocol(FramedProtocol):
                     raise PeerMisbehaved(str(e)) from None
             case wire.Progress(records=progress):
                 self.core.progress(worker, progress)
+            case wire.Drain(records=lease_ids):
+                self.core.drain(worker, lease_ids)
             case wire.Heartbeat():
                 pass
             case wire.Error():

@@ -133,6 +133,28 @@ class WorkerProtocol(PeerProtocol):
         self.close()
         self.factory.refused(reason)
 
+    def drain(self, on_idle: Callable[[], None]) -> int:
+        """
+        Start a warm shutdown on this connection: hand the work held and not
+        started back to the scheduler now (a Drain, sent at once), and any
+        that arrives later too; ``on_idle`` is called when the running work
+        has been reported.  Returns how many run on (0: call nothing, done).
+        """
+        core = self.core
+        if core is None:
+            return 0
+        held = core.drain(self._hand_back, on_idle)
+        self.send(wire.Drain(held))
+        self.log.info(
+            "shutting down: handed {count} held tasks back to the scheduler; {running} still run",
+            count=len(held),
+            running=core.busy,
+        )
+        return core.busy
+
+    def _hand_back(self, lease_ids: list[int]) -> None:
+        self.send(wire.Drain(lease_ids))
+
     def _report(self, task_id: int, status: int, value: bytes) -> None:
         self.queue(wire.Results, (task_id, status, value), len(value))
 
@@ -207,6 +229,8 @@ class WorkerFactory(Factory):
         #: The connection that has been welcomed, if any: where progress from
         #: the process pool goes.
         self.current: WorkerProtocol | None = None
+        #: Called when the welcomed connection is lost (the service, while it drains).
+        self.lost: Callable[[], None] = lambda: None
 
     def connected(self, protocol: WorkerProtocol) -> None:
         self.current = protocol
@@ -214,6 +238,7 @@ class WorkerFactory(Factory):
     def disconnected(self, protocol: WorkerProtocol) -> None:
         if self.current is protocol:
             self.current = None
+            self.lost()
 
     def post_progress(self, records: list[wire.ProgressRecord]) -> None:
         """Progress from tasks in the process pool (in the reactor thread)."""

@@ -13,10 +13,11 @@ from taskmesh.functions import load_tasks
 from taskmesh.handlers import HandlerError, default_registry, load_import_path
 from taskmesh.net.address import DEFAULT_ADDRESS, client_endpoint, parse_address
 from taskmesh.net.scheduler_protocol import MAX_WORKER_SLOTS
-from taskmesh.service import DEFAULT_RECONNECT_MAX_DELAY, POOLS, WorkerService
+from taskmesh.service import DEFAULT_GRACE, DEFAULT_RECONNECT_MAX_DELAY, POOLS, WorkerService
 from taskmesh.tap import (
     PEER_SECURITY_FLAGS,
     PEER_SECURITY_PARAMETERS,
+    non_negative_float,
     peer_security,
     positive_float,
     positive_int,
@@ -54,6 +55,15 @@ class Options(usage.Options):
             "thread",
             "Where CPU-bound handlers (such as pbkdf2) run: 'thread', or 'process' "
             "for a pool of --concurrency processes that keeps every core busy.",
+        ],
+        [
+            "grace",
+            None,
+            DEFAULT_GRACE,
+            "On SIGTERM or SIGINT, seconds the running tasks may take to finish (their results "
+            "are delivered) while held ones go back to the scheduler at once; then, or at a "
+            "second signal, exit. 0: exit at once.",
+            non_negative_float,
         ],
         *PEER_SECURITY_PARAMETERS,
     ]
@@ -131,4 +141,5 @@ def makeService(options: Options) -> IService:
         reconnect_max_delay=options["reconnect-max-delay"],
         pool=options["pool"],
         secret=options["secret"],
+        grace=options["grace"],
     )
