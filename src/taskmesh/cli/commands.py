@@ -24,6 +24,7 @@ from taskmesh.cli.progress import ProgressBar
 from taskmesh.client.mapping import DEFAULT_WINDOW, ItemRefused, run_map
 from taskmesh.client.twisted_client import DEFAULT_CONNECT_TIMEOUT, Client, task_options
 from taskmesh.codec import ArgumentsError, check_arguments
+from taskmesh.config import Configurable, config_help
 from taskmesh.errors import (
     AuthenticationFailed,
     SchedulerGone,
@@ -54,7 +55,14 @@ EXIT_AUTHENTICATION = 5
 RECONNECT_DELAY = 0.5
 
 
-class ConnectionOptions(usage.Options):
+#: The settings of the [client] section (see ConnectionOptions.settings).
+CLIENT_SETTINGS = frozenset(
+    {"connect", "connect-timeout", "secret-file", "tls", "tls-ca", "tls-cert", "tls-key"}
+)
+
+
+class ConnectionOptions(Configurable):
+    config_section = "client"
     optParameters = [
         ["connect", "c", DEFAULT_ADDRESS, "Scheduler address: host:port, [ipv6]:port or an endpoint string."],
         [
@@ -68,7 +76,17 @@ class ConnectionOptions(usage.Options):
     ]
     optFlags = [*PEER_SECURITY_FLAGS]
 
+    def settings(self) -> list[str]:
+        """
+        What the [client] section and TASKMESH_* set for every command: how to
+        reach the scheduler.  A command's own options (--type, --priority,
+        --yes, ...) are flags only: a default task type in a file would
+        silently change what 'purge' or 'tasks' act on.
+        """
+        return [name for name in super().settings() if name in CLIENT_SETTINGS]
+
     def postOptions(self) -> None:
+        self.apply_config()
         try:
             parse_address(self["connect"])
         except ValueError as e:
@@ -233,7 +251,10 @@ class MapOptions(ConnectionOptions):
 
 class Options(usage.Options):
     synopsis = "taskmesh COMMAND [options]"
-    longdesc = "Talk to a taskmesh scheduler. Run 'taskmesh COMMAND --help' for a command's options."
+    longdesc = (
+        "Talk to a taskmesh scheduler. Run 'taskmesh COMMAND --help' for a command's options. "
+        + config_help("client")
+    )
     subCommands = [
         ["submit", None, SubmitOptions, "Run one task and print its result."],
         ["map", None, MapOptions, "Run every line of a file as a task; print results in order."],
@@ -249,7 +270,9 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("name a command: submit, map, result, cancel or status")
+            commands: list[Any] = list(self.subCommands)
+            names = ", ".join(str(command[0]) for command in commands)
+            raise usage.UsageError(f"name a command: {names}")
 
 
 class CommandFailed(Exception):
@@ -607,6 +630,18 @@ COMMANDS: dict[str, Callable[[Any, Any], Awaitable[None]]] = {
     "cancel": cancel,
     "status": status,
 }
+
+
+def _add_commands() -> None:
+    """The operators' commands (tasks, retry, purge, config) live in modules of their own."""
+    from taskmesh.cli import config, operations
+
+    for module in (operations, config):
+        Options.subCommands.extend(module.SUBCOMMANDS)
+        COMMANDS.update(module.COMMANDS)
+
+
+_add_commands()
 
 
 def run(reactor: Any, options: Options) -> Deferred[None]:

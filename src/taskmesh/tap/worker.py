@@ -9,6 +9,7 @@ import sys
 from twisted.application.service import IService
 from twisted.python import usage
 
+from taskmesh.config import Configurable, config_help
 from taskmesh.functions import load_tasks
 from taskmesh.handlers import HandlerError, default_registry, load_import_path
 from taskmesh.net.address import DEFAULT_ADDRESS, client_endpoint, parse_address
@@ -25,12 +26,13 @@ from taskmesh.tap import (
 )
 
 
-class Options(usage.Options):
+class Options(Configurable):
+    config_section = "worker"
     synopsis = "[options]"
     longdesc = (
         "Run a taskmesh worker: it connects to a scheduler, announces the task "
         "types it runs, runs what it is assigned and reconnects by itself when "
-        "the scheduler goes away. Start as many as you like, anywhere."
+        "the scheduler goes away. Start as many as you like, anywhere. " + config_help("worker")
     )
     optParameters = [
         [
@@ -90,6 +92,7 @@ class Options(usage.Options):
         self["tasks"].append(module)
 
     def postOptions(self) -> None:
+        self.apply_config()
         try:
             parse_address(self["connect"])
         except ValueError as e:
