@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.pool
+import os
 import signal
 import threading
 from typing import Any
@@ -22,9 +23,10 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer, provider
 
 from taskmesh import wire
 from taskmesh.context import install_child_outbox
@@ -46,6 +48,19 @@ AUTH_RETRY_MAX_DELAY = 60.0
 #: Where a worker runs CPU-bound handlers: threads (one core between them,
 #: as Python runs), or processes (every core).
 POOLS = ("thread", "process")
+
+
+def describe_store(store: ITaskStore) -> str:
+    """Where a store keeps tasks, for the start line: a file's path, or what else it is."""
+    description = getattr(store, "description", None)
+    if description:
+        return str(description)
+    path = getattr(store, "path", None)
+    if path is not None:
+        return f"SQLite {os.path.abspath(path)}"
+    if type(store).__name__ == "MemoryStore":
+        return "memory (nothing survives a restart)"
+    return type(store).__name__
 
 
 class SchedulerService(Service):
@@ -106,9 +121,11 @@ class SchedulerService(Service):
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
         self.log.info(
-            "scheduler listening on {address} ({listen})",
+            "scheduler listening on {address} ({listen}); store: {store}; {tasks} unfinished tasks",
             address=describe_address(port.getHost()),
             listen=self.listen,
+            store=describe_store(self.store),
+            tasks=self.core.stats()["tasks"]["queued"],
         )
 
     def stopService(self) -> Deferred[None]:
@@ -125,6 +142,40 @@ class SchedulerService(Service):
         self.core.stop()
         self.store.close()
         return passthrough
+
+
+@provider(ILogObserver)
+def _not_twisted_retry_line(event: dict[str, Any]) -> None:
+    """
+    ClientService's own retry line ("Scheduling retry 1 to connect ... in
+    0.9398695857530154 seconds.") says neither why nor in a round number:
+    the worker logs its own instead (``WorkerService._retry_policy``).
+    """
+    if str(event.get("log_format", "")).startswith("Scheduling retry"):
+        return
+    globalLogPublisher(event)
+
+
+class _ClientService(ClientService):
+    _log = Logger(namespace="twisted.application.internet.ClientService", observer=_not_twisted_retry_line)
+
+
+@implementer(IStreamClientEndpoint)
+class _Remembering:
+    """An endpoint that remembers why its last connection attempt failed (for the retry line)."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        self._endpoint = endpoint
+        self.last_failure = "not connected yet"
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        connecting: Deferred[Any] = self._endpoint.connect(factory)
+        connecting.addErrback(self._failed)
+        return connecting
+
+    def _failed(self, failure: Failure) -> Failure:
+        self.last_failure = failure.getErrorMessage()
+        return failure
 
 
 class _DaemonThreadPool(ThreadPool):
@@ -169,8 +220,11 @@ class WorkerService(MultiService):
         pool: str = "thread",
         secret: bytes = b"",
         grace: float = DEFAULT_GRACE,
+        address: str = "",
     ) -> None:
         super().__init__()
+        #: The scheduler's address as the user gave it, for the logs.
+        self.address = address or str(connect)
         if grace < 0:
             raise ValueError("grace must be 0 or more seconds")
         self.grace = grace
@@ -204,13 +258,34 @@ class WorkerService(MultiService):
         #: this queue, drained by a thread of its own.
         self._progress_queue: Any = None
         self._progress_drain: threading.Thread | None = None
-        self.connection = ClientService(
-            connect,
-            self.factory,
-            retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=reconnect_max_delay),
-            clock=reactor,
+        self._endpoint = _Remembering(connect)
+        self._backoff = backoffPolicy(initialDelay=0.2, maxDelay=reconnect_max_delay)
+        self.connection = _ClientService(
+            self._endpoint, self.factory, retryPolicy=self._retry_policy, clock=reactor
         )
         self.connection.setServiceParent(self)
+
+    def _retry_policy(self, attempt: int) -> float:
+        """
+        The backoff, and one line an operator can use: why (the connection
+        was lost, or the attempt failed, and how) and when, rounded.
+        """
+        delay: float = self._backoff(attempt)
+        lost = self.factory.last_lost
+        if lost is not None and attempt == 1:
+            why = f"lost the connection: {lost}"
+        else:
+            why = self._endpoint.last_failure
+        self.factory.last_lost = None
+        self.log.info(
+            "cannot reach the scheduler at {address} ({reason}); trying again in {delay:.1f} s "
+            "(attempt {attempt})",
+            address=self.address,
+            reason=why,
+            delay=delay,
+            attempt=attempt,
+        )
+        return delay
 
     def _refused(self, reason: str) -> None:
         """A scheduler that refuses this worker will refuse it again: stop, do not retry."""

@@ -275,14 +275,6 @@ class Worker:
         self._waiting.clear()
         return held
 
-    def _handed_back(self, ids: list[int]) -> bool:
-        """While draining, new work goes straight back; True if it did."""
-        if self._hand_back is None:
-            return False
-        if ids:
-            self._hand_back(ids)
-        return True
-
     def _maybe_idle(self) -> None:
         if self._on_idle is not None and self.busy <= 0:
             on_idle, self._on_idle = self._on_idle, None
@@ -290,7 +282,8 @@ class Worker:
 
     def assign(self, records: list[tuple[int, str, bytes]]) -> None:
         """Tasks from the scheduler (Assign): start what fits in the slots, queue the rest."""
-        if self._handed_back([record[0] for record in records]):
+        if self._hand_back is not None:  # draining: straight back, unstarted
+            self._hand_back([record[0] for record in records])
             return
         self._check_capacity(len(records))
         self._waiting.extend([TaskWork(*record) for record in records])
@@ -298,7 +291,8 @@ class Worker:
 
     def assign_tasks(self, records: list[TaskRecord]) -> None:
         """Tasks with their attempt, attempts and timeout (AssignTasks)."""
-        if self._handed_back([record[0] for record in records]):
+        if self._hand_back is not None:  # draining: straight back, unstarted
+            self._hand_back([record[0] for record in records])
             return
         self._check_capacity(len(records))
         now = self._clock.seconds()
@@ -319,7 +313,8 @@ class Worker:
 
     def assign_chunks(self, records: list[tuple[int, str, list[bytes]]]) -> None:
         """Chunks of jobs from the scheduler: each takes one slot for all its items."""
-        if self._handed_back([record[0] for record in records]):
+        if self._hand_back is not None:  # draining: straight back, unstarted
+            self._hand_back([record[0] for record in records])
             return
         self._check_capacity(len(records))
         self._waiting.extend([ChunkWork(*record) for record in records])
@@ -327,7 +322,8 @@ class Worker:
 
     def assign_groups(self, records: list[GroupRecord]) -> None:
         """Groups of tasks: each takes one slot and is answered as a chunk."""
-        if self._handed_back([record[0] for record in records]):
+        if self._hand_back is not None:  # draining: straight back, unstarted
+            self._hand_back([record[0] for record in records])
             return
         self._check_capacity(len(records))
         self._waiting.extend(

@@ -180,6 +180,8 @@ class WorkerProtocol(PeerProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
+        if self.core is not None:
+            self.factory.last_lost = reason.getErrorMessage()
         self.factory.disconnected(self)
         if self.core is not None:
             self.core.stop()
@@ -229,6 +231,8 @@ class WorkerFactory(Factory):
         #: The connection that has been welcomed, if any: where progress from
         #: the process pool goes.
         self.current: WorkerProtocol | None = None
+        #: Why the last welcomed connection was lost (for the service's retry line).
+        self.last_lost: str | None = None
         #: Called when the welcomed connection is lost (the service, while it drains).
         self.lost: Callable[[], None] = lambda: None
 

@@ -145,4 +145,5 @@ def makeService(options: Options) -> IService:
         pool=options["pool"],
         secret=options["secret"],
         grace=options["grace"],
+        address=options["connect"],
     )
