@@ -36,6 +36,7 @@ def test_start_line_reconnect_reasons_and_no_line_per_successful_task(mesh: Mesh
 
     scheduler.stop()
     worker.wait_for(
-        r"cannot reach the scheduler at \S+ \(lost the connection: .*\); trying again in \d+\.\d s \(attempt 1\)"
+        r"cannot reach the scheduler at \S+ \(lost the connection: .*\); "
+        r"trying again in \d+\.\d s \(attempt 1\)"
     )
     assert "Scheduling retry" not in worker.log
