@@ -124,3 +124,16 @@ def test_taskmesh_config_prints_each_setting_and_its_source(tmp_path: Path) -> N
     assert any("concurrency" in line and "environment TASKMESH_WORKER_CONCURRENCY" in line for line in lines)
     assert any(line.startswith("connect ") and "# default" in line for line in lines)
     assert "[scheduler]" in lines and "[worker]" in lines and "[client]" in lines
+
+
+def test_the_readme_s_config_file_is_accepted_as_written(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("<!-- readme-example: taskmesh.toml -->\n```toml\n", 1)[1].split("```", 1)[0]
+    config = tmp_path / "taskmesh.toml"
+    config.write_text(block)
+    argv = ["--config", str(config)]
+    scheduler = configured(SchedulerOptions(), argv, {})
+    assert scheduler["max-queued"] == 500000 and scheduler["store"] == "/var/lib/taskmesh/tasks.sqlite"
+    worker = configured(WorkerOptions(), argv, {})
+    assert worker["concurrency"] == 4 and worker["tasks"] == ["myapp.tasks"]
+    assert configured(StatusOptions(), argv, {})["connect"] == "sched.example:9001"
