@@ -11,6 +11,8 @@ import struct
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_scheduler_core import Rig
 from twisted.internet.task import Clock
 
@@ -147,3 +149,27 @@ def test_the_operator_messages_round_trip() -> None:
         wire.Drain([]),
     ):
         assert wire.decode(wire.encode(message)) == message
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(
+        [
+            wire.KIND_DRAIN,
+            wire.KIND_LIST_TASKS,
+            wire.KIND_RETRY_TASKS,
+            wire.KIND_PURGE_TASKS,
+            wire.KIND_ANSWER,
+        ]
+    ),
+    body=st.binary(max_size=64),
+)
+def test_untrusted_bytes_decode_to_a_message_that_round_trips_or_a_protocol_error(
+    kind: int, body: bytes
+) -> None:
+    frame = bytes([kind]) + body
+    try:
+        message = wire.decode(frame)
+    except wire.ProtocolError:
+        return
+    assert wire.encode(message) == frame

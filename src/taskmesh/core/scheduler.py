@@ -585,7 +585,10 @@ class Scheduler:
         retried: list[int] = []
         refused: list[list[Any]] = []
         for task_id in dict.fromkeys(wanted):
-            reason = self._reopen(task_id)
+            try:
+                reason = self._reopen(task_id)
+            except StoreUnavailable as e:  # this one could not be read: the others still go
+                reason = str(e)
             if reason is None:
                 retried.append(task_id)
             else:
