@@ -47,6 +47,7 @@ from typing import Any, cast
 
 from taskmesh import wire
 from taskmesh.client.mapping import BYTES_PER_FRAME, DEFAULT_WINDOW, ITEMS_PER_FRAME, too_large
+from taskmesh.client.operations import list_request, purge_request, retry_request
 from taskmesh.client.schedules import add_command, name_command
 from taskmesh.client.twisted_client import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -665,6 +666,38 @@ class AsyncClient:
             self._retrying(lambda core, answer: core.status(answer)), wait_timeout
         )
         return report
+
+    async def tasks(
+        self,
+        state: str | None = None,
+        task_type: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+        *,
+        wait_timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """A page of the task list, newest first (see the Twisted client's ``tasks``)."""
+        return await self._operate(list_request(state, task_type, limit, before_id), wait_timeout)
+
+    async def retry(
+        self,
+        *task_ids: int,
+        failed: bool = False,
+        task_type: str | None = None,
+        wait_timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Run failed or cancelled tasks again under their ids (see the Twisted client's ``retry``)."""
+        return await self._operate(retry_request(task_ids, failed, task_type), wait_timeout)
+
+    async def purge(self, task_type: str, *, wait_timeout: float | None = None) -> dict[str, Any]:
+        """Cancel every queued task of this type: ``{"purged": count}``."""
+        return await self._operate(purge_request(task_type), wait_timeout)
+
+    async def _operate(self, request: Any, wait_timeout: float | None) -> dict[str, Any]:
+        found: dict[str, Any] = await self._bounded(
+            self._retrying(lambda core, answer: core.operate(answer, request)), wait_timeout
+        )
+        return found
 
     async def map(
         self,

@@ -318,6 +318,42 @@ class BlockingClient:
         found = self._thread.call(lambda: self._client.status(wait_timeout=bound))
         return dict(_wait(found, None if bound is None else bound + 1))
 
+    def tasks(
+        self,
+        state: str | None = None,
+        task_type: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+        *,
+        wait_timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """A page of the task list, newest first (see the Twisted client's ``tasks``)."""
+        bound = self._bound(wait_timeout)
+        found = self._thread.call(
+            lambda: self._client.tasks(state, task_type, limit, before_id, wait_timeout=bound)
+        )
+        return dict(_wait(found, None if bound is None else bound + 1))
+
+    def retry(
+        self,
+        *task_ids: int,
+        failed: bool = False,
+        task_type: str | None = None,
+        wait_timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Run failed or cancelled tasks again under their ids (see the Twisted client's ``retry``)."""
+        bound = self._bound(wait_timeout)
+        found = self._thread.call(
+            lambda: self._client.retry(*task_ids, failed=failed, task_type=task_type, wait_timeout=bound)
+        )
+        return dict(_wait(found, None if bound is None else bound + 1))
+
+    def purge(self, task_type: str, *, wait_timeout: float | None = None) -> dict[str, Any]:
+        """Cancel every queued task of this type: ``{"purged": count}``."""
+        bound = self._bound(wait_timeout)
+        found = self._thread.call(lambda: self._client.purge(task_type, wait_timeout=bound))
+        return dict(_wait(found, None if bound is None else bound + 1))
+
     def map(self, task: Any, /, *args: Any, **kwargs: Any) -> Iterator[Any]:
         """
         Run every item as a task (``map(add, [(1, 2), (3, 4)])``, or payloads

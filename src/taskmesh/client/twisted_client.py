@@ -49,6 +49,7 @@ from twisted.python.failure import Failure
 
 from taskmesh import wire
 from taskmesh.client.mapping import DEFAULT_WINDOW, Hold, ItemRefused, MapSummary, Progress, Writer, run_map
+from taskmesh.client.operations import list_request, purge_request, retry_request
 from taskmesh.client.schedules import add_command, name_command
 from taskmesh.codec import decode_result, encode_arguments, task_failed
 from taskmesh.errors import (
@@ -764,6 +765,47 @@ class Client:
         """The scheduler's workers and task counts, as a dict (see ``taskmesh status --json``)."""
         return self._bounded(
             Deferred.fromCoroutine(self._retrying(lambda protocol: protocol.status())), wait_timeout
+        )
+
+    def tasks(
+        self,
+        state: str | None = None,
+        task_type: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+        *,
+        wait_timeout: float | None = None,
+    ) -> Deferred[dict[str, Any]]:
+        """
+        A page of the scheduler's task list, newest first: ``{"tasks": [...],
+        "next_before": id or None}`` (pass ``next_before`` as ``before_id``
+        for the next page).  ``state``: unfinished, succeeded, failed or
+        cancelled.  See docs/protocol.md §16.2 for the rows.
+        """
+        request = list_request(state, task_type, limit, before_id)
+        return self._operate(request, wait_timeout)
+
+    def retry(
+        self,
+        *task_ids: int,
+        failed: bool = False,
+        task_type: str | None = None,
+        wait_timeout: float | None = None,
+    ) -> Deferred[dict[str, Any]]:
+        """
+        Run failed or cancelled tasks again under their ids, with fresh
+        attempts (``failed=True``: every failed one, of ``task_type``):
+        ``{"retried": [...], "refused": [[id, reason], ...], "more": bool}``.
+        """
+        return self._operate(retry_request(task_ids, failed, task_type), wait_timeout)
+
+    def purge(self, task_type: str, *, wait_timeout: float | None = None) -> Deferred[dict[str, Any]]:
+        """Cancel every queued task of this type: ``{"purged": count}``."""
+        return self._operate(purge_request(task_type), wait_timeout)
+
+    def _operate(self, request: Any, wait_timeout: float | None) -> Deferred[dict[str, Any]]:
+        return self._bounded(
+            Deferred.fromCoroutine(self._retrying(lambda protocol: protocol.operate(request))), wait_timeout
         )
 
     @property

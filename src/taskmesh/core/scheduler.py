@@ -88,6 +88,18 @@ from taskmesh.wire import (
 
 #: Running tasks whose progress ``stats()`` lists, at the most.
 PROGRESS_LISTED = 100
+#: Tasks one ``retry(every_failed=True)`` reopens at the most, and store
+#: pages (of LIST_SCAN_ROWS rows each) it reads to find them: a bounded
+#: turn of the reactor; the answer says when more remain.
+RETRY_BATCH = 10000
+RETRY_PAGES = 10
+#: The task list's state filter, by name (QUEUED: the store's unfinished).
+_LISTED = {
+    "unfinished": State.QUEUED,
+    "succeeded": State.SUCCEEDED,
+    "failed": State.FAILED,
+    "cancelled": State.CANCELLED,
+}
 
 __all__ = [
     "IWorkerChannel",
@@ -211,6 +223,7 @@ class WorkerState:
         "joined_at",
         "done",
         "failed",
+        "draining",
     )
 
     def __init__(
@@ -235,6 +248,8 @@ class WorkerState:
         #: Outcomes this worker reported (a chunk's or group's items each count): for monitoring.
         self.done = 0
         self.failed = 0
+        #: The worker is shutting down (warm): it gets nothing more.
+        self.draining = False
 
 
 def _consume(failure: Failure) -> None:
@@ -606,6 +621,150 @@ class Scheduler:
             # The queue may drain by cancels alone: paused submitters resume then too.
             self._resume_if_room()
         return True
+
+    # -- what operators ask ---------------------------------------------------
+
+    def list_tasks(
+        self, state: str | None, task_type: str | None, limit: int, before_id: int | None
+    ) -> dict[str, Any]:
+        """
+        A page of the store's committed tasks, newest first (``state``: one of
+        LIST_STATES' names; None: all), unfinished ones with their live state
+        from here, failed and cancelled ones with their reason's first line.
+        Raises ``StoreUnavailable`` if the store cannot be read.
+        """
+        wanted = None if state is None else _LISTED[state]
+        rows, next_before = self._store.list_tasks(wanted, task_type, limit, before_id)
+        listed = []
+        for row in rows:
+            shown = row.state
+            reason = None
+            if row.finished_at is None:
+                live = self.state_of(row.id)
+                shown = live if live is not None else State.QUEUED
+            elif shown is not State.SUCCEEDED:
+                outcome = self._store.outcome(row.id)
+                if outcome is not None:
+                    reason = failure_summary(outcome.value).splitlines()[0][:200] if outcome.value else ""
+            listed.append(
+                {
+                    "id": row.id,
+                    "type": row.type,
+                    "state": shown.name.lower(),
+                    "attempts": row.attempts,
+                    "losses": row.losses,
+                    "key": row.key,
+                    "submitted_at": row.submitted_at,
+                    "finished_at": row.finished_at,
+                    "reason": reason,
+                }
+            )
+        return {"tasks": listed, "next_before": next_before}
+
+    def retry(
+        self, task_ids: list[int], every_failed: bool = False, task_type: str | None = None
+    ) -> dict[str, Any]:
+        """
+        Run failed or cancelled tasks again under their ids, as submitted, with
+        fresh attempts (``taskmesh retry``); with ``every_failed``, also every
+        failed task (of ``task_type``) the store lists, up to RETRY_BATCH per
+        call.  Returns ``{"retried": [...], "refused": [[id, reason]], "more":
+        bool}``; answer it once committed (``after_commit``).  Raises
+        ``StoreUnavailable`` while the store cannot commit or be read.
+        """
+        if self._store_error is not None:
+            raise StoreUnavailable(self._store_error)
+        wanted = list(dict.fromkeys(task_ids))
+        more = False
+        if every_failed:
+            before: int | None = None
+            for _ in range(RETRY_PAGES):
+                room = RETRY_BATCH - len(wanted)
+                if room <= 0:
+                    more = True
+                    break
+                rows, before = self._store.list_tasks(State.FAILED, task_type, room, before)
+                wanted.extend(row.id for row in rows if row.id not in self._tasks)
+                if before is None:
+                    break
+            else:
+                more = before is not None
+        retried: list[int] = []
+        refused: list[list[Any]] = []
+        for task_id in dict.fromkeys(wanted):
+            try:
+                reason = self._reopen(task_id)
+            except StoreUnavailable as e:  # this one could not be read: the others still go
+                reason = str(e)
+            if reason is None:
+                retried.append(task_id)
+            else:
+                refused.append([task_id, reason])
+        if retried:
+            self.log.info(
+                "retrying {count} tasks ({first}{rest})",
+                count=len(retried),
+                first=retried[0],
+                rest=", ..." if len(retried) > 1 else "",
+            )
+            if self._commit_call is None:
+                self._commit_call = self._clock.callLater(0, self._commit)
+        return {"retried": retried, "refused": refused, "more": more}
+
+    def _reopen(self, task_id: int) -> str | None:
+        """Queue one finished task again under its id; None, or why not."""
+        live = self._tasks.get(task_id)
+        if live is not None:
+            if live.state.finished:
+                return f"task {task_id} has just finished and its outcome is not stored yet; try again"
+            return f"task {task_id} is {live.state.name.lower()}: nothing to retry"
+        stored = self._store.stored_task(task_id)
+        if stored is None:
+            return (
+                f"no task {task_id} in the store (never submitted, or pruned after --result-ttl; "
+                "a memory store keeps no finished task's payload)"
+            )
+        if stored.state is State.SUCCEEDED:
+            return f"task {task_id} succeeded: nothing to retry"
+        if not stored.state.finished:  # unfinished in the store and not here: cannot happen
+            return f"task {task_id} is not finished"
+        options = TaskOptions(
+            priority=stored.priority,
+            timeout=stored.timeout,
+            max_attempts=stored.max_attempts,
+            key=stored.key,
+            retry_on_error=stored.retry_on_error,
+        )
+        task = Task(stored.id, stored.type, stored.payload, options, self._clock.seconds())
+        self._tasks[task.id] = task
+        if stored.key is not None:
+            self._keys[stored.key] = task.id
+        self._store.reopen(task.id)
+        self._enqueue(task)
+        return None
+
+    def purge(self, task_type: str, reason: str = "purged") -> int:
+        """
+        Cancel every queued task of a type (waiting for a worker or to
+        retry; running ones are left alone), with ``reason``: each waiter
+        hears it, and ``retry`` can bring them back.  Returns how many; answer
+        once committed (``after_commit``).
+        """
+        doomed = [
+            task.id
+            for task in self._tasks.values()
+            if task.type == task_type and task.state is State.QUEUED and task.worker is None
+        ]
+        for task_id in doomed:
+            self.cancel(task_id, reason)
+        if doomed:
+            self.log.info(
+                "purged {count} queued {task_type} tasks ({reason})",
+                count=len(doomed),
+                task_type=task_type,
+                reason=reason,
+            )
+        return len(doomed)
 
     def has_worker_for(self, task_type: str) -> bool:
         """Whether any connected worker runs this type (else the task waits)."""
@@ -1188,6 +1347,44 @@ class Scheduler:
                 self._queue.push(task)
         self._fill_all()
 
+    def drain(self, worker: WorkerState, lease_ids: list[int]) -> None:
+        """
+        A worker shuts down warm: it gets nothing more, and the leases it
+        hands back (held, never started) go back in line at once, in their
+        place, without counting an attempt or a loss: nothing ran.  What it
+        still runs stays leased to it until its results come (or it leaves).
+        An id it does not hold (answered, cancelled, timed out) is ignored.
+        """
+        if not worker.draining:
+            worker.draining = True
+            worker.capacity = 0
+            self.log.info(
+                "worker {name} is shutting down: it finishes {running} running, hands back {count}",
+                name=worker.name,
+                running=len(worker.leases) - len(lease_ids),
+                count=len(lease_ids),
+            )
+        requeued: list[Task | Chunk] = []
+        for lease_id in lease_ids:
+            lease = worker.leases.pop(lease_id, None)
+            if lease is None:
+                continue
+            if isinstance(lease, Group):
+                for member in lease.members:
+                    if member.worker is worker and member.state is State.RUNNING:
+                        self._release(member)
+                        requeued.append(member)
+            elif isinstance(lease, Chunk):
+                lease.worker = None
+                requeued.append(lease)
+            else:
+                self._release(lease)
+                requeued.append(lease)
+        for item in requeued:
+            self._queue.push(item)
+        if requeued:
+            self._fill_all()
+
     def complete(self, worker: WorkerState, records: list[tuple[int, int, bytes]]) -> None:
         """
         A worker reports outcomes: (task id, status, value) with status 0 for
@@ -1295,6 +1492,7 @@ class Scheduler:
                     "done": worker.done,
                     "failed": worker.failed,
                     "connected_seconds": round(now - worker.joined_at, 3),
+                    "draining": worker.draining,
                 }
                 for worker in self._workers
             ],

@@ -65,6 +65,8 @@ Report = Callable[[int, int, bytes], None]
 ReportChunk = Callable[[int, list[tuple[int, bytes]]], None]
 #: report_progress([(task id, done, total, note), ...])
 ReportProgress = Callable[[list[ProgressRecord]], None]
+#: hand_back([lease id, ...]): work held and never started, returned while draining.
+HandBack = Callable[[list[int]], None]
 #: run_blocking(cpu_bound, function, argument) -> Deferred firing with function(argument).
 RunBlocking = Callable[[bool, Callable[[Any], Any], Any], Deferred[Any]]
 
@@ -229,6 +231,10 @@ class Worker:
         self._pending: dict[int, Deferred[Any]] = {}
         self._cancelled: set[int] = set()
         self._stopped = False
+        #: Draining (a warm shutdown): where held work goes back, and who
+        #: hears when nothing runs any more; None while not draining.
+        self._hand_back: HandBack | None = None
+        self._on_idle: Callable[[], None] | None = None
         # progress: tasks whose reports are heard (running ones), the latest
         # report of each waiting to be sent, and the send that is due.
         #: Running groups' tasks (by group id), whose progress is heard
@@ -255,14 +261,45 @@ class Worker:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    @property
+    def busy(self) -> int:
+        """Work running whose outcome will be reported (cancelled work that runs on is not counted)."""
+        return self._running - len(self._cancelled)
+
+    def drain(self, hand_back: HandBack, on_idle: Callable[[], None]) -> list[int]:
+        """
+        Start a warm shutdown: nothing new starts; returns the ids of the
+        work held and not started (to hand back to the scheduler), and from
+        now on hands back whatever else arrives through ``hand_back``.  What
+        runs finishes and is reported as usual; ``on_idle`` is called once
+        nothing reportable runs any more (at once, by the caller's check of
+        ``busy``, if nothing does now).
+        """
+        self._hand_back = hand_back
+        self._on_idle = on_idle
+        held = [work.id for work in self._waiting]
+        self._waiting.clear()
+        return held
+
+    def _maybe_idle(self) -> None:
+        if self._on_idle is not None and self.busy <= 0:
+            on_idle, self._on_idle = self._on_idle, None
+            on_idle()
+
     def assign(self, records: list[tuple[int, str, bytes]]) -> None:
         """Tasks from the scheduler (Assign): start what fits in the slots, queue the rest."""
+        if self._hand_back is not None:  # draining: straight back, unstarted
+            self._hand_back([record[0] for record in records])
+            return
         self._check_capacity(len(records))
         self._waiting.extend([TaskWork(*record) for record in records])
         self._start_waiting()
 
     def assign_tasks(self, records: list[TaskRecord]) -> None:
         """Tasks with their attempt, attempts and timeout (AssignTasks)."""
+        if self._hand_back is not None:  # draining: straight back, unstarted
+            self._hand_back([record[0] for record in records])
+            return
         self._check_capacity(len(records))
         now = self._clock.seconds()
         self._waiting.extend(
@@ -282,12 +319,18 @@ class Worker:
 
     def assign_chunks(self, records: list[tuple[int, str, list[bytes]]]) -> None:
         """Chunks of jobs from the scheduler: each takes one slot for all its items."""
+        if self._hand_back is not None:  # draining: straight back, unstarted
+            self._hand_back([record[0] for record in records])
+            return
         self._check_capacity(len(records))
         self._waiting.extend([ChunkWork(*record) for record in records])
         self._start_waiting()
 
     def assign_groups(self, records: list[GroupRecord]) -> None:
         """Groups of tasks: each takes one slot and is answered as a chunk."""
+        if self._hand_back is not None:  # draining: straight back, unstarted
+            self._hand_back([record[0] for record in records])
+            return
         self._check_capacity(len(records))
         self._waiting.extend(
             [
@@ -328,6 +371,8 @@ class Worker:
             if pending is not None:
                 self._cancelled.add(task_id)
                 pending.cancel()
+        if self._on_idle is not None:
+            self._maybe_idle()  # what is cancelled is not waited for
 
     def stop(self) -> None:
         """
@@ -476,6 +521,8 @@ class Worker:
         else:
             self._done(work, (*outcome_of(outcome, self._max_result), None))
         self._start_waiting()
+        if self._on_idle is not None:
+            self._maybe_idle()
 
     def _done(self, work: TaskWork, done: Done) -> None:
         if self._progress:
@@ -635,6 +682,8 @@ class Worker:
             self._report_chunk(work.id, answers)
         if resumed:
             self._start_waiting()
+        if self._on_idle is not None:
+            self._maybe_idle()
 
 
 def _cpu_bound(handler: ITaskHandler) -> bool:

@@ -33,6 +33,7 @@ from taskmesh.codec import decode_result, task_failed
 from taskmesh.errors import (
     AuthenticationFailed,
     NotLeader,
+    OperationFailed,
     ScheduleRefused,
     SchedulerGone,
     TaskFailed,
@@ -190,6 +191,8 @@ class ClientConnection:
         self._status: deque[Answer] = deque()
         #: Answers of schedule commands, in the order sent (the scheduler answers in order).
         self._schedule_answers: deque[Answer] = deque()
+        # request number -> answer of an operator's request (ListTasks, RetryTasks, PurgeTasks)
+        self._operations: dict[int, Answer] = {}
         # request number -> (answer of (job id, flags), results callback), until accepted
         self._job_requests: dict[int, tuple[Answer, JobListener]] = {}
         # job id -> results callback
@@ -255,6 +258,18 @@ class ClientConnection:
             return
         self._schedule_answers.append(answer)
         self._output.send(command)
+
+    def operate(self, answer: Answer, request: Callable[[int], wire.Message]) -> None:
+        """
+        An operator's request: ``request(number)`` builds the ListTasks,
+        RetryTasks or PurgeTasks; the answer fires with the Answer's JSON
+        object, or fails with OperationFailed when it carries an error.
+        """
+        if self.refuse(answer):
+            return
+        number = self._next_request = (self._next_request + 1) & 0xFFFFFFFF
+        self._operations[number] = answer
+        self._output.send(request(number))
 
     def open_job(
         self,
@@ -357,6 +372,20 @@ class ClientConnection:
                 except ValueError:
                     raise PeerMisbehaved("a schedule answer is not JSON") from None
                 _fire(answer, found)
+            case wire.Answer(request=request, json=text):
+                operation = self._operations.pop(request, None)
+                if operation is None:
+                    raise PeerMisbehaved(f"answer to request {request}, which is not pending")
+                try:
+                    found = json.loads(text)
+                except ValueError:
+                    found = None
+                if not isinstance(found, dict):
+                    raise PeerMisbehaved("the answer is not a JSON object")
+                if "error" in found:
+                    _fail(operation, OperationFailed(str(found["error"])))
+                else:
+                    _fire(operation, found)
             case wire.Challenge() if self.welcome is None and not self._handshake.answered:
                 self._answer_challenge(message)
             case wire.Welcome() if self.welcome is None and (
@@ -468,6 +497,8 @@ class ClientConnection:
         waiting.extend(self._status)
         waiting.extend(self._schedule_answers)
         self._schedule_answers.clear()
+        waiting.extend(self._operations.values())
+        self._operations.clear()
         waiting.extend(answer for answer, _ in self._job_requests.values())
         self._job_requests.clear()
         self._jobs.clear()

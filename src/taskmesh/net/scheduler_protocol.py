@@ -122,6 +122,8 @@ class SchedulerProtocol(FramedProtocol):
                     raise PeerMisbehaved(str(e)) from None
             case wire.Progress(records=progress):
                 self.core.progress(worker, progress)
+            case wire.Drain(records=lease_ids):
+                self.core.drain(worker, lease_ids)
             case wire.Heartbeat():
                 pass
             case wire.Error():
@@ -160,6 +162,8 @@ class SchedulerProtocol(FramedProtocol):
                     raise PeerMisbehaved(f"job {job.id} ends at {total} items but {job.received} came")
                 self.core.end_job(job)
                 self._forget_if_done(job)
+            case wire.ListTasks() | wire.RetryTasks() | wire.PurgeTasks():
+                self._operate(message)
             case wire.Heartbeat():
                 pass
             case wire.Error():
@@ -224,6 +228,50 @@ class SchedulerProtocol(FramedProtocol):
         if ok and len(answer) > self.send_limit - 16:
             ok, answer = False, f"the answer ({len(answer)} bytes) does not fit a frame; list fewer schedules"
         self.send(wire.ScheduleAnswer(ok, answer))
+
+    def _operate(self, message: wire.ListTasks | wire.RetryTasks | wire.PurgeTasks) -> None:
+        """
+        An operator's request (``taskmesh tasks``, ``retry``, ``purge``): the
+        core decides; a list is answered now (it reads committed rows), a
+        retry or purge once its writes are durable.  Each counts as a query
+        until answered (--max-queries).
+        """
+        self._count_queries(1)
+        core = self.core
+        try:
+            match message:
+                case wire.ListTasks():
+                    state = None if message.state == 0 else wire.LIST_STATES[message.state]
+                    answer = core.list_tasks(
+                        state, message.task_type, message.limit, message.before_id or None
+                    )
+                    self._send_answer(message.request, answer)
+                    return
+                case wire.RetryTasks():
+                    answer = core.retry(message.task_ids, message.every_failed, message.task_type)
+                    self.log.info(
+                        "{name} asked to retry: {retried} retried, {refused} refused",
+                        name=self.name,
+                        retried=len(answer["retried"]),
+                        refused=len(answer["refused"]),
+                    )
+                case wire.PurgeTasks():
+                    answer = {"purged": core.purge(message.task_type, f"purged by {self.name}")}
+        except StoreUnavailable as e:
+            self._send_answer(message.request, {"error": str(e)})
+            return
+        core.after_commit(self._send_answer, message.request, answer)
+
+    def _send_answer(self, request: int, answer: dict[str, Any]) -> None:
+        self._queries_pending -= 1
+        if self.closing:
+            return
+        text = json.dumps(answer, separators=(",", ":"))
+        if len(text) + 16 > min(self.send_limit, wire.MAX_ANSWER):
+            text = json.dumps(
+                {"error": f"the answer of {len(text)} bytes does not fit in a frame; ask for less"}
+            )
+        self.send(wire.Answer(request, text))
 
     def _count_queries(self, count: int) -> None:
         waiting = self._queries_pending + len(self._queried) + count

@@ -61,7 +61,10 @@ class State(IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class StoredTask:
-    """An unfinished task as the store gives it back after a restart."""
+    """
+    A task as the store has it: an unfinished one as it is given back after
+    a restart, or any one for ``stored_task`` (then ``state`` says which).
+    """
 
     id: int
     type: str
@@ -76,6 +79,8 @@ class StoredTask:
     losses: int
     #: When it may run (seconds since the epoch), or None: at once.
     due_at: float | None = None
+    #: QUEUED for an unfinished task, else its outcome's state.
+    state: State = State.QUEUED
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +250,20 @@ class ITaskStore(Interface):
         ``limit`` of them, looking at no more than ``LIST_SCAN_ROWS`` rows.
         Returns the rows and the ``before_id`` of the next page (None: no more).
         For the dashboard; read-only.  Reads may raise ``StoreUnavailable``.
+        """
+
+    def stored_task(task_id: int) -> StoredTask | None:
+        """
+        A committed task as submitted (finished or not), with its state; None
+        if the store does not have it (or keeps no payloads: memory).  For
+        ``taskmesh retry``; one read by id.  Reads may raise ``StoreUnavailable``.
+        """
+
+    def reopen(task_id: int) -> None:
+        """
+        Make a finished task unfinished again, with no outcome and 0 attempts
+        and losses (durable at the next commit, in order with the other
+        writes), so that it runs again under its id: ``taskmesh retry``.
         """
 
     def close() -> None:
