@@ -745,3 +745,41 @@ def test_the_status_report_fits_the_announced_frame_limit() -> None:
     status = json.loads(report.json)
     assert status["truncated"]["waiting_by_type"] == 12
     assert len(status.get("waiting_by_type", {})) < 12 and status["tasks"]["queued"] == 12
+
+
+def _welcomed_client(heartbeat_ms: int, tolerance: int):  # type: ignore[no-untyped-def]
+    from taskmesh.net.client_protocol import ClientProtocol
+
+    clock = Clock()
+    protocol = ClientProtocol(clock, "c", secret=SECRET)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    welcome_peer(
+        protocol,
+        transport,
+        wire.Welcome("s", 1 << 20, 1 << 16, heartbeat_ms=heartbeat_ms, tolerance=tolerance),
+    )
+    assert protocol.ready.called
+    return clock, protocol, transport
+
+
+def test_a_silent_scheduler_is_dropped_after_its_tolerance() -> None:
+    clock, protocol, transport = _welcomed_client(1000, 3)
+    for _ in range(3):
+        clock.advance(1.0)
+    assert not transport.disconnecting
+    clock.advance(1.0)  # silent for 4 s > 3 intervals
+    assert transport.disconnecting or protocol.closing
+    assert protocol.closed_because is not None and "silent" in protocol.closed_because
+
+
+def test_a_blocked_reactor_does_not_make_a_live_scheduler_look_silent() -> None:
+    clock, protocol, transport = _welcomed_client(1000, 3)
+    clock.advance(30.0)  # the application blocked the reactor for 30 s: one late beat
+    assert not protocol.closing
+    protocol.dataReceived(frame(wire.Heartbeat()))  # what the scheduler sent meanwhile, read now
+    clock.advance(1.0)
+    assert not protocol.closing
+    for _ in range(4):  # and if it then really goes silent, it is dropped as before
+        clock.advance(1.0)
+    assert protocol.closing and "silent" in (protocol.closed_because or "")

@@ -641,3 +641,28 @@ def test_a_map_item_that_asks_for_a_retry_fails() -> None:
     ((chunk_id, _, _),) = channel.chunks
     rig.core.complete_chunks(worker, [(chunk_id, 0, [(STATUS_RETRY, retry(1.0))])])
     assert answers == [(0, STATUS_FAILED, b"Retry: not yet (a map's items are not retried)")]
+
+
+def test_notify_tells_on_outcome_once_durable_without_a_deferred() -> None:
+    clock = Clock()
+    core = Scheduler(clock, MemoryStore(), Policy())
+    core.start()
+    told: list[tuple[int, State, bytes]] = []
+    core.on_outcome = lambda task_id, state, value: told.append((task_id, state, value))
+    worker = core.add_worker(FakeChannel(), "w", 2, frozenset({"echo"}))
+    ok, _ = core.submit("echo", b"a")
+    bad, _ = core.submit("echo", b"b")
+    quiet, _ = core.submit("echo", b"c")  # nobody notified: nothing told
+    for task_id in (ok, bad):
+        found = core.notify(task_id)
+        assert isinstance(found, Task) and found.watched and found.fired is None  # no Deferred made
+    core.complete(worker, [(ok, STATUS_OK, b"digest"), (bad, STATUS_FAILED, b"no good")])
+    assert told == []  # not durable yet
+    clock.advance(0)
+    assert told == [(ok, State.SUCCEEDED, b"digest"), (bad, State.FAILED, b"no good")]
+    core.complete(worker, [(quiet, STATUS_OK, b"x")])
+    clock.advance(0)
+    assert len(told) == 2
+    outcome = core.notify(ok)  # finished: the outcome, answered by the caller now
+    assert not isinstance(outcome, Task) and outcome is not None and outcome.value == b"digest"
+    assert core.notify(10_000) is None

@@ -269,3 +269,51 @@ def test_status_shows_scheduled_tasks_and_the_schedules_and_a_task_page_its_due_
     clock.advance(10)
     _, body = get(root, "/api/status")
     assert json.loads(body)["schedules"][0]["last_due"] == 1010.0
+
+
+def test_metrics_have_commit_times_per_commit_and_connections_by_role_counted_at_scrape() -> None:
+    from handshakes import SECRETS, shake
+    from twisted.internet.testing import StringTransport
+
+    from taskmesh import wire
+    from taskmesh.net.scheduler_protocol import SchedulerFactory
+
+    clock = Clock()
+    core = Scheduler(clock, MemoryStore(), Policy())
+    core.start()
+    factory = SchedulerFactory(core, clock, SECRETS)
+    root, _ = build_root(MeshView(core, clock, connections=factory.connections_by_role), None)
+
+    def connect(hello: wire.Hello | None) -> None:
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        if hello is not None:
+            shake(protocol, transport, hello)
+
+    connect(wire.Hello(role=wire.ROLE_CLIENT, name="c1"))
+    connect(wire.Hello(role=wire.ROLE_CLIENT, name="c2"))
+    connect(wire.Hello(role=wire.ROLE_WORKER, name="w", slots=1, task_types=["echo"]))
+    connect(None)  # connected, no hello yet
+    commits_before = core.commit_times.counts[:]
+    for n in range(50):  # fifty tasks in one turn: one commit
+        core.submit("echo", b"%d" % n)
+    clock.advance(0)
+    _, body = get(root, "/metrics")
+    families = {family.name: family for family in text_string_to_metric_families(body.decode())}
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in families.values()
+        for sample in family.samples
+    }
+    roles = {"client": 2, "worker": 1, "handshake": 1}
+    for role, count in roles.items():
+        assert samples[("taskmesh_connections", (("role", role),))] == count
+    assert families["taskmesh_store_commit_seconds"].type == "histogram"
+    commits = sum(core.commit_times.counts) - sum(commits_before)
+    assert commits == 1
+    assert samples[("taskmesh_store_commit_seconds_count", ())] == sum(core.commit_times.counts)
+    # On a Clock no time passes during a commit: every one is in the first bucket.
+    assert samples[("taskmesh_store_commit_seconds_bucket", (("le", "0.0001"),))] == sum(
+        core.commit_times.counts
+    )

@@ -83,6 +83,10 @@ class StoreUnavailable(Exception):
         self.reason = reason
 
 
+class OperationFailed(Exception):
+    """The scheduler could not serve an operator's request (list, retry, purge); the message says why."""
+
+
 class SchedulerGone(Exception):
     """The connection to the scheduler ended before the answer came."""
 

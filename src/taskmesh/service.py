@@ -15,6 +15,7 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.pool
 import os
+import signal
 import threading
 from typing import Any
 
@@ -24,9 +25,10 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer, provider
 
 from taskmesh import wire
 from taskmesh.context import install_child_outbox
@@ -44,11 +46,26 @@ from taskmesh.store import ITaskStore
 
 #: Longest pause between two attempts to reach a scheduler that is down.
 DEFAULT_RECONNECT_MAX_DELAY = 5.0
+#: Seconds a stopping worker lets its running tasks finish (``--grace``).
+DEFAULT_GRACE = 30.0
 #: Longest pause before trying a scheduler again after it refused our secret.
 AUTH_RETRY_MAX_DELAY = 60.0
 #: Where a worker runs CPU-bound handlers: threads (one core between them,
 #: as Python runs), or processes (every core).
 POOLS = ("thread", "process")
+
+
+def describe_store(store: ITaskStore) -> str:
+    """Where a store keeps tasks, for the start line: a file's path, or what else it is."""
+    description = getattr(store, "description", None)
+    if description:
+        return str(description)
+    path = getattr(store, "path", None)
+    if path is not None:
+        return f"SQLite {os.path.abspath(path)}"
+    if type(store).__name__ == "MemoryStore":
+        return "memory (nothing survives a restart)"
+    return type(store).__name__
 
 
 class SchedulerService(Service):
@@ -92,7 +109,9 @@ class SchedulerService(Service):
         if web is not None:
             from taskmesh.web import WebService
 
-            self.web = WebService(reactor, web, core, secrets.client, store)
+            self.web = WebService(
+                reactor, web, core, secrets.client, store, connections=self.factory.connections_by_role
+            )
 
     def startService(self) -> None:
         """
@@ -120,9 +139,11 @@ class SchedulerService(Service):
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
         self.log.info(
-            "scheduler listening on {address} ({listen})",
+            "scheduler listening on {address} ({listen}); store: {store}; {tasks} unfinished tasks",
             address=describe_address(port.getHost()),
             listen=self.listen,
+            store=describe_store(self.store),
+            tasks=self.core.stats()["tasks"]["queued"],
         )
 
     def stopService(self) -> Deferred[None]:
@@ -141,12 +162,67 @@ class SchedulerService(Service):
         return passthrough
 
 
+@provider(ILogObserver)
+def _not_twisted_retry_line(event: dict[str, Any]) -> None:
+    """
+    ClientService's own retry line ("Scheduling retry 1 to connect ... in
+    0.9398695857530154 seconds.") says neither why nor in a round number:
+    the worker logs its own instead (``WorkerService._retry_policy``).
+    """
+    if str(event.get("log_format", "")).startswith("Scheduling retry"):
+        return
+    globalLogPublisher(event)
+
+
+class _ClientService(ClientService):
+    _log = Logger(namespace="twisted.application.internet.ClientService", observer=_not_twisted_retry_line)
+
+
+@implementer(IStreamClientEndpoint)
+class _Remembering:
+    """An endpoint that remembers why its last connection attempt failed (for the retry line)."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        self._endpoint = endpoint
+        self.last_failure = "not connected yet"
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        connecting: Deferred[Any] = self._endpoint.connect(factory)
+        connecting.addErrback(self._failed)
+        return connecting
+
+    def _failed(self, failure: Failure) -> Failure:
+        self.last_failure = failure.getErrorMessage()
+        return failure
+
+
+class _DaemonThreadPool(ThreadPool):
+    """
+    A thread pool whose threads do not hold the process at exit: a worker
+    that gives up on a task still running in a thread (its grace is over, or
+    a second signal) must be able to exit; the scheduler runs the task again.
+    """
+
+    def threadFactory(self, *args: Any, **kwargs: Any) -> threading.Thread:  # type: ignore[override]
+        thread = threading.Thread(*args, **kwargs)
+        thread.daemon = True
+        return thread
+
+
 class WorkerService(MultiService):
     """
     One worker: a reconnecting connection to a scheduler, a thread pool for
     blocking handlers and, with ``pool="process"``, a process pool for the
     handlers that declare themselves CPU-bound, so one worker process can
     keep every core busy.
+
+    Stopping is warm (SIGTERM or SIGINT, through twistd): the worker takes
+    nothing new, hands the tasks it holds and has not started back to the
+    scheduler at once (so other workers run them now), lets the running ones
+    finish and delivers their results, for up to ``grace`` seconds, then
+    exits.  A second signal, or the end of the grace, gives up on what still
+    runs (the scheduler runs it again, counting a lost worker) and exits at
+    once.  ``grace`` 0: no warm shutdown.
     """
 
     log = Logger()
@@ -161,8 +237,18 @@ class WorkerService(MultiService):
         reconnect_max_delay: float = DEFAULT_RECONNECT_MAX_DELAY,
         pool: str = "thread",
         secret: bytes = b"",
+        grace: float = DEFAULT_GRACE,
+        address: str = "",
     ) -> None:
         super().__init__()
+        #: The scheduler's address as the user gave it, for the logs.
+        self.address = address or str(connect)
+        if grace < 0:
+            raise ValueError("grace must be 0 or more seconds")
+        self.grace = grace
+        self._draining: Deferred[None] | None = None
+        self._grace_call: Any = None
+        self._abandoned = False
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}")
         if not secret:
@@ -170,7 +256,7 @@ class WorkerService(MultiService):
         self.reactor = reactor
         self._authentication_failures = 0
         self._retry_call: Any = None
-        self.threads = ThreadPool(minthreads=0, maxthreads=slots, name="taskmesh-blocking")
+        self.threads = _DaemonThreadPool(minthreads=0, maxthreads=slots, name="taskmesh-blocking")
         self.processes: multiprocessing.pool.Pool | None = None
         self.pool = pool
         self.slots = slots
@@ -192,13 +278,34 @@ class WorkerService(MultiService):
         #: this queue, drained by a thread of its own.
         self._progress_queue: Any = None
         self._progress_drain: threading.Thread | None = None
-        self.connection = ClientService(
-            connect,
-            self.factory,
-            retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=reconnect_max_delay),
-            clock=reactor,
+        self._endpoint = _Remembering(connect)
+        self._backoff = backoffPolicy(initialDelay=0.2, maxDelay=reconnect_max_delay)
+        self.connection = _ClientService(
+            self._endpoint, self.factory, retryPolicy=self._retry_policy, clock=reactor
         )
         self.connection.setServiceParent(self)
+
+    def _retry_policy(self, attempt: int) -> float:
+        """
+        The backoff, and one line an operator can use: why (the connection
+        was lost, or the attempt failed, and how) and when, rounded.
+        """
+        delay: float = self._backoff(attempt)
+        lost = self.factory.last_lost
+        if lost is not None and attempt == 1:
+            why = f"lost the connection: {lost}"
+        else:
+            why = self._endpoint.last_failure
+        self.factory.last_lost = None
+        self.log.info(
+            "cannot reach the scheduler at {address} ({reason}); trying again in {delay:.1f} s "
+            "(attempt {attempt})",
+            address=self.address,
+            reason=why,
+            delay=delay,
+            attempt=attempt,
+        )
+        return delay
 
     def _refused(self, reason: str) -> None:
         """A scheduler that refuses this worker will refuse it again: stop, do not retry."""
@@ -271,10 +378,85 @@ class WorkerService(MultiService):
             self.reactor.callFromThread(self.factory.post_progress, records)
 
     def stopService(self) -> Deferred[None]:
+        """
+        A warm shutdown (see the class): the Deferred fires once the running
+        tasks are reported (or given up on) and the pools are stopped;
+        twistd waits for it before the reactor stops.
+        """
+        if self._draining is not None:
+            return self._draining
         if self._retry_call is not None and self._retry_call.active():
             self._retry_call.cancel()
         current = self.factory.current
+        self._draining = Deferred()
+        self._draining.addCallback(self._stop_now)
+        running = current.drain(self._drained) if current is not None and self.grace > 0 else 0
+        if not running:
+            self._drained()
+            return self._draining
+        self.log.info(
+            "waiting up to {grace:g} s for {running} running tasks to finish (a second signal stops at once)",
+            grace=self.grace,
+            running=running,
+        )
+        self._grace_call = self.reactor.callLater(
+            self.grace, self._give_up, f"the {self.grace:g} s grace is over"
+        )
+        self.factory.lost = self._lost_while_draining
+        self._catch_second_signal()
+        return self._draining
+
+    def _catch_second_signal(self) -> None:
+        """From now on SIGTERM or SIGINT ends the wait (twistd's own handler would only log an error)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            name = signal.Signals(signum).name
+            self.reactor.callFromThread(self._give_up, f"a second signal ({name})")
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, handler)
+
+    def _give_up(self, why: str) -> None:
+        """Stop waiting for the running tasks: they are abandoned (the scheduler runs them again)."""
+        if self._draining is None or self._draining.called:
+            return
+        current = self.factory.current
+        running = current.core.busy if current is not None and current.core is not None else 0
+        self.log.warn(
+            "{why}: exiting now; {running} running tasks are abandoned (the scheduler runs them again)",
+            why=why,
+            running=running,
+        )
+        self._abandoned = True
         if current is not None:
+            current.close()
+        self._drained()
+
+    def _lost_while_draining(self) -> None:
+        if self._draining is not None and not self._draining.called:
+            self.log.warn(
+                "lost the scheduler while shutting down: the running tasks' results cannot be "
+                "delivered (the scheduler runs them again)"
+            )
+            self._abandoned = True
+            self._drained()
+
+    def _drained(self) -> None:
+        """Every running task is reported (or given up on): stop."""
+        if self._grace_call is not None and self._grace_call.active():
+            self._grace_call.cancel()
+        self._grace_call = None
+        draining = self._draining
+        if draining is not None and not draining.called:
+            draining.callback(None)
+
+    def _stop_now(self, _: object) -> Deferred[None]:
+        self.factory.lost = lambda: None
+        current = self.factory.current
+        if current is not None:
+            current.flush()  # the last results, before the close drops what is queued
             # Our own close first: it stops being the transport's producer,
             # without which a TLS connection would never start its shutdown.
             current.close()
@@ -283,7 +465,13 @@ class WorkerService(MultiService):
         return stopping
 
     def _stop_pools(self, passthrough: Any) -> Any:
-        self.threads.stop()
+        if self._abandoned:
+            # A thread still runs an abandoned task: do not wait for it (its
+            # threads are daemons; the process exits without them).
+            self.threads.joined = True
+            self.threads.started = False
+        else:
+            self.threads.stop()
         if self.processes is not None:
             # The pool's processes end with the worker, whatever they run.
             self.processes.terminate()

@@ -112,12 +112,17 @@ KIND_JOB_END = 0x19
 KIND_JOB_RESULTS = 0x1A
 KIND_SCHEDULE = 0x1B
 KIND_SCHEDULE_ANSWER = 0x1C
+KIND_LIST_TASKS = 0x1D
+KIND_RETRY_TASKS = 0x1E
+KIND_PURGE_TASKS = 0x1F
 KIND_ASSIGN = 0x20
 KIND_ASSIGN_CHUNKS = 0x21
 KIND_CHUNK_RESULTS = 0x22
 KIND_ASSIGN_TASKS = 0x23
 KIND_ASSIGN_GROUPS = 0x24
 KIND_PROGRESS = 0x25
+KIND_DRAIN = 0x26
+KIND_ANSWER = 0x27  # scheduler to client (its number came after the worker ones)
 
 # Record and header layouts (all big-endian, no padding).
 _KIND = struct.Struct(">B")
@@ -572,6 +577,73 @@ def encode_schedule_answer(message: ScheduleAnswer) -> bytes:
     return _SCHEDULE_ANSWER_HEAD.pack(KIND_SCHEDULE_ANSWER, 1 if message.ok else 0, len(text)) + text
 
 
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """
+    Worker to scheduler: this worker is shutting down (warm): assign it
+    nothing more, and take back these leases (task, group or chunk ids),
+    which it held without starting them.  It may come more than once: work
+    assigned before the scheduler read the first is handed back the same way.
+    """
+
+    records: list[int]
+
+
+#: ListTasks' state filter: 0 any; then unfinished, succeeded, failed, cancelled.
+LIST_STATES = ("any", "unfinished", "succeeded", "failed", "cancelled")
+#: Rows one ListTasks may ask for, at the most.
+MAX_LIST_LIMIT = 1000
+#: Task ids one RetryTasks may name, at the most.
+MAX_RETRY_IDS = 10000
+#: Bytes of JSON in one Answer, at the most (it is also bound by the frame limit).
+MAX_ANSWER = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ListTasks:
+    """
+    Client to scheduler: a page of the task list, newest first (answered
+    with an Answer).  ``state`` indexes LIST_STATES; ``before_id`` 0 starts
+    from the newest; ``task_type`` None: every type.
+    """
+
+    request: int
+    state: int = 0
+    limit: int = 100
+    before_id: int = 0
+    task_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryTasks:
+    """
+    Client to scheduler: run these failed or cancelled tasks again, under
+    their ids, with fresh attempts; with ``every_failed``, also every failed
+    task (of ``task_type``, if given).  Answered with an Answer.
+    """
+
+    request: int
+    task_ids: list[int]
+    every_failed: bool = False
+    task_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeTasks:
+    """Client to scheduler: cancel every queued task of this type (answered with an Answer)."""
+
+    request: int
+    task_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """Scheduler to client: the answer to ListTasks, RetryTasks or PurgeTasks, as a JSON object."""
+
+    request: int
+    json: str
+
+
 Message = (
     Hello
     | Welcome
@@ -601,6 +673,11 @@ Message = (
     | Progress
     | ScheduleCommand
     | ScheduleAnswer
+    | Drain
+    | ListTasks
+    | RetryTasks
+    | PurgeTasks
+    | Answer
 )
 
 
@@ -997,7 +1074,62 @@ def parse_pending(value: bytes) -> tuple[str, tuple[float, float, str] | None]:
     return state, (done, total, note)
 
 
+_LIST_HEAD = struct.Struct(">BIBHQB")  # kind, request, state, limit, before id, type length
+_RETRY_HEAD = struct.Struct(">BIBB")  # kind, request, flags, type length; then type, u32 count, ids
+_PURGE_HEAD = struct.Struct(">BIB")  # kind, request, type length
+_ANSWER_HEAD = struct.Struct(">BII")  # kind, request, JSON length
+RETRY_EVERY_FAILED = 0x01
+
+
+def _optional_type(task_type: str | None) -> bytes:
+    return b"" if task_type is None else check_task_type(task_type).encode("utf-8")
+
+
+def encode_drain(message: Drain) -> bytes:
+    pack = _TASK_ID.pack
+    return _COUNT.pack(KIND_DRAIN, len(message.records)) + b"".join([pack(i) for i in message.records])
+
+
+def encode_list_tasks(message: ListTasks) -> bytes:
+    kind = _optional_type(message.task_type)
+    return (
+        _LIST_HEAD.pack(
+            KIND_LIST_TASKS, message.request, message.state, message.limit, message.before_id, len(kind)
+        )
+        + kind
+    )
+
+
+def encode_retry_tasks(message: RetryTasks) -> bytes:
+    kind = _optional_type(message.task_type)
+    flags = RETRY_EVERY_FAILED if message.every_failed else 0
+    pack = _TASK_ID.pack
+    return b"".join(
+        [
+            _RETRY_HEAD.pack(KIND_RETRY_TASKS, message.request, flags, len(kind)),
+            kind,
+            _U32.pack(len(message.task_ids)),
+            *[pack(task_id) for task_id in message.task_ids],
+        ]
+    )
+
+
+def encode_purge_tasks(message: PurgeTasks) -> bytes:
+    kind = check_task_type(message.task_type).encode("utf-8")
+    return _PURGE_HEAD.pack(KIND_PURGE_TASKS, message.request, len(kind)) + kind
+
+
+def encode_answer(message: Answer) -> bytes:
+    text = message.json.encode("utf-8")
+    return _ANSWER_HEAD.pack(KIND_ANSWER, message.request, len(text)) + text
+
+
 _ENCODERS: dict[type[Any], Callable[[Any], bytes]] = {
+    Drain: encode_drain,
+    ListTasks: encode_list_tasks,
+    RetryTasks: encode_retry_tasks,
+    PurgeTasks: encode_purge_tasks,
+    Answer: encode_answer,
     JobSubmit: encode_job_submit,
     JobAccepted: lambda m: _JOB_ACCEPTED.pack(KIND_JOB_ACCEPTED, m.request, m.job_id, m.flags),
     JobItems: encode_job_items,
@@ -1593,7 +1725,81 @@ def _decode_schedule_answer(data: bytes) -> ScheduleAnswer:
     return answer
 
 
+def _ids(reader: _Reader, count: int, what: str, most: int) -> list[int]:
+    if count > most:
+        raise ProtocolError(f"{what} names {count} ids; the most is {most}")
+    data = reader.take(count * _TASK_ID.size)
+    ids = [value for (value,) in _TASK_ID.iter_unpack(data)]
+    if ids and max(ids) > MAX_ID:
+        raise ProtocolError(f"task id {max(ids)} is out of range (at most {MAX_ID})")
+    return ids
+
+
+def _decode_drain(data: bytes) -> Drain:
+    reader = _Reader(data, 0)
+    _, count = reader.unpack(_COUNT)
+    # A worker holds at most its slots plus prefetch (both bounded): far fewer than this.
+    ids = _ids(reader, count, "a drain", MAX_RETRY_IDS)
+    reader.finish()
+    return Drain(ids)
+
+
+def _decode_optional_type(reader: _Reader, length: int) -> str | None:
+    return _type_name(reader.take(length)) if length else None
+
+
+def _decode_list_tasks(data: bytes) -> ListTasks:
+    reader = _Reader(data, 0)
+    _, request, state, limit, before_id, type_length = reader.unpack(_LIST_HEAD)
+    if state >= len(LIST_STATES):
+        raise ProtocolError(f"unknown task list state {state}")
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        raise ProtocolError(f"a task list of {limit} rows; 1 to {MAX_LIST_LIMIT} may be asked for")
+    if before_id > MAX_ID:
+        raise ProtocolError(f"task id {before_id} is out of range (at most {MAX_ID})")
+    task_type = _decode_optional_type(reader, type_length)
+    reader.finish()
+    return ListTasks(request, state, limit, before_id, task_type)
+
+
+def _decode_retry_tasks(data: bytes) -> RetryTasks:
+    reader = _Reader(data, 0)
+    _, request, flags, type_length = reader.unpack(_RETRY_HEAD)
+    if flags & ~RETRY_EVERY_FAILED:
+        raise ProtocolError(f"unknown retry flags 0x{flags:02x}")
+    task_type = _decode_optional_type(reader, type_length)
+    (count,) = reader.unpack(_U32)
+    ids = _ids(reader, count, "a retry", MAX_RETRY_IDS)
+    reader.finish()
+    return RetryTasks(request, ids, bool(flags & RETRY_EVERY_FAILED), task_type)
+
+
+def _decode_purge_tasks(data: bytes) -> PurgeTasks:
+    reader = _Reader(data, 0)
+    _, request, type_length = reader.unpack(_PURGE_HEAD)
+    if not type_length:
+        raise ProtocolError("a purge needs a task type")
+    task_type = _type_name(reader.take(type_length))
+    reader.finish()
+    return PurgeTasks(request, task_type)
+
+
+def _decode_answer(data: bytes) -> Answer:
+    reader = _Reader(data, 0)
+    _, request, length = reader.unpack(_ANSWER_HEAD)
+    if length > MAX_ANSWER:
+        raise ProtocolError(f"an answer of {length} bytes; the most is {MAX_ANSWER}")
+    answer = Answer(request, reader.text(length, "answer"))
+    reader.finish()
+    return answer
+
+
 _DECODERS: dict[int, Callable[[bytes], Message]] = {
+    KIND_DRAIN: _decode_drain,
+    KIND_LIST_TASKS: _decode_list_tasks,
+    KIND_RETRY_TASKS: _decode_retry_tasks,
+    KIND_PURGE_TASKS: _decode_purge_tasks,
+    KIND_ANSWER: _decode_answer,
     KIND_JOB_SUBMIT: _decode_job_submit,
     KIND_JOB_ACCEPTED: _decode_job_accepted,
     KIND_JOB_ITEMS: _decode_job_items,

@@ -66,6 +66,41 @@ def blocking_restart(address: str, folder: Path) -> dict[str, Any]:
     return seen
 
 
+def blocking_backpressure(address: str, folder: Path) -> dict[str, Any]:
+    """
+    A map read slowly: after the first result the reader stops; the map must
+    stop sending items once ``buffer`` results wait, not run to the end.
+    """
+    import time
+
+    total, buffer, window = 5000, 100, 50
+    client = taskmesh.connect(address, wait_timeout=WAIT)
+    results = client.map(sample_tasks.add, [(i, 1) for i in range(total)], buffer=buffer, window=window)
+    seen: dict[str, Any] = {"first": next(results)}
+
+    def job() -> dict[str, Any]:
+        jobs = client.status()["jobs"]
+        return jobs[0] if jobs else {"items_received": 0, "items_done": 0}
+
+    # Wait (bounded) until everything sent has its answer: the map is then held.
+    deadline = time.monotonic() + WAIT
+    while True:
+        state = job()
+        if state["items_received"] and state["items_done"] == state["items_received"]:
+            break
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the map never settled: {state}")
+        time.sleep(0.05)
+    time.sleep(0.5)  # and it stays held: nothing more is sent while nobody reads
+    seen["received_while_held"] = job()["items_received"]
+    seen["settled_at"] = state["items_received"]
+    rest = list(results)
+    seen["all"] = [seen["first"], *rest] == [i + 1 for i in range(total)]
+    seen["limit"] = buffer + 2 * window
+    client.close()
+    return seen
+
+
 async def aio(address: str, folder: Path) -> dict[str, Any]:
     import taskmesh.aio
 
@@ -144,14 +179,62 @@ async def aio_time(address: str, folder: Path) -> dict[str, Any]:
     return seen
 
 
+def wait_for_file(path: Path) -> None:
+    import time
+
+    deadline = time.monotonic() + WAIT
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{path} never appeared")
+        time.sleep(0.02)
+
+
+async def aio_resubmit(address: str, folder: Path) -> dict[str, Any]:
+    """Submit while the scheduler is gone (the test killed it): sent again once it is back."""
+    import taskmesh.aio
+
+    client = await taskmesh.aio.connect(address, wait_timeout=WAIT, reconnect=True)
+    keyed = sample_tasks.add.options(key="aio-only-once")
+    first = await client.submit(keyed, 1, 2)
+    print("connected", flush=True)
+    await asyncio.to_thread(wait_for_file, folder / "killed")
+    handles = [client.submit(sample_tasks.add, i, 10) for i in range(20)]
+    again = client.submit(keyed, 1, 2)
+    enqueued = asyncio.ensure_future(client.enqueue(sample_tasks.add, 5, 5))
+    print("submitted", flush=True)
+    seen = {
+        "first": first,
+        "results": [await handle for handle in handles],
+        "again": await again,
+        "enqueued": await client.result(await enqueued, json=True),
+        "resubmissions": client.resubmissions,
+    }
+    await client.close()
+    seen["reactor_imported"] = "twisted.internet.reactor" in sys.modules
+    return seen
+
+
 def main() -> None:
     kind, address, folder = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     if kind == "blocking":
         seen = blocking(address, folder)
+    elif kind == "blocking-backpressure":
+        seen = blocking_backpressure(address, folder)
     elif kind == "blocking-restart":
         seen = blocking_restart(address, folder)
     elif kind == "aio":
         seen = asyncio.run(aio(address, folder))
+    elif kind == "aio-uvloop":
+        import uvloop
+
+        async def on_uvloop() -> dict[str, Any]:
+            seen = await aio(address, folder)
+            seen["loop"] = type(asyncio.get_running_loop()).__module__
+            return seen
+
+        seen = uvloop.run(on_uvloop())
+    elif kind == "aio-resubmit":
+        seen = asyncio.run(aio_resubmit(address, folder))
     elif kind == "aio-restart":
         seen = asyncio.run(aio_restart(address, folder))
     elif kind == "aio-time":

@@ -53,6 +53,29 @@ def test_the_blocking_client_against_real_processes(mesh: Mesh) -> None:
 
 
 @pytest.mark.integration
+def test_the_asyncio_client_on_uvloop(mesh: Mesh) -> None:
+    pytest.importorskip("uvloop")  # the optional extra: pip install taskmesh[uvloop]
+    mesh.scheduler()
+    mesh.workers("w1", concurrency=4, **TASKS)
+    seen = run_script(mesh, "aio-uvloop")
+    check_common(seen)
+    assert seen["loop"].startswith("uvloop")
+    assert seen["gather"] == sum(2 * i for i in range(1000))
+    assert seen["reactor_imported"] is False
+
+
+@pytest.mark.integration
+def test_a_blocking_map_read_slowly_stops_sending_items_at_its_buffer(mesh: Mesh) -> None:
+    mesh.scheduler()
+    mesh.workers("w1", concurrency=4, **TASKS)
+    seen = run_script(mesh, "blocking-backpressure")
+    assert seen["first"] == 1
+    assert seen["received_while_held"] == seen["settled_at"]  # held: nothing more sent
+    assert seen["received_while_held"] <= seen["limit"]  # of 5000 items
+    assert seen["all"] is True  # then read to the end, every result in order
+
+
+@pytest.mark.integration
 def test_the_asyncio_client_against_real_processes_without_a_reactor(mesh: Mesh) -> None:
     mesh.scheduler()
     mesh.workers("w1", concurrency=4, **TASKS)
@@ -98,4 +121,27 @@ def test_the_asyncio_client_delays_a_task_and_schedules_ticks(mesh: Mesh) -> Non
     assert seen["paused"] is True
     assert "unknown time zone 'Mars/Olympus'" in seen["refused"]
     assert seen["left"] == []
+    assert seen["reactor_imported"] is False
+
+
+@pytest.mark.integration
+def test_the_asyncio_client_sends_again_what_was_not_accepted_before_a_restart(mesh: Mesh) -> None:
+    first = mesh.scheduler("scheduler1")
+    mesh.workers("w1", concurrency=2, **TASKS)
+    script = mesh.start(
+        "aio-resubmit",
+        [sys.executable, str(HERE / "client_scripts.py"), "aio-resubmit", mesh.address, str(mesh.folder)],
+        extra_path=HERE,
+    )
+    script.wait_for(r"connected", source="stdout")
+    first.kill()
+    (mesh.folder / "killed").touch()
+    script.wait_for(r"submitted", source="stdout")
+    mesh.scheduler("scheduler2")  # the same port and store
+    assert script.wait(TIMEOUT * 2) == 0, script.describe() + mesh.describe()
+    seen = json.loads(script.stdout.strip().splitlines()[-1])
+    assert seen["first"] == seen["again"] == 3  # the keyed one: answered by the first task
+    assert seen["results"] == [i + 10 for i in range(20)]
+    assert seen["enqueued"] == 10
+    assert seen["resubmissions"] >= 21
     assert seen["reactor_imported"] is False

@@ -17,10 +17,9 @@ import pytest
 import pytest_twisted
 import sample_tasks
 from conftest import TIMEOUT, Mesh, bounded, wait_until
-from twisted.internet import reactor
+from twisted.internet import reactor, threads
 from twisted.internet.defer import gatherResults
 from twisted.internet.task import deferLater
-from twisted.internet.threads import deferToThread
 
 import taskmesh
 
@@ -159,15 +158,17 @@ async def test_progress_is_seen_while_the_task_runs(mesh: Mesh, tmp_path: Path) 
         }
 
         # the command line shows it too: taskmesh result, and taskmesh status
+        # (Waited for in a thread: blocking the reactor would keep this
+        # client from its heartbeats, and a loaded machine can make the
+        # commands take longer than the scheduler's tolerance.)
         result = mesh.command("result", "--connect", mesh.address, str(ids["thread"]))
-        # waited for in a thread: the client's reactor keeps answering heartbeats meanwhile
-        assert await deferToThread(result.wait) == 4
+        assert await threads.deferToThread(result.wait) == 4
         assert result.stdout == "running 1/3 waiting for the gate\n"
         status = mesh.command("status", "--connect", mesh.address)
-        assert await deferToThread(status.wait) == 0
+        assert await threads.deferToThread(status.wait) == 0
         assert f"task {ids['process']} (gated_cpu) at 2/4 in a process" in status.stdout
         status_json = mesh.command("status", "--json", "--connect", mesh.address)
-        assert await deferToThread(status_json.wait) == 0
+        assert await threads.deferToThread(status_json.wait) == 0
         assert {entry["id"] for entry in json.loads(status_json.stdout)["progress"]} == set(ids.values())
 
         for gate in gates.values():

@@ -100,3 +100,27 @@ async def test_reconnect_survives_a_scheduler_restart(mesh: Mesh) -> None:
     finally:
         gate.touch()
         await bounded(client.close())
+
+
+@pytest.mark.integration
+@pytest_twisted.ensureDeferred
+async def test_submissions_not_accepted_when_the_scheduler_went_away_are_sent_again(mesh: Mesh) -> None:
+    first = mesh.scheduler("scheduler1")
+    mesh.workers("w1", concurrency=2, **TASKS)
+    client = await bounded(taskmesh.Client.connect(mesh.address, reactor, reconnect=True))
+    keyed = sample_tasks.add.options(key="only-once")
+    try:
+        assert await bounded(client.submit(keyed, 1, 2)) == 3
+        first.kill()  # gone: what is submitted now cannot be accepted before it is back
+        handles = [client.submit(sample_tasks.add, i, 10) for i in range(20)]
+        again = client.submit(keyed, 1, 2)
+        enqueued = client.enqueue(sample_tasks.add, 5, 5)
+        mesh.scheduler("scheduler2")  # the same port and store
+        assert [await bounded(handle) for handle in handles] == [i + 10 for i in range(20)]
+        assert await bounded(again) == 3
+        assert await bounded(client.result(await bounded(enqueued), json=True)) == 10
+        assert client.resubmissions >= 21
+        # The keyed one was not run again: the scheduler answered it with the first task.
+        assert again.task_id == (await bounded(client.submit(keyed, 1, 2).id()))
+    finally:
+        await bounded(client.close())

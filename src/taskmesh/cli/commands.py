@@ -35,6 +35,7 @@ from taskmesh.cli.times import TIME_PARAMETERS, time_options
 from taskmesh.client.mapping import DEFAULT_WINDOW, ItemRefused, run_map
 from taskmesh.client.twisted_client import DEFAULT_CONNECT_TIMEOUT, Client, task_options
 from taskmesh.codec import ArgumentsError, check_arguments
+from taskmesh.config import Configurable, config_help
 from taskmesh.errors import (
     AuthenticationFailed,
     NotTaskmesh,
@@ -122,7 +123,14 @@ class CommandOptions(usage.Options):
         super().parseOptions([*ordered, "--", *arguments])
 
 
-class ConnectionOptions(CommandOptions):
+#: The settings of the [client] section (see ConnectionOptions.settings).
+CLIENT_SETTINGS = frozenset(
+    {"connect", "connect-timeout", "secret-file", "tls", "tls-ca", "tls-cert", "tls-key"}
+)
+
+
+class ConnectionOptions(Configurable, CommandOptions):
+    config_section = "client"
     optParameters = [
         [
             "connect",
@@ -142,7 +150,17 @@ class ConnectionOptions(CommandOptions):
     ]
     optFlags = [*PEER_SECURITY_FLAGS]
 
+    def settings(self) -> list[str]:
+        """
+        What the [client] section and TASKMESH_* set for every command: how to
+        reach the scheduler.  A command's own options (--type, --priority,
+        --yes, ...) are flags only: a default task type in a file would
+        silently change what 'purge' or 'tasks' act on.
+        """
+        return [name for name in super().settings() if name in CLIENT_SETTINGS]
+
     def postOptions(self) -> None:
+        self.apply_config()
         try:
             parse_addresses(self["connect"])
         except ValueError as e:
@@ -364,7 +382,10 @@ def register(command: Command) -> None:
 
 class Options(usage.Options):
     synopsis = "taskmesh COMMAND [options]"
-    longdesc = "Talk to a taskmesh scheduler. Run 'taskmesh COMMAND --help' for a command's options."
+    longdesc = (
+        "Talk to a taskmesh scheduler. Run 'taskmesh COMMAND --help' for a command's options. "
+        + config_help("client")
+    )
 
     @property
     def subCommands(self) -> list[tuple[str, None, Callable[[], usage.Options], str]]:
@@ -851,6 +872,18 @@ for _command in (
     ),
 ):
     register(_command)
+
+
+def _add_commands() -> None:
+    """The operators' commands (tasks, retry, purge, config) live in modules of their own."""
+    from taskmesh.cli import config, operations
+
+    for module in (operations, config):
+        for name, _, options, summary in module.SUBCOMMANDS:
+            register(Command(name, options, module.COMMANDS[name], summary))
+
+
+_add_commands()
 
 
 def unexpected(error: BaseException) -> CommandFailed | None:

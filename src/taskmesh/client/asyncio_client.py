@@ -26,10 +26,13 @@ fut.id()``); the other methods are coroutines.  Every wait can be bounded:
 ``wait_timeout=`` on ``result``, ``cancel``, ``status``, ``map``, and
 ``connect(..., wait_timeout=)`` as the default of every call, ``submit``
 included (TimeoutError; the task itself goes on).  ``reconnect=True`` makes a
-dropped connection again and re-attaches accepted tasks by id, as the
-Twisted client does.  Addresses are ``host:port`` (Twisted endpoint strings
-need the Twisted client); TLS with ``tls=ClientTLS(...)``, through
-``ssl.SSLContext`` on the same files.
+dropped connection again, re-attaches accepted tasks by id and sends again
+those not yet accepted, as the Twisted client does.  Addresses are
+``host:port`` or the endpoint strings that make sense without Twisted
+(``tcp:``, ``unix:``, ``tls:``, read by ``net.address.parse_plain_endpoint``);
+TLS also with ``tls=ClientTLS(...)``, through ``ssl.SSLContext`` on the same
+files.  As on Twisted, a frame that has started must finish within
+``frame_timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -40,10 +43,11 @@ import socket
 import ssl
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from taskmesh import wire
 from taskmesh.client.mapping import BYTES_PER_FRAME, DEFAULT_WINDOW, ITEMS_PER_FRAME, too_large
+from taskmesh.client.operations import list_request, purge_request, retry_request
 from taskmesh.client.schedules import add_command, name_command
 from taskmesh.client.twisted_client import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -58,7 +62,7 @@ from taskmesh.codec import decode_result, task_failed
 from taskmesh.errors import AuthenticationFailed, NotTaskmesh, SchedulerGone, TaskFailed
 from taskmesh.functions import as_task, task_options
 from taskmesh.handlers import DEFAULT_TASK_TYPE
-from taskmesh.net.address import DEFAULT_ADDRESS, Addresses, parse_address, reach_leader
+from taskmesh.net.address import DEFAULT_ADDRESS, Addresses, parse_address, parse_plain_endpoint, reach_leader
 from taskmesh.net.connection import (
     ClientConnection,
     PeerMisbehaved,
@@ -68,10 +72,13 @@ from taskmesh.net.connection import (
     result_value,
 )
 from taskmesh.net.frames import FrameTooLarge, foreign_greeting, not_taskmesh_reason
-from taskmesh.net.framing import CLOSE_GRACE, DEFAULT_MAX_UNSENT
+from taskmesh.net.framing import CLOSE_GRACE, DEFAULT_FRAME_TIMEOUT, DEFAULT_MAX_UNSENT
 from taskmesh.net.tls import ClientTLS
 
 __all__ = ["AsyncClient", "TaskFuture", "connect"]
+
+#: What a submission needs to be sent again: (task type, payload, options, decode).
+_Resubmittable = tuple[str, bytes, wire.TaskOptions, Any]
 
 
 class AnswerFuture(asyncio.Future[Any]):
@@ -128,7 +135,11 @@ class _Protocol(asyncio.Protocol):
     """Drives one ``ClientConnection`` over an asyncio transport (its ``Output``)."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, secret: bytes, on_no_worker: Callable[[str], None]
+        self,
+        loop: asyncio.AbstractEventLoop,
+        secret: bytes,
+        on_no_worker: Callable[[str], None],
+        frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT,
     ) -> None:
         from taskmesh.net.frames import FrameReader
 
@@ -147,12 +158,16 @@ class _Protocol(asyncio.Protocol):
         #: Why the peer is not a scheduler (its first bytes were text), if it is not.
         self.foreign: str | None = None
         self._heard = False
+        #: Seconds a frame that has started may take to arrive whole (None: no bound).
+        self.frame_timeout = frame_timeout
+        self._frame_deadline: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # Not isinstance(transport, asyncio.Transport): uvloop's transports
+        # have its methods without deriving from it.
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         if peer:
             self.core.peer = f"{peer[0]}:{peer[1]}"
@@ -195,10 +210,31 @@ class _Protocol(asyncio.Protocol):
         if error is not None:
             code = wire.ERROR_FRAME_TOO_LARGE if isinstance(error, FrameTooLarge) else wire.ERROR_BUSY
             self.fail(code, str(error))
+            return
+        # A frame that has started must finish in time (restarted when a frame
+        # completed in this read and another began), as net/framing.py does.
+        if self.reader.partial:
+            if self.frame_timeout is not None and (self._frame_deadline is None or frames):
+                if self._frame_deadline is not None:
+                    self._frame_deadline.cancel()
+                self._frame_deadline = self.loop.call_later(self.frame_timeout, self._frame_timed_out)
+        elif self._frame_deadline is not None:
+            self._frame_deadline.cancel()
+            self._frame_deadline = None
+
+    def _frame_timed_out(self) -> None:
+        self._frame_deadline = None
+        self.fail(
+            wire.ERROR_TIMEOUT,
+            f"a frame took longer than {self.frame_timeout:g} s to arrive "
+            f"({self.reader.buffered} bytes of it came)",
+        )
+        if self.transport is not None:
+            self.transport.abort()  # a peer that trickles a frame may not read either
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        for handle in (self._flush_handle, self._beat):
+        for handle in (self._flush_handle, self._beat, self._frame_deadline):
             if handle is not None:
                 handle.cancel()
         self.reader.close()
@@ -287,23 +323,69 @@ def _ssl_context(tls: ClientTLS) -> ssl.SSLContext:
     return context
 
 
+def _trust_roots_context(trust_roots: str | None) -> ssl.SSLContext:
+    """
+    A client context trusting what a ``tls:`` endpoint's ``trustRoots`` names
+    (as Twisted reads it: every PEM certificate in the folder, or one file),
+    or the platform's roots.
+    """
+    if trust_roots is None:
+        return ssl.create_default_context()
+    context = ssl.create_default_context(cafile=trust_roots if os.path.isfile(trust_roots) else None)
+    if os.path.isdir(trust_roots):
+        loaded = 0
+        for name in sorted(os.listdir(trust_roots)):
+            path = os.path.join(trust_roots, name)
+            if not os.path.isfile(path):
+                continue
+            try:
+                context.load_verify_locations(cafile=path)
+                loaded += 1
+            except ssl.SSLError:
+                continue  # not a certificate: Twisted skips it too
+        if not loaded:
+            raise ValueError(f"trustRoots={trust_roots!r} holds no PEM certificate")
+    return context
+
+
 async def _open(
-    address: str, timeout: float, key: bytes, tls: ClientTLS | None, on_no_worker: Callable[[str], None]
+    address: str,
+    timeout: float,
+    key: bytes,
+    tls: ClientTLS | None,
+    on_no_worker: Callable[[str], None],
+    frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT,
 ) -> _Protocol:
-    parsed = parse_address(address)
-    if parsed is None:
-        raise ValueError(
-            f"the asyncio client takes host:port, not an endpoint string ({address!r}): "
-            "use tls=ClientTLS(...) for TLS"
-        )
-    host, port = parsed
     loop = asyncio.get_running_loop()
-    protocol = _Protocol(loop, key, on_no_worker)
-    context = None if tls is None else _ssl_context(tls)
+    protocol = _Protocol(loop, key, on_no_worker, frame_timeout)
+    parsed = parse_address(address)
     async with asyncio.timeout(timeout):
-        await loop.create_connection(
-            lambda: protocol, host, port, ssl=context, server_hostname=host if context else None
-        )
+        if parsed is not None:
+            host, port = parsed
+            context = None if tls is None else _ssl_context(tls)
+            await loop.create_connection(
+                lambda: protocol, host, port, ssl=context, server_hostname=host if context else None
+            )
+        else:
+            if tls is not None:
+                raise ValueError("TLS options go with host:port; an endpoint string says tls: for itself")
+            endpoint = parse_plain_endpoint(address)
+            async with asyncio.timeout(endpoint.timeout):
+                if endpoint.kind == "unix":
+                    await loop.create_unix_connection(lambda: protocol, endpoint.path)
+                else:
+                    context = None
+                    if endpoint.kind == "tls":
+                        context = _trust_roots_context(endpoint.trust_roots)
+                        if endpoint.certificate:
+                            context.load_cert_chain(endpoint.certificate, endpoint.private_key)
+                    await loop.create_connection(
+                        lambda: protocol,
+                        endpoint.host,
+                        endpoint.port,
+                        ssl=context,
+                        server_hostname=endpoint.host if context else None,
+                    )
         try:
             await asyncio.shield(protocol.ready)
         except BaseException:
@@ -332,6 +414,8 @@ class AsyncClient:
         self._connected.set()
         #: Times the connection was made again.
         self.reconnections = 0
+        #: Submissions sent again after a reconnection because they had not been accepted.
+        self.resubmissions = 0
         if again is not None:
             self._watch(protocol)
 
@@ -435,9 +519,7 @@ class AsyncClient:
         if self._again is None:
             core.submit(handle, task_type, payload, options, decode, handle.accepted)
         else:
-            inner = AnswerFuture(loop=self._loop)
-            core.submit(inner, task_type, payload, options, decode, handle.accepted)
-            inner.add_done_callback(lambda done: self._settle(done, handle, decode))
+            self._submit_on(self._protocol, handle, (task_type, payload, options, decode))
         seconds = self.wait_timeout
         if seconds is not None:
             timer = self._loop.call_later(
@@ -446,7 +528,22 @@ class AsyncClient:
             handle.add_done_callback(lambda _: timer.cancel())
         return handle
 
-    def _settle(self, done: asyncio.Future[Any], handle: TaskFuture, decode: Any) -> None:
+    def _submit_on(self, protocol: _Protocol, handle: TaskFuture, request: _Resubmittable) -> None:
+        """Submit on this connection; if it drops first, ``_settle`` takes over."""
+        if handle.done():  # its caller gave up (a timeout) while we reconnected
+            return
+        task_type, payload, options, decode = request
+        inner = AnswerFuture(loop=self._loop)
+        protocol.core.submit(inner, task_type, payload, options, decode, handle.accepted)
+        inner.add_done_callback(lambda done: self._settle(done, handle, request))
+
+    def _settle(self, done: asyncio.Future[Any], handle: TaskFuture, request: _Resubmittable) -> None:
+        """
+        A submission's answer.  If the connection dropped first: accepted,
+        its result is fetched by id on the next connection; never accepted,
+        it is submitted again there (a ``key`` keeps it from running twice;
+        without one it runs at least once), as the Twisted client does.
+        """
         if handle.done():
             return
         error = done.exception()
@@ -454,8 +551,25 @@ class AsyncClient:
             handle.callback(done.result())
             return
         task_id = handle.task_id
-        if task_id is None or not isinstance(error, SchedulerGone) or self._closed:
+        if not isinstance(error, SchedulerGone) or self._closed:
             handle.errback(error)
+            return
+        decode = request[3]
+        if task_id is None:
+            self.resubmissions += 1
+
+            async def resubmit() -> None:
+                try:
+                    protocol = await self._current()
+                except Exception as e:
+                    handle.errback(e)
+                    return
+                if self._closed:
+                    handle.errback(SchedulerGone("the client was closed"))
+                    return
+                self._submit_on(protocol, handle, request)
+
+            self._loop.create_task(resubmit())
             return
 
         async def reattach() -> None:
@@ -495,9 +609,16 @@ class AsyncClient:
         return await self._enqueue(wire.check_task_type(task_type), _as_bytes(payload), options)
 
     async def _enqueue(self, task_type: str, payload: bytes, options: wire.TaskOptions) -> int:
-        answer = AnswerFuture(loop=self._loop)
-        self._protocol.core.submit(answer, task_type, payload, options)
-        return int(await self._bounded(answer, None))
+        if self._again is None:
+            answer = AnswerFuture(loop=self._loop)
+            self._protocol.core.submit(answer, task_type, payload, options)
+            return int(await self._bounded(answer, None))
+        # Not accepted before the connection dropped: sent again on the next one.
+        return int(
+            await self._bounded(
+                self._retrying(lambda core, answer: core.submit(answer, task_type, payload, options)), None
+            )
+        )
 
     async def result(
         self, task_id: int, wait: bool = True, *, json: bool = False, wait_timeout: float | None = None
@@ -545,6 +666,38 @@ class AsyncClient:
             self._retrying(lambda core, answer: core.status(answer)), wait_timeout
         )
         return report
+
+    async def tasks(
+        self,
+        state: str | None = None,
+        task_type: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+        *,
+        wait_timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """A page of the task list, newest first (see the Twisted client's ``tasks``)."""
+        return await self._operate(list_request(state, task_type, limit, before_id), wait_timeout)
+
+    async def retry(
+        self,
+        *task_ids: int,
+        failed: bool = False,
+        task_type: str | None = None,
+        wait_timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Run failed or cancelled tasks again under their ids (see the Twisted client's ``retry``)."""
+        return await self._operate(retry_request(task_ids, failed, task_type), wait_timeout)
+
+    async def purge(self, task_type: str, *, wait_timeout: float | None = None) -> dict[str, Any]:
+        """Cancel every queued task of this type: ``{"purged": count}``."""
+        return await self._operate(purge_request(task_type), wait_timeout)
+
+    async def _operate(self, request: Any, wait_timeout: float | None) -> dict[str, Any]:
+        found: dict[str, Any] = await self._bounded(
+            self._retrying(lambda core, answer: core.operate(answer, request)), wait_timeout
+        )
+        return found
 
     async def map(
         self,
@@ -709,19 +862,28 @@ async def connect(
     tls: ClientTLS | None = None,
     reconnect: bool = False,
     on_no_worker: Callable[[str], None] = lambda task_type: None,
+    frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT,
 ) -> AsyncClient:
     """
-    Connect to the scheduler at ``address`` (``host:port``, or several
-    separated by commas: each tried in turn, a hot standby's pointer to the
-    leader followed) and shake hands within ``timeout`` seconds each; the
-    secret as ``taskmesh.Client.connect`` finds it.  ``wait_timeout`` bounds every later wait; ``reconnect``
-    makes a dropped connection again and re-attaches accepted tasks by id.
+    Connect to the scheduler at ``address`` and shake hands within
+    ``timeout`` seconds each; the secret as ``taskmesh.Client.connect``
+    finds it.  ``address`` is ``host:port``, several separated by commas
+    (each tried in turn, a hot standby's pointer to the leader followed), or
+    an endpoint string: ``tcp:host=H:port=P``, ``unix:path=P``, or
+    ``tls:host=H:port=P`` with ``trustRoots``, ``certificate`` and
+    ``privateKey`` as Twisted's ``tls:`` endpoint takes them.
+    ``wait_timeout`` bounds every later wait; ``reconnect`` makes a dropped
+    connection again, re-attaches accepted tasks by id and sends again those
+    not yet accepted.  A frame the scheduler has started must arrive whole
+    within ``frame_timeout`` seconds, or the connection is dropped saying so.
     """
     key = _secret_bytes(secret, secret_file)
+    if frame_timeout is not None and frame_timeout <= 0:
+        raise ValueError("frame_timeout must be positive (or None: no bound)")
     addresses = Addresses(address)
 
     async def attempt(one: str) -> _Protocol:
-        return await _open(one, timeout, key, tls, on_no_worker)
+        return await _open(one, timeout, key, tls, on_no_worker, frame_timeout)
 
     async def again() -> _Protocol:
         return await reach_leader(addresses, attempt)

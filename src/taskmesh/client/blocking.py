@@ -318,16 +318,63 @@ class BlockingClient:
         found = self._thread.call(lambda: self._client.status(wait_timeout=bound))
         return dict(_wait(found, None if bound is None else bound + 1))
 
+    def tasks(
+        self,
+        state: str | None = None,
+        task_type: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+        *,
+        wait_timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """A page of the task list, newest first (see the Twisted client's ``tasks``)."""
+        bound = self._bound(wait_timeout)
+        found = self._thread.call(
+            lambda: self._client.tasks(state, task_type, limit, before_id, wait_timeout=bound)
+        )
+        return dict(_wait(found, None if bound is None else bound + 1))
+
+    def retry(
+        self,
+        *task_ids: int,
+        failed: bool = False,
+        task_type: str | None = None,
+        wait_timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Run failed or cancelled tasks again under their ids (see the Twisted client's ``retry``)."""
+        bound = self._bound(wait_timeout)
+        found = self._thread.call(
+            lambda: self._client.retry(*task_ids, failed=failed, task_type=task_type, wait_timeout=bound)
+        )
+        return dict(_wait(found, None if bound is None else bound + 1))
+
+    def purge(self, task_type: str, *, wait_timeout: float | None = None) -> dict[str, Any]:
+        """Cancel every queued task of this type: ``{"purged": count}``."""
+        bound = self._bound(wait_timeout)
+        found = self._thread.call(lambda: self._client.purge(task_type, wait_timeout=bound))
+        return dict(_wait(found, None if bound is None else bound + 1))
+
     def map(self, task: Any, /, *args: Any, **kwargs: Any) -> Iterator[Any]:
         """
         Run every item as a task (``map(add, [(1, 2), (3, 4)])``, or payloads
         and a task type, as ``Client.map``); yields the results in input
         order as they come, a failed item's TaskFailed in its place.  Each
         result must come within ``wait_timeout`` (keyword) of the one before.
+
+        Backpressure: once ``buffer`` (keyword, default 10,000) results wait
+        for the loop that reads them, the map sends no more items until the
+        reader has taken half of them, so a slow consumer holds at most
+        ``buffer`` + ``window`` results (the items already in flight are
+        still answered), never the whole map.
         """
         bound = self._bound(kwargs.pop("wait_timeout", None))
+        buffer = kwargs.pop("buffer", DEFAULT_MAP_BUFFER)
+        if buffer < 1:
+            raise ValueError("buffer must be at least 1")
         answers: deque[tuple[bool, Any]] = deque()
         ready = threading.Condition()
+        #: The map's resume() while it is held because the consumer has no room.
+        held: list[Callable[[], None]] = []
 
         def put(entry: tuple[bool, Any]) -> None:
             with ready:
@@ -337,25 +384,41 @@ class BlockingClient:
         def write(index: int, ok: bool, value: Any) -> None:
             put((False, value))
 
+        def hold(resume: Callable[[], None]) -> bool:
+            # In the reactor thread, before the map reads more items.
+            with ready:
+                if len(answers) < buffer:
+                    return False
+                held[:] = [resume]
+                return True
+
         def run() -> Deferred[Any]:
+            options = {**kwargs, "hold": hold}
             if callable(task) and not isinstance(task, str | bytes):
-                running = self._client.map_stream(task, args[0], write, *args[1:], **kwargs)
+                running = self._client.map_stream(task, args[0], write, *args[1:], **options)
             else:
-                running = self._client.map_stream(task, _bytes_writer(write), *args, **kwargs)
+                running = self._client.map_stream(task, _bytes_writer(write), *args, **options)
             return running.addBoth(lambda outcome: put((True, outcome)))
 
         self._thread.call(run)
-        return self._answers(answers, ready, bound)
+        return self._answers(answers, ready, bound, buffer, held)
 
-    @staticmethod
     def _answers(
-        answers: deque[tuple[bool, Any]], ready: threading.Condition, bound: float | None
+        self,
+        answers: deque[tuple[bool, Any]],
+        ready: threading.Condition,
+        bound: float | None,
+        buffer: int,
+        held: list[Callable[[], None]],
     ) -> Iterator[Any]:
         while True:
             with ready:
                 if not answers and not ready.wait_for(lambda: bool(answers), bound):
                     raise TimeoutError(f"no answer within {bound} s")
                 finished, value = answers.popleft()
+                resume = held.pop() if held and len(answers) <= buffer // 2 else None
+            if resume is not None:
+                self._thread.post(resume)  # the map reads on (in the reactor thread)
             if finished:
                 if hasattr(value, "raiseException"):
                     value.raiseException()
@@ -373,6 +436,10 @@ class BlockingClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+#: Results a blocking map holds for its reader before it stops sending items.
+DEFAULT_MAP_BUFFER = 10_000
 
 
 def _bytes_writer(write: Callable[[int, bool, Any], None]) -> Callable[[int, bool, bytes], None]:

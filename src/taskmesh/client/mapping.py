@@ -51,6 +51,9 @@ class ItemRefused:
 Writer = Callable[[int, bool, bytes], None]
 #: progress(done, failed): called as answers come.
 Progress = Callable[[int, int], None]
+#: hold(resume): True while the consumer of the answers has no room; it
+#: then calls resume() (in the reactor thread) once it has.
+Hold = Callable[[Callable[[], None]], bool]
 
 
 @dataclass
@@ -112,12 +115,17 @@ async def run_map(
     progress: Progress = lambda done, failed: None,
     on_no_worker: Callable[[str], None] = lambda task_type: None,
     reconnect: bool = False,
+    hold: Hold | None = None,
 ) -> MapSummary:
     """
     Run every item of ``items`` as a task of ``task_type``; call ``write``
     for each answer, in input order.  With ``reconnect``, a dropped
     connection is replaced through ``connect`` and the items in flight are
-    sent again; without, SchedulerGone ends the map.
+    sent again; without, SchedulerGone ends the map.  ``hold(resume)`` is
+    asked before more items are read: True pauses the map (no more items
+    sent; those in flight are still answered) until ``resume()`` is called
+    in the reactor thread: backpressure from a consumer slower than the
+    workers.
     """
     wire.check_task_type(task_type)
     if window < 1:
@@ -168,6 +176,13 @@ async def run_map(
             sent = _resend(protocol, job_id, in_flight, frame_bytes)
             ended = False
             while True:
+                if not exhausted and hold is not None and hold(wake_up):
+                    # The consumer has no room: wait for it (or a result, or
+                    # the connection's loss), then ask again.
+                    paused: Deferred[None] = Deferred()
+                    wake.append(paused)
+                    await paused
+                    continue
                 batch: list[bytes] = []
                 batch_first = next_index
                 batch_bytes = 0

@@ -27,7 +27,10 @@ wait.)  A timed-out wait fails with TimeoutError; the task itself goes on.
 With ``connect(..., reconnect=True)`` a dropped connection is made again
 (with backoff, until ``close``) and every submission the scheduler had
 accepted is re-attached by its id: its handle fires with the result all the
-same.  A submission not yet accepted fails with SchedulerGone.
+same.  A submission not yet accepted is sent again on the new connection:
+one with a ``key`` runs once (the scheduler answers a repeated key with the
+first task), one without runs at least once (twice, if the scheduler had
+stored it but its acknowledgement was lost with the connection).
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from taskmesh import wire
-from taskmesh.client.mapping import DEFAULT_WINDOW, ItemRefused, MapSummary, Progress, Writer, run_map
+from taskmesh.client.mapping import DEFAULT_WINDOW, Hold, ItemRefused, MapSummary, Progress, Writer, run_map
+from taskmesh.client.operations import list_request, purge_request, retry_request
 from taskmesh.client.schedules import add_command, name_command
 from taskmesh.codec import decode_result, encode_arguments, task_failed
 from taskmesh.errors import (
@@ -102,11 +106,11 @@ class TaskHandle(Deferred[R], Generic[R]):
     later with ``client.result(task_id)``.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        #: The task's id, once the scheduler has accepted it (None before).
-        self.task_id: int | None = None
-        self._id_waiters: list[Deferred[int]] | None = None
+    # Class-level defaults instead of an __init__: one handle per submitted
+    # task, so its creation is on the hot path.
+    #: The task's id, once the scheduler has accepted it (None before).
+    task_id: int | None = None
+    _id_waiters: list[Deferred[int]] | None = None
 
     def id(self) -> Deferred[int]:
         """The task's id, once accepted; fails as the submission does if it never is."""
@@ -125,15 +129,21 @@ class TaskHandle(Deferred[R], Generic[R]):
 
     def accepted(self, task_id: int) -> None:
         self.task_id = task_id
-        waiters, self._id_waiters = self._id_waiters, None
-        for waiting in waiters or ():
-            waiting.callback(task_id)
+        waiters = self._id_waiters
+        if waiters is not None:
+            self._id_waiters = None
+            for waiting in waiters:
+                waiting.callback(task_id)
 
     def _no_id(self, failure: Any) -> Any:
         waiters, self._id_waiters = self._id_waiters, None
         for waiting in waiters or ():
             waiting.errback(failure)
         return failure
+
+
+#: What a submission needs to be sent again: (task type, payload, options, decode).
+_Resubmittable = tuple[str, bytes, wire.TaskOptions, Any]
 
 
 def _timed_out(result: Any, timeout: float) -> Any:
@@ -200,6 +210,8 @@ class Client:
         self.wait_timeout = wait_timeout
         self._reconnect = reconnect
         self._closed = False
+        #: Submissions sent again after a reconnection because they had not been accepted.
+        self.resubmissions = 0
         #: Waiting for the next connection (while reconnecting).
         self._next_protocol: list[Deferred[ClientProtocol]] = []
         #: Times the connection was made again.
@@ -331,22 +343,44 @@ class Client:
     ) -> TaskHandle[Any]:
         handle: TaskHandle[Any] = TaskHandle()
         if self._reconnect is None:
-            self._protocol.submit(task_type, payload, options, decode, handle.accepted, handle)
+            # Straight to the connection core: this runs once per task.
+            self._protocol.core.submit(handle, task_type, payload, options, decode, handle.accepted)
         else:
-            inner = self._protocol.submit(task_type, payload, options, decode, handle.accepted)
-            inner.addCallbacks(handle.callback, self._reattach, errbackArgs=(handle, decode))
+            self._submit_on(self._protocol, handle, (task_type, payload, options, decode))
         if self.wait_timeout is not None:
             self._bounded(handle, None)
         return handle
 
-    def _reattach(self, failure: Any, handle: TaskHandle[Any], decode: Any) -> None:
-        """The connection dropped under an accepted task: fetch its result by id on the next one."""
+    def _submit_on(self, protocol: ClientProtocol, handle: TaskHandle[Any], request: _Resubmittable) -> None:
+        """Submit on this connection; if it drops first, ``_reattach`` takes over."""
+        if handle.called:  # its caller gave up (a timeout) while we reconnected
+            return
+        task_type, payload, options, decode = request
+        inner = protocol.submit(task_type, payload, options, decode, handle.accepted)
+        inner.addCallbacks(handle.callback, self._reattach, errbackArgs=(handle, request))
+
+    def _reattach(self, failure: Any, handle: TaskHandle[Any], request: _Resubmittable) -> None:
+        """
+        The connection dropped under a submission.  Accepted: fetch its
+        result by id on the next connection.  Never accepted: submit it
+        again there (the scheduler may have stored it without our hearing
+        so: a task with a ``key`` is then answered by the first one, never
+        run twice; one without a key may run twice: at least once).
+        """
         if handle.called:
             return
         task_id = handle.task_id
-        if task_id is None or not failure.check(SchedulerGone) or self._closed:
+        if not failure.check(SchedulerGone) or self._closed:
             handle.errback(failure)
             return
+        if task_id is None:
+            self.resubmissions += 1
+            self._current().addCallbacks(
+                lambda protocol: self._submit_on(protocol, handle, request),
+                lambda failure: None if handle.called else handle.errback(failure),
+            )
+            return
+        decode = request[3]
 
         async def fetch() -> Any:
             status, value = await self._retrying(lambda protocol: protocol.query(task_id, True))
@@ -414,8 +448,16 @@ class Client:
         """
         if isinstance(task, (str, bytes)):  # noqa: UP038  (a tuple is quicker here)
             if not kwargs and len(args) < 2:  # the common case, without a second call
-                task_type = args[0] if args else DEFAULT_TASK_TYPE
-                return self._submit(wire.check_task_type(task_type), _as_bytes(task), wire.DEFAULT_OPTIONS)
+                task_type = wire.check_task_type(args[0]) if args else DEFAULT_TASK_TYPE
+                payload = task.encode("utf-8") if isinstance(task, str) else task
+                if self._reconnect is not None or self.wait_timeout is not None:
+                    return self._submit(task_type, payload, wire.DEFAULT_OPTIONS)
+                # _submit's usual path, inline: this runs once per task.
+                handle: TaskHandle[bytes] = TaskHandle()
+                self._protocol.core.submit(
+                    handle, task_type, payload, wire.DEFAULT_OPTIONS, None, handle.accepted
+                )
+                return handle
             return self._submit_payload(task, *args, **kwargs)
         function = as_task(task)
         return self._submit(
@@ -473,7 +515,15 @@ class Client:
         return self._enqueue(function.name, function.call_payload(args, kwargs), function.enqueue_options)
 
     def _enqueue(self, task_type: str, payload: bytes, options: wire.TaskOptions) -> Deferred[int]:
-        return self._bounded(self._protocol.submit(task_type, payload, options), None)
+        if self._reconnect is None:
+            return self._bounded(self._protocol.submit(task_type, payload, options), None)
+        # Not accepted before the connection dropped: sent again on the next (see _reattach).
+        return self._bounded(
+            Deferred.fromCoroutine(
+                self._retrying(lambda protocol: protocol.submit(task_type, payload, options))
+            ),
+            None,
+        )
 
     def _enqueue_payload(
         self,
@@ -535,7 +585,9 @@ class Client:
         ends the map with SchedulerGone (the ``taskmesh map`` command
         reconnects and goes on instead).  Keyword options: ``priority``
         (a task function's own by default), ``chunk_size``, ``window``,
-        ``size_hint``, ``progress``.
+        ``size_hint``, ``progress``, and ``hold(resume)`` for a consumer
+        slower than the workers: asked before more items are sent, True
+        pauses the map until ``resume()`` is called in the reactor thread.
         """
         wait_timeout = kwargs.pop("wait_timeout", None)
         if _is_function(task):
@@ -555,6 +607,7 @@ class Client:
         window: int = DEFAULT_WINDOW,
         size_hint: int = 0,
         progress: Progress = lambda done, failed: None,
+        hold: Hold | None = None,
     ) -> MapSummary:
         def decoded(index: int, ok: bool, value: bytes) -> None:
             if not ok:
@@ -576,6 +629,7 @@ class Client:
             window,
             size_hint,
             progress,
+            hold,
         )
 
     async def _map_payloads(
@@ -589,9 +643,12 @@ class Client:
         window: int = DEFAULT_WINDOW,
         size_hint: int = 0,
         progress: Progress = lambda done, failed: None,
+        hold: Hold | None = None,
     ) -> MapSummary:
         payloads = (_as_bytes(item) for item in items)
-        return await self._run(payloads, write, task_type, priority, chunk_size, window, size_hint, progress)
+        return await self._run(
+            payloads, write, task_type, priority, chunk_size, window, size_hint, progress, hold
+        )
 
     async def _run(
         self,
@@ -603,6 +660,7 @@ class Client:
         window: int,
         size_hint: int,
         progress: Progress,
+        hold: Hold | None = None,
     ) -> MapSummary:
         first = self._protocol
 
@@ -624,6 +682,7 @@ class Client:
             size_hint=size_hint,
             progress=progress,
             reconnect=self._reconnect is not None,
+            hold=hold,
         )
 
     def map(self, task: Any, /, *args: Any, **kwargs: Any) -> Deferred[list[Any]]:
@@ -706,6 +765,47 @@ class Client:
         """The scheduler's workers and task counts, as a dict (see ``taskmesh status --json``)."""
         return self._bounded(
             Deferred.fromCoroutine(self._retrying(lambda protocol: protocol.status())), wait_timeout
+        )
+
+    def tasks(
+        self,
+        state: str | None = None,
+        task_type: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+        *,
+        wait_timeout: float | None = None,
+    ) -> Deferred[dict[str, Any]]:
+        """
+        A page of the scheduler's task list, newest first: ``{"tasks": [...],
+        "next_before": id or None}`` (pass ``next_before`` as ``before_id``
+        for the next page).  ``state``: unfinished, succeeded, failed or
+        cancelled.  See docs/protocol.md §16.2 for the rows.
+        """
+        request = list_request(state, task_type, limit, before_id)
+        return self._operate(request, wait_timeout)
+
+    def retry(
+        self,
+        *task_ids: int,
+        failed: bool = False,
+        task_type: str | None = None,
+        wait_timeout: float | None = None,
+    ) -> Deferred[dict[str, Any]]:
+        """
+        Run failed or cancelled tasks again under their ids, with fresh
+        attempts (``failed=True``: every failed one, of ``task_type``):
+        ``{"retried": [...], "refused": [[id, reason], ...], "more": bool}``.
+        """
+        return self._operate(retry_request(task_ids, failed, task_type), wait_timeout)
+
+    def purge(self, task_type: str, *, wait_timeout: float | None = None) -> Deferred[dict[str, Any]]:
+        """Cancel every queued task of this type: ``{"purged": count}``."""
+        return self._operate(purge_request(task_type), wait_timeout)
+
+    def _operate(self, request: Any, wait_timeout: float | None) -> Deferred[dict[str, Any]]:
+        return self._bounded(
+            Deferred.fromCoroutine(self._retrying(lambda protocol: protocol.operate(request))), wait_timeout
         )
 
     @property

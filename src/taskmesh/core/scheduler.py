@@ -11,8 +11,9 @@ the global reactor, so tests drive it with ``twisted.internet.task.Clock``.
 
 Durability order: a new task is written to the store before its submission
 is acknowledged (``after_commit``), and an outcome is written before the
-task's Deferred fires.  The store is committed once per reactor turn that
-wrote anything (group commit).
+task's Deferred fires (or ``on_outcome`` is told it, for a task marked with
+``notify``: how the protocols wait, with no Deferred per task).  The store
+is committed once per reactor turn that wrote anything (group commit).
 
 When a commit fails (disk full, another process holding the lock, a file
 made read-only), nothing is acknowledged or reported: the store keeps the
@@ -35,7 +36,8 @@ landing.  A failed landing is a failed commit, as above.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -61,7 +63,7 @@ from taskmesh.core.schedules import (
 )
 from taskmesh.core.taskqueue import TaskQueue
 from taskmesh.core.tasks import Chunk, Group, Job, JobReport, Lease, Queued, Task
-from taskmesh.core.timings import Histogram
+from taskmesh.core.timings import BUCKETS, COMMIT_BUCKETS, Histogram, TypeCounters
 from taskmesh.errors import StoreUnavailable, TaskCancelled, TaskFailed
 from taskmesh.store.interface import (
     IBackgroundCommit,
@@ -86,6 +88,18 @@ from taskmesh.wire import (
 
 #: Running tasks whose progress ``stats()`` lists, at the most.
 PROGRESS_LISTED = 100
+#: Tasks one ``retry(every_failed=True)`` reopens at the most, and store
+#: pages (of LIST_SCAN_ROWS rows each) it reads to find them: a bounded
+#: turn of the reactor; the answer says when more remain.
+RETRY_BATCH = 10000
+RETRY_PAGES = 10
+#: The task list's state filter, by name (QUEUED: the store's unfinished).
+_LISTED = {
+    "unfinished": State.QUEUED,
+    "succeeded": State.SUCCEEDED,
+    "failed": State.FAILED,
+    "cancelled": State.CANCELLED,
+}
 
 __all__ = [
     "IWorkerChannel",
@@ -209,6 +223,7 @@ class WorkerState:
         "joined_at",
         "done",
         "failed",
+        "draining",
     )
 
     def __init__(
@@ -233,6 +248,8 @@ class WorkerState:
         #: Outcomes this worker reported (a chunk's or group's items each count): for monitoring.
         self.done = 0
         self.failed = 0
+        #: The worker is shutting down (warm): it gets nothing more.
+        self.draining = False
 
 
 def _consume(failure: Failure) -> None:
@@ -267,7 +284,9 @@ def tick_key(name: str, due: float) -> str:
 _Waiter = tuple[Callable[..., object], tuple[Any, ...], Callable[..., object] | None]
 #: A background commit in flight: the outcomes and waiters it answers when it
 #: lands, and the first task id it does not cover.
-_Flight = tuple[list[tuple[Task, bytes]], list[_Waiter], int]
+#: a background commit: what it answers when it lands, the id mark it makes
+#: durable, and the far tasks and ticks written before it began
+_Flight = tuple[list[tuple[Task, bytes]], list[_Waiter], int, tuple[int, ...], tuple[int, ...]]
 
 
 class Scheduler:
@@ -305,6 +324,7 @@ class Scheduler:
         #: The store, when it commits in its own thread (see IBackgroundCommit).
         self._background: Any = store if IBackgroundCommit.providedBy(store) else None
         self._in_flight: _Flight | None = None
+        self._flight_began = 0.0
         #: The grace time ended while a commit was in flight: refuse if it fails.
         self._refuse_after_flight = False
         # store health: see the module's docstring
@@ -318,6 +338,9 @@ class Scheduler:
         self._stopping = False
         #: Commits that failed since start, over every episode, and the last one's reason and time.
         self.failed_commits = 0
+        #: Seconds each commit took (successful or not), one observation per
+        #: commit (a reactor turn's writes), not per task: for /metrics.
+        self.commit_times = Histogram(COMMIT_BUCKETS)
         self._last_failure: tuple[str, float] | None = None
         # relapses: see STORE_RELAPSE_WINDOW
         self._last_store_error: str | None = None
@@ -329,6 +352,11 @@ class Scheduler:
         self._paused = False
         #: Called with True when the queue goes beyond its bound, False when it has room again.
         self.on_queue_full: Callable[[bool], None] = lambda full: None
+        #: Told (task id, final state, value) once the outcome of a task
+        #: marked with ``notify`` is durable.  One call per task instead of
+        #: a Deferred and its callbacks: the hot path of every submission a
+        #: client waits for.  A failure's value is its reason (UTF-8).
+        self.on_outcome: Callable[[int, State, bytes], None] | None = None
         self._loops: list[LoopingCall] = []
         #: What a peer can repeat at will is summarised, not logged each time.
         self._repeated = RepeatedEvents(self.log, clock)
@@ -338,11 +366,9 @@ class Scheduler:
         self.started_at = clock.seconds()
         #: Task type -> tasks submitted (map items not included: see job_items).
         self.submitted_by_type: dict[str, int] = {}
-        #: (task type, final state) -> tasks finished.
-        #: Task type -> finished counts, indexed by State (see ``finished_by_type``).
-        self._finished_counts: dict[str, list[int]] = {}
-        #: Task type -> (run time, queue wait) histograms, the same objects as below.
-        self._timings: dict[str, tuple[Histogram, Histogram]] = {}
+        #: Task type -> finished counts by State (see ``finished_by_type``)
+        #: and its histograms, the same objects as in run_times and queue_waits.
+        self._by_type: dict[str, TypeCounters] = {}
         #: Map items answered: [succeeded, failed] (a job's items are no tasks of their own).
         self.job_items = [0, 0]
         #: Task type -> seconds from lease to outcome, and from submission to (last) lease.
@@ -533,6 +559,19 @@ class Scheduler:
             return task.deferred
         return self._store.outcome(task_id)
 
+    def notify(self, task_id: int) -> Task | Outcome | None:
+        """
+        Like ``watch``, without a Deferred: a live task is marked so that
+        ``on_outcome`` is told its outcome once durable (the task is
+        returned); a finished one's outcome, or None for an id never used
+        or pruned, is returned for the caller to answer now.
+        """
+        task = self._tasks.get(task_id)
+        if task is not None:
+            task.watched = True
+            return task
+        return self._store.outcome(task_id)
+
     def task(self, task_id: int) -> Task | None:
         """A live (unfinished, or finished but not yet durable) task, or None."""
         return self._tasks.get(task_id)
@@ -583,6 +622,150 @@ class Scheduler:
             self._resume_if_room()
         return True
 
+    # -- what operators ask ---------------------------------------------------
+
+    def list_tasks(
+        self, state: str | None, task_type: str | None, limit: int, before_id: int | None
+    ) -> dict[str, Any]:
+        """
+        A page of the store's committed tasks, newest first (``state``: one of
+        LIST_STATES' names; None: all), unfinished ones with their live state
+        from here, failed and cancelled ones with their reason's first line.
+        Raises ``StoreUnavailable`` if the store cannot be read.
+        """
+        wanted = None if state is None else _LISTED[state]
+        rows, next_before = self._store.list_tasks(wanted, task_type, limit, before_id)
+        listed = []
+        for row in rows:
+            shown = row.state
+            reason = None
+            if row.finished_at is None:
+                live = self.state_of(row.id)
+                shown = live if live is not None else State.QUEUED
+            elif shown is not State.SUCCEEDED:
+                outcome = self._store.outcome(row.id)
+                if outcome is not None:
+                    reason = failure_summary(outcome.value).splitlines()[0][:200] if outcome.value else ""
+            listed.append(
+                {
+                    "id": row.id,
+                    "type": row.type,
+                    "state": shown.name.lower(),
+                    "attempts": row.attempts,
+                    "losses": row.losses,
+                    "key": row.key,
+                    "submitted_at": row.submitted_at,
+                    "finished_at": row.finished_at,
+                    "reason": reason,
+                }
+            )
+        return {"tasks": listed, "next_before": next_before}
+
+    def retry(
+        self, task_ids: list[int], every_failed: bool = False, task_type: str | None = None
+    ) -> dict[str, Any]:
+        """
+        Run failed or cancelled tasks again under their ids, as submitted, with
+        fresh attempts (``taskmesh retry``); with ``every_failed``, also every
+        failed task (of ``task_type``) the store lists, up to RETRY_BATCH per
+        call.  Returns ``{"retried": [...], "refused": [[id, reason]], "more":
+        bool}``; answer it once committed (``after_commit``).  Raises
+        ``StoreUnavailable`` while the store cannot commit or be read.
+        """
+        if self._store_error is not None:
+            raise StoreUnavailable(self._store_error)
+        wanted = list(dict.fromkeys(task_ids))
+        more = False
+        if every_failed:
+            before: int | None = None
+            for _ in range(RETRY_PAGES):
+                room = RETRY_BATCH - len(wanted)
+                if room <= 0:
+                    more = True
+                    break
+                rows, before = self._store.list_tasks(State.FAILED, task_type, room, before)
+                wanted.extend(row.id for row in rows if row.id not in self._tasks)
+                if before is None:
+                    break
+            else:
+                more = before is not None
+        retried: list[int] = []
+        refused: list[list[Any]] = []
+        for task_id in dict.fromkeys(wanted):
+            try:
+                reason = self._reopen(task_id)
+            except StoreUnavailable as e:  # this one could not be read: the others still go
+                reason = str(e)
+            if reason is None:
+                retried.append(task_id)
+            else:
+                refused.append([task_id, reason])
+        if retried:
+            self.log.info(
+                "retrying {count} tasks ({first}{rest})",
+                count=len(retried),
+                first=retried[0],
+                rest=", ..." if len(retried) > 1 else "",
+            )
+            if self._commit_call is None:
+                self._commit_call = self._clock.callLater(0, self._commit)
+        return {"retried": retried, "refused": refused, "more": more}
+
+    def _reopen(self, task_id: int) -> str | None:
+        """Queue one finished task again under its id; None, or why not."""
+        live = self._tasks.get(task_id)
+        if live is not None:
+            if live.state.finished:
+                return f"task {task_id} has just finished and its outcome is not stored yet; try again"
+            return f"task {task_id} is {live.state.name.lower()}: nothing to retry"
+        stored = self._store.stored_task(task_id)
+        if stored is None:
+            return (
+                f"no task {task_id} in the store (never submitted, or pruned after --result-ttl; "
+                "a memory store keeps no finished task's payload)"
+            )
+        if stored.state is State.SUCCEEDED:
+            return f"task {task_id} succeeded: nothing to retry"
+        if not stored.state.finished:  # unfinished in the store and not here: cannot happen
+            return f"task {task_id} is not finished"
+        options = TaskOptions(
+            priority=stored.priority,
+            timeout=stored.timeout,
+            max_attempts=stored.max_attempts,
+            key=stored.key,
+            retry_on_error=stored.retry_on_error,
+        )
+        task = Task(stored.id, stored.type, stored.payload, options, self._clock.seconds())
+        self._tasks[task.id] = task
+        if stored.key is not None:
+            self._keys[stored.key] = task.id
+        self._store.reopen(task.id)
+        self._enqueue(task)
+        return None
+
+    def purge(self, task_type: str, reason: str = "purged") -> int:
+        """
+        Cancel every queued task of a type (waiting for a worker or to
+        retry; running ones are left alone), with ``reason``: each waiter
+        hears it, and ``retry`` can bring them back.  Returns how many; answer
+        once committed (``after_commit``).
+        """
+        doomed = [
+            task.id
+            for task in self._tasks.values()
+            if task.type == task_type and task.state is State.QUEUED and task.worker is None
+        ]
+        for task_id in doomed:
+            self.cancel(task_id, reason)
+        if doomed:
+            self.log.info(
+                "purged {count} queued {task_type} tasks ({reason})",
+                count=len(doomed),
+                task_type=task_type,
+                reason=reason,
+            )
+        return len(doomed)
+
     def has_worker_for(self, task_type: str) -> bool:
         """Whether any connected worker runs this type (else the task waits)."""
         return task_type in self._served
@@ -629,18 +812,17 @@ class Scheduler:
         task.state = State.QUEUED
         self._enqueue(task)
 
-    def _far_committed(self, below: int | None = None) -> None:
+    def _far_committed(self, ids: Iterable[int] | None = None) -> None:
         """
-        Tasks beyond the window are durable: the store holds them now, not
-        the core (the window reads them back; until then ``_load_batch``
-        skips what is still here).  ``below``: only the tasks with smaller
-        ids were in the commit (a background commit; later ones are in the
-        next), None: all of them.
+        Tasks beyond the window are durable (all of them, or these, which a
+        background commit wrote): the store holds them now, not the core.
         """
         keys = self._keys
         far = self._far
-        for task_id in list(far) if below is None else [i for i in far if i < below]:
-            task = far.pop(task_id)
+        for task_id in list(far) if ids is None else ids:
+            task = far.pop(task_id, None)
+            if task is None:
+                continue
             key = task.options.key
             if key is not None and keys.get(key) == task.id:
                 del keys[key]
@@ -1165,6 +1347,44 @@ class Scheduler:
                 self._queue.push(task)
         self._fill_all()
 
+    def drain(self, worker: WorkerState, lease_ids: list[int]) -> None:
+        """
+        A worker shuts down warm: it gets nothing more, and the leases it
+        hands back (held, never started) go back in line at once, in their
+        place, without counting an attempt or a loss: nothing ran.  What it
+        still runs stays leased to it until its results come (or it leaves).
+        An id it does not hold (answered, cancelled, timed out) is ignored.
+        """
+        if not worker.draining:
+            worker.draining = True
+            worker.capacity = 0
+            self.log.info(
+                "worker {name} is shutting down: it finishes {running} running, hands back {count}",
+                name=worker.name,
+                running=len(worker.leases) - len(lease_ids),
+                count=len(lease_ids),
+            )
+        requeued: list[Task | Chunk] = []
+        for lease_id in lease_ids:
+            lease = worker.leases.pop(lease_id, None)
+            if lease is None:
+                continue
+            if isinstance(lease, Group):
+                for member in lease.members:
+                    if member.worker is worker and member.state is State.RUNNING:
+                        self._release(member)
+                        requeued.append(member)
+            elif isinstance(lease, Chunk):
+                lease.worker = None
+                requeued.append(lease)
+            else:
+                self._release(lease)
+                requeued.append(lease)
+        for item in requeued:
+            self._queue.push(item)
+        if requeued:
+            self._fill_all()
+
     def complete(self, worker: WorkerState, records: list[tuple[int, int, bytes]]) -> None:
         """
         A worker reports outcomes: (task id, status, value) with status 0 for
@@ -1272,6 +1492,7 @@ class Scheduler:
                     "done": worker.done,
                     "failed": worker.failed,
                     "connected_seconds": round(now - worker.joined_at, 3),
+                    "draining": worker.draining,
                 }
                 for worker in self._workers
             ],
@@ -1557,8 +1778,8 @@ class Scheduler:
         """Finished tasks by (type, state), built when someone asks (a scrape), not per task."""
         return {
             (task_type, State(state)): count
-            for task_type, counts in self._finished_counts.items()
-            for state, count in enumerate(counts)
+            for task_type, counters in self._by_type.items()
+            for state, count in enumerate(counters.finished)
             if count
         }
 
@@ -1568,15 +1789,19 @@ class Scheduler:
         self.counts[state] += 1
         now = self._clock.seconds()
         task_type = task.type
-        counts = self._finished_counts.get(task_type)
-        if counts is None:
-            counts = self._finished_counts[task_type] = [0] * len(State)
-        counts[state] += 1
+        counters = self._by_type.get(task_type) or self._new_type(task_type)
+        counters.finished[state] += 1
         leased_at = task.leased_at
         if leased_at >= 0 and state is not State.CANCELLED:
-            timings = self._timings.get(task_type) or self._new_timings(task_type)
-            timings[0].observe(now - leased_at)
-            timings[1].observe(leased_at - task.submitted_at)
+            # Histogram.observe, twice, inline: this runs once per task.
+            seconds = now - leased_at
+            histogram = counters.run
+            histogram.counts[bisect_left(BUCKETS, seconds)] += 1
+            histogram.total += seconds
+            seconds = leased_at - task.submitted_at
+            histogram = counters.wait
+            histogram.counts[bisect_left(BUCKETS, seconds)] += 1
+            histogram.total += seconds
         if self._progress:
             self._progress.pop(task.id, None)
         if state is not State.SUCCEEDED:
@@ -1593,11 +1818,12 @@ class Scheduler:
         if self._commit_call is None:
             self._commit_call = self._clock.callLater(0, self._commit)
 
-    def _new_timings(self, task_type: str) -> tuple[Histogram, Histogram]:
-        """Run time and queue wait histograms of a type (for /metrics), made at its first task."""
-        timings = self._timings[task_type] = (Histogram(), Histogram())
-        self.run_times[task_type], self.queue_waits[task_type] = timings
-        return timings
+    def _new_type(self, task_type: str) -> TypeCounters:
+        """The counters and histograms of a type (for /metrics), made as its first task finishes."""
+        counters = self._by_type[task_type] = TypeCounters(len(State))
+        self.run_times[task_type] = counters.run
+        self.queue_waits[task_type] = counters.wait
+        return counters
 
     def _commit(self) -> None:
         """
@@ -1619,10 +1845,15 @@ class Scheduler:
                 # The last commit, below, waits for this one and writes everything.
                 self._put_back(self._in_flight)
                 self._in_flight = None
+        clock = self._clock
+        started = clock.seconds()
         try:
-            done = self._store.commit()
-            while not done and self._stopping:  # the last commit: all of it, now
+            try:
                 done = self._store.commit()
+                while not done and self._stopping:  # the last commit: all of it, now
+                    done = self._store.commit()
+            finally:
+                self.commit_times.observe(clock.seconds() - started)
         except StoreUnavailable as e:
             self._commit_failed(e.reason)
             return
@@ -1649,8 +1880,14 @@ class Scheduler:
     def _answer(self, finished: list[tuple[Task, bytes]], waiting: list[_Waiter]) -> None:
         """Their writes are durable: fire the finished tasks' Deferreds, then call the waiters."""
         tasks = self._tasks
+        on_outcome = self.on_outcome
         for task, value in finished:
             del tasks[task.id]
+            if task.watched and on_outcome is not None:
+                try:
+                    on_outcome(task.id, task.state, value)
+                except Exception:
+                    self.log.failure("bug while reporting the outcome of task {task_id}", task_id=task.id)
             deferred = task.fired
             if deferred is None:  # nobody waits: the store has the outcome
                 continue
@@ -1673,9 +1910,16 @@ class Scheduler:
 
     def _begin_commit(self) -> None:
         """Hand everything written so far to the store's thread, with what waits for it."""
-        flight: _Flight = (self._finished, self._after_commit, self._next_id)
+        flight: _Flight = (
+            self._finished,
+            self._after_commit,
+            self._next_id,
+            tuple(self._far),
+            tuple(self._ticks),
+        )
         self._finished, self._after_commit = [], []
         self._in_flight = flight
+        self._flight_began = self._clock.seconds()
         try:
             started = self._background.begin_commit(lambda reason: self._commit_landed(flight, reason))
         except Exception as e:
@@ -1692,6 +1936,7 @@ class Scheduler:
         if self._in_flight is not flight:
             return  # taken over by the last commit, when stopping
         self._in_flight = None
+        self.commit_times.observe(self._clock.seconds() - self._flight_began)
         if reason is not None:
             self._put_back(flight)
             self._commit_failed(reason)
@@ -1702,11 +1947,10 @@ class Scheduler:
         if self._store_error is not None:
             self._store_recovered()
         self._committed_up_to = flight[2]
-        # As after commit(), for what this commit carried (tasks below its id mark).
-        if self._far:
-            self._far_committed(flight[2])
-        if self._ticks:
-            self._ticks = {task_id: record for task_id, record in self._ticks.items() if task_id >= flight[2]}
+        if flight[3]:
+            self._far_committed(flight[3])
+        for task_id in flight[4]:  # those ticks' tasks are durable with their records
+            self._ticks.pop(task_id, None)
         self._answer(flight[0], flight[1])
         if (self._finished or self._after_commit or self._background.pending()) and self._commit_call is None:
             self._commit_call = self._clock.callLater(0, self._commit)
@@ -1851,6 +2095,8 @@ class Scheduler:
                 else:
                     self._queue.remove(task)
             task.state = State.CANCELLED
+            if task.watched and self.on_outcome is not None:
+                self.on_outcome(task.id, State.FAILED, str(failure).encode("utf-8", "replace"))
             deferred = task.fired
             if deferred is not None:
                 deferred.errback(failure)

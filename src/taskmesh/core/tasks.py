@@ -52,6 +52,7 @@ class Task:
         "submitted_at",
         "timer",
         "type",
+        "watched",
         "worker",
     )
 
@@ -64,6 +65,9 @@ class Task:
         self.options = options
         self.submitted_at = submitted_at
         self._deferred: Deferred[bytes] | None = None
+        #: Whether the scheduler's ``on_outcome`` is to be told the outcome
+        #: (cheaper than a Deferred for each task a client waits for).
+        self.watched = False
         self.state = State.QUEUED
         #: Attempts that failed (timed out, or raised with retries on error).
         self.attempts = 0

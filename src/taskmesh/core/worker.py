@@ -46,6 +46,7 @@ from taskmesh.codec import (
     type_name,
 )
 from taskmesh.context import CURRENT, PROGRESS_INTERVAL, ContextSpec, ThreadReporter, enter, leave
+from taskmesh.core.timings import WorkerStats
 from taskmesh.errors import Retry
 from taskmesh.handlers import HandlerRegistry, ITaskHandler
 from taskmesh.wire import (
@@ -64,6 +65,8 @@ Report = Callable[[int, int, bytes], None]
 ReportChunk = Callable[[int, list[tuple[int, bytes]]], None]
 #: report_progress([(task id, done, total, note), ...])
 ReportProgress = Callable[[list[ProgressRecord]], None]
+#: hand_back([lease id, ...]): work held and never started, returned while draining.
+HandBack = Callable[[list[int]], None]
 #: run_blocking(cpu_bound, function, argument) -> Deferred firing with function(argument).
 RunBlocking = Callable[[bool, Callable[[Any], Any], Any], Deferred[Any]]
 
@@ -206,6 +209,7 @@ class Worker:
         clock: IReactorTime | None = None,
         call_from_thread: Callable[[Callable[[], None]], None] = _direct,
         capacity: int | None = None,
+        stats: WorkerStats | None = None,
     ) -> None:
         if slots < 1:
             raise ValueError("a worker needs at least one slot")
@@ -227,6 +231,10 @@ class Worker:
         self._pending: dict[int, Deferred[Any]] = {}
         self._cancelled: set[int] = set()
         self._stopped = False
+        #: Draining (a warm shutdown): where held work goes back, and who
+        #: hears when nothing runs any more; None while not draining.
+        self._hand_back: HandBack | None = None
+        self._on_idle: Callable[[], None] | None = None
         # progress: tasks whose reports are heard (running ones), the latest
         # report of each waiting to be sent, and the send that is due.
         #: Running groups' tasks (by group id), whose progress is heard
@@ -240,6 +248,10 @@ class Worker:
         self._progress_sent = float("-inf")
         #: Where tasks in pool threads report (a process pool's get their process's own).
         self._thread_reporter = ThreadReporter(call_from_thread, self.post_progress)
+        #: Counters for the worker's /metrics (its own unless the caller keeps them).
+        self.stats = stats if stats is not None else WorkerStats(slots)
+        #: When each running task, group or chunk took its slot (by id).
+        self._started: dict[int, float] = {}
 
     @property
     def running(self) -> int:
@@ -249,14 +261,45 @@ class Worker:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    @property
+    def busy(self) -> int:
+        """Work running whose outcome will be reported (cancelled work that runs on is not counted)."""
+        return self._running - len(self._cancelled)
+
+    def drain(self, hand_back: HandBack, on_idle: Callable[[], None]) -> list[int]:
+        """
+        Start a warm shutdown: nothing new starts; returns the ids of the
+        work held and not started (to hand back to the scheduler), and from
+        now on hands back whatever else arrives through ``hand_back``.  What
+        runs finishes and is reported as usual; ``on_idle`` is called once
+        nothing reportable runs any more (at once, by the caller's check of
+        ``busy``, if nothing does now).
+        """
+        self._hand_back = hand_back
+        self._on_idle = on_idle
+        held = [work.id for work in self._waiting]
+        self._waiting.clear()
+        return held
+
+    def _maybe_idle(self) -> None:
+        if self._on_idle is not None and self.busy <= 0:
+            on_idle, self._on_idle = self._on_idle, None
+            on_idle()
+
     def assign(self, records: list[tuple[int, str, bytes]]) -> None:
         """Tasks from the scheduler (Assign): start what fits in the slots, queue the rest."""
+        if self._hand_back is not None:  # draining: straight back, unstarted
+            self._hand_back([record[0] for record in records])
+            return
         self._check_capacity(len(records))
         self._waiting.extend([TaskWork(*record) for record in records])
         self._start_waiting()
 
     def assign_tasks(self, records: list[TaskRecord]) -> None:
         """Tasks with their attempt, attempts and timeout (AssignTasks)."""
+        if self._hand_back is not None:  # draining: straight back, unstarted
+            self._hand_back([record[0] for record in records])
+            return
         self._check_capacity(len(records))
         now = self._clock.seconds()
         self._waiting.extend(
@@ -276,12 +319,18 @@ class Worker:
 
     def assign_chunks(self, records: list[tuple[int, str, list[bytes]]]) -> None:
         """Chunks of jobs from the scheduler: each takes one slot for all its items."""
+        if self._hand_back is not None:  # draining: straight back, unstarted
+            self._hand_back([record[0] for record in records])
+            return
         self._check_capacity(len(records))
         self._waiting.extend([ChunkWork(*record) for record in records])
         self._start_waiting()
 
     def assign_groups(self, records: list[GroupRecord]) -> None:
         """Groups of tasks: each takes one slot and is answered as a chunk."""
+        if self._hand_back is not None:  # draining: straight back, unstarted
+            self._hand_back([record[0] for record in records])
+            return
         self._check_capacity(len(records))
         self._waiting.extend(
             [
@@ -322,6 +371,8 @@ class Worker:
             if pending is not None:
                 self._cancelled.add(task_id)
                 pending.cancel()
+        if self._on_idle is not None:
+            self._maybe_idle()  # what is cancelled is not waited for
 
     def stop(self) -> None:
         """
@@ -379,6 +430,7 @@ class Worker:
 
     def _forget(self, task_id: int) -> None:
         """A task is done here: its progress is no longer sent."""
+        self._started.pop(task_id, None)
         if self._progress:
             self._progress.pop(task_id, None)
 
@@ -422,6 +474,7 @@ class Worker:
 
     def _run(self, work: TaskWork, handler: ITaskHandler) -> None:
         token = None
+        self._started[work.id] = self._clock.seconds()
         try:
             if handler.blocking:
                 function = partial(run_one, handler, self._max_result, self._context(work, pooled=True))
@@ -468,13 +521,26 @@ class Worker:
         else:
             self._done(work, (*outcome_of(outcome, self._max_result), None))
         self._start_waiting()
+        if self._on_idle is not None:
+            self._maybe_idle()
 
     def _done(self, work: TaskWork, done: Done) -> None:
         if self._progress:
             self._progress.pop(work.id, None)
-        if done[0] != STATUS_OK:
+        counters = self.stats.counters(work.type)
+        started = self._started.pop(work.id, None)
+        if started is not None:
+            counters.run.observe(self._clock.seconds() - started)
+        status = done[0]
+        if status == STATUS_OK:
+            counters.succeeded += 1
+        else:
+            if status == STATUS_RETRY:
+                counters.retried += 1
+            else:
+                counters.failed += 1
             self._log_outcome(work.type, f"task {work.id}", done)
-        self._report(work.id, done[0], done[1])
+        self._report(work.id, status, done[1])
 
     def _log_outcome(self, task_type: str, what: str, done: Done) -> None:
         status, value, trace = done
@@ -495,6 +561,7 @@ class Worker:
 
     def _run_chunk(self, work: ChunkWork, handler: ITaskHandler) -> None:
         self._running += 1
+        self._started[work.id] = self._clock.seconds()
         if work.members is not None:
             self._groups[work.id] = work.members
             self._group_members = None
@@ -587,20 +654,36 @@ class Worker:
             return
         if work.id in self._cancelled:
             self._cancelled.discard(work.id)
+            self._started.pop(work.id, None)
         else:
             if isinstance(outcomes, Failure):  # the pool itself failed
                 done = failed(outcomes.value, handler, self._max_result)
                 outcomes = [done] * len(work.payloads)
             answers: Outcomes = []
             members = work.members
+            counters = self.stats.counters(work.type)
+            started = self._started.pop(work.id, None)
+            if started is not None:
+                counters.run.observe(self._clock.seconds() - started)
+            succeeded = 0
             for index, done in enumerate(cast(list[Done], outcomes)):
-                if done[0] != STATUS_OK:
+                status = done[0]
+                if status == STATUS_OK:
+                    succeeded += 1
+                else:
+                    if status == STATUS_RETRY:
+                        counters.retried += 1
+                    else:
+                        counters.failed += 1
                     what = f"task {members[index][0]}" if members else f"item {index} of job chunk {work.id}"
                     self._log_outcome(work.type, what, done)
-                answers.append((done[0], done[1]))
+                answers.append((status, done[1]))
+            counters.succeeded += succeeded
             self._report_chunk(work.id, answers)
         if resumed:
             self._start_waiting()
+        if self._on_idle is not None:
+            self._maybe_idle()
 
 
 def _cpu_bound(handler: ITaskHandler) -> bool:

@@ -12,6 +12,7 @@ names a known endpoint type: ``tcp:host=h:port=p``, ``tls:...``,
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -220,3 +221,109 @@ class FollowingEndpoint:
             return protocol
         assert failure is not None
         raise failure
+
+
+@dataclass(frozen=True)
+class PlainEndpoint:
+    """
+    A client endpoint string read without Twisted, for the asyncio client:
+    ``kind`` is ``tcp``, ``tls`` or ``unix``; TLS files as the ``tls:``
+    endpoint names them (``trustRoots``: a folder of CA certificates,
+    ``certificate``/``privateKey``: this peer's, for mutual TLS).
+    """
+
+    kind: str
+    host: str = ""
+    port: int = 0
+    path: str = ""
+    timeout: float | None = None
+    trust_roots: str | None = None
+    certificate: str | None = None
+    private_key: str | None = None
+
+
+#: What each endpoint type takes, positional arguments first (Twisted's names).
+_PLAIN_PARAMETERS = {
+    "tcp": ("host", "port", "timeout"),
+    "tls": ("host", "port", "timeout", "trustRoots", "certificate", "privateKey"),
+    "unix": ("path", "timeout"),
+}
+
+
+def _split_endpoint(text: str) -> list[str]:
+    """Split on ``:`` as Twisted does: a backslash escapes the next character."""
+    parts: list[str] = []
+    current: list[str] = []
+    escaped = False
+    for character in text:
+        if escaped:
+            current.append(character)
+            escaped = False
+        elif character == "\\":
+            escaped = True
+        elif character == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(character)
+    parts.append("".join(current))
+    return parts
+
+
+def parse_plain_endpoint(address: str) -> PlainEndpoint:
+    """
+    ``tcp:host=H:port=P`` (or ``tcp:H:P``), ``tls:host=H:port=P[:trustRoots=DIR]
+    [:certificate=PEM:privateKey=PEM]`` or ``unix:path=P`` (or ``unix:P``),
+    with an optional ``timeout``; raises ValueError naming what is wrong or
+    what only the Twisted client's endpoints support.
+    """
+    kind, _, rest = address.strip().partition(":")
+    if kind not in _PLAIN_PARAMETERS:
+        raise ValueError(
+            f"the asyncio client takes host:port or tcp:, tls: and unix: endpoints, not {address!r} "
+            "(use the Twisted client for other endpoint types)"
+        )
+    names = _PLAIN_PARAMETERS[kind]
+    values: dict[str, str] = {}
+    named = False  # positional arguments come first, as in Twisted's endpoints
+    for index, part in enumerate(_split_endpoint(rest) if rest else []):
+        name, equals, value = part.partition("=")
+        if equals:
+            named = True
+        else:
+            if named or index >= len(names):
+                raise ValueError(f"cannot read {address!r}: {part!r} is not name=value")
+            name, value = names[index], part
+        if name not in names:
+            raise ValueError(
+                f"cannot read {address!r}: {kind}: takes {', '.join(names)} here, not {name!r} "
+                "(the Twisted client's endpoints take more)"
+            )
+        values[name] = value
+    timeout = None
+    if "timeout" in values:
+        try:
+            timeout = float(values["timeout"])
+        except ValueError:
+            raise ValueError(f"cannot read {address!r}: the timeout must be a number of seconds") from None
+    if kind == "unix":
+        if not values.get("path"):
+            raise ValueError(f"cannot read {address!r}: the path is missing")
+        return PlainEndpoint("unix", path=values["path"], timeout=timeout)
+    host = values.get("host", "")
+    if not host:
+        raise ValueError(f"cannot read {address!r}: the host is missing")
+    port_text = values.get("port", "")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"cannot read {address!r}: the port must be a number from 1 to 65535")
+    if values.get("privateKey") and not values.get("certificate"):
+        raise ValueError(f"cannot read {address!r}: privateKey goes with certificate")
+    return PlainEndpoint(
+        kind,
+        host=host,
+        port=int(port_text),
+        timeout=timeout,
+        trust_roots=values.get("trustRoots"),
+        certificate=values.get("certificate"),
+        private_key=values.get("privateKey"),
+    )

@@ -134,6 +134,12 @@ class ClientProtocol(FramedProtocol):
         self.core.schedule(answer, command)
         return answer
 
+    def operate(self, request: Callable[[int], wire.Message]) -> Deferred[dict[str, Any]]:
+        """An operator's request (see ``ClientConnection.operate``): its Answer's JSON object."""
+        answer: Deferred[dict[str, Any]] = Deferred()
+        self.core.operate(answer, request)
+        return answer
+
     def open_job(
         self,
         task_type: str,

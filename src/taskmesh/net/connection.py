@@ -33,6 +33,7 @@ from taskmesh.codec import decode_result, task_failed
 from taskmesh.errors import (
     AuthenticationFailed,
     NotLeader,
+    OperationFailed,
     ScheduleRefused,
     SchedulerGone,
     TaskFailed,
@@ -120,6 +121,29 @@ JobListener = Callable[[list[tuple[int, int, bytes]]], None]
 OnId = Callable[[int], None]
 
 
+#: What a submission waits with: (task type, answer, wants the result, decode, on_id).
+_Request = tuple[str, Answer, bool, Decode | None, OnId | None]
+
+
+def _deliver(entry: _Request, task_id: int, status: int, value: bytes) -> None:
+    """A final result record for one submission's answer (unless its caller gave up)."""
+    waiting = entry[1]
+    if waiting.called:
+        return
+    decode = entry[3]
+    if status != wire.STATUS_OK:
+        waiting.errback(outcome_error(task_id, status, value))
+    elif decode is None:
+        waiting.callback(value)
+    else:
+        try:
+            decoded = decode(value)
+        except ValueError as e:
+            waiting.errback(TaskFailed(f"task {task_id}: {e}"))
+        else:
+            waiting.callback(decoded)
+
+
 def _fire(answer: Answer, value: Any) -> None:
     if not answer.called:
         answer.callback(value)
@@ -156,9 +180,10 @@ class ClientConnection:
         self._on_no_worker = on_no_worker
         self._next_request = 0
         # request number -> (task type, answer, wants the result, decode, on_id)
-        self._requests: dict[int, tuple[str, Answer, bool, Decode | None, OnId | None]] = {}
-        # task id -> answers waiting for its result
-        self._waiters: dict[int, list[tuple[Answer, Decode | None]]] = {}
+        self._requests: dict[int, _Request] = {}
+        # task id -> the request waiting for its result (one, the usual case:
+        # the same tuple, moved, no allocation per task), or a list of them
+        self._waiters: dict[int, _Request | list[_Request]] = {}
         # task id -> answers of its final (status, value) record
         self._finals: dict[int, list[Answer]] = {}
         # task id -> answers of the next (status, value) record, pending or final
@@ -166,6 +191,8 @@ class ClientConnection:
         self._status: deque[Answer] = deque()
         #: Answers of schedule commands, in the order sent (the scheduler answers in order).
         self._schedule_answers: deque[Answer] = deque()
+        # request number -> answer of an operator's request (ListTasks, RetryTasks, PurgeTasks)
+        self._operations: dict[int, Answer] = {}
         # request number -> (answer of (job id, flags), results callback), until accepted
         self._job_requests: dict[int, tuple[Answer, JobListener]] = {}
         # job id -> results callback
@@ -193,7 +220,10 @@ class ClientConnection:
         scheduler has made the task durable.  ``on_id`` is told the id then,
         whichever it is.
         """
-        if self.refuse(answer, len(payload)):
+        welcome = self.welcome
+        # refuse()'s conditions, inline: this runs once per task.
+        if welcome is None or self.gone or self._output.closing or len(payload) > welcome.max_payload:
+            self.refuse(answer, len(payload))
             return
         request = self._next_request = (self._next_request + 1) & 0xFFFFFFFF
         self._requests[request] = (task_type, answer, not options.no_result, decode, on_id)
@@ -228,6 +258,18 @@ class ClientConnection:
             return
         self._schedule_answers.append(answer)
         self._output.send(command)
+
+    def operate(self, answer: Answer, request: Callable[[int], wire.Message]) -> None:
+        """
+        An operator's request: ``request(number)`` builds the ListTasks,
+        RetryTasks or PurgeTasks; the answer fires with the Answer's JSON
+        object, or fails with OperationFailed when it carries an error.
+        """
+        if self.refuse(answer):
+            return
+        number = self._next_request = (self._next_request + 1) & 0xFFFFFFFF
+        self._operations[number] = answer
+        self._output.send(request(number))
 
     def open_job(
         self,
@@ -281,16 +323,27 @@ class ClientConnection:
             case wire.Results(records=results):
                 self._results(results)
             case wire.Accepted(records=accepted):
+                requests = self._requests
+                waiters = self._waiters
                 for request, task_id, flags in accepted:
-                    task_type, answer, wants_result, decode, on_id = self._pop_request(request)
+                    entry = requests.pop(request, None)
+                    if entry is None:
+                        raise PeerMisbehaved(f"answer to request {request}, which is not pending")
                     if flags & wire.ACCEPTED_NO_WORKER:
-                        self._on_no_worker(task_type)
+                        self._on_no_worker(entry[0])
+                    on_id = entry[4]
                     if on_id is not None:
                         on_id(task_id)
-                    if wants_result:
-                        self._waiters.setdefault(task_id, []).append((answer, decode))
+                    if entry[2]:  # wants the result
+                        waiting = waiters.get(task_id)
+                        if waiting is None:
+                            waiters[task_id] = entry
+                        elif isinstance(waiting, list):
+                            waiting.append(entry)
+                        else:  # a second wait for the same task (a key's duplicate)
+                            waiters[task_id] = [waiting, entry]
                     else:
-                        _fire(answer, task_id)
+                        _fire(entry[1], task_id)
             case wire.Rejected(records=rejected):
                 for request, reason in rejected:
                     _fail(self._pop_request(request)[1], TaskRejected(reason))
@@ -319,6 +372,20 @@ class ClientConnection:
                 except ValueError:
                     raise PeerMisbehaved("a schedule answer is not JSON") from None
                 _fire(answer, found)
+            case wire.Answer(request=request, json=text):
+                operation = self._operations.pop(request, None)
+                if operation is None:
+                    raise PeerMisbehaved(f"answer to request {request}, which is not pending")
+                try:
+                    found = json.loads(text)
+                except ValueError:
+                    found = None
+                if not isinstance(found, dict):
+                    raise PeerMisbehaved("the answer is not a JSON object")
+                if "error" in found:
+                    _fail(operation, OperationFailed(str(found["error"])))
+                else:
+                    _fire(operation, found)
             case wire.Challenge() if self.welcome is None and not self._handshake.answered:
                 self._answer_challenge(message)
             case wire.Welcome() if self.welcome is None and (
@@ -374,20 +441,19 @@ class ClientConnection:
             if finals:
                 for answer in finals.pop(task_id, ()):
                     _fire(answer, (status, value))
-            for waiting, decode in waiters.pop(task_id, ()):
-                if waiting.called:
+            entry = waiters.pop(task_id, None)
+            if entry is None:
+                continue
+            if isinstance(entry, tuple):  # the usual case: one wait, a result without decoding
+                waiting = entry[1]
+                if status == wire.STATUS_OK and entry[3] is None:
+                    if not waiting.called:
+                        waiting.callback(value)
                     continue
-                if status != wire.STATUS_OK:
-                    waiting.errback(outcome_error(task_id, status, value))
-                elif decode is None:
-                    waiting.callback(value)
-                else:
-                    try:
-                        decoded = decode(value)
-                    except ValueError as e:
-                        waiting.errback(TaskFailed(f"task {task_id}: {e}"))
-                    else:
-                        waiting.callback(decoded)
+                _deliver(entry, task_id, status, value)
+            else:
+                for each in entry:
+                    _deliver(each, task_id, status, value)
 
     def _job_results(self, records: list[wire.JobResultRecord]) -> None:
         """Hand each job its records, one call per job per frame."""
@@ -422,12 +488,17 @@ class ClientConnection:
         why = self.error or why
         waiting: list[Answer] = [entry[1] for entry in self._requests.values()]
         for waiters in self._waiters.values():
-            waiting.extend(answer for answer, _ in waiters)
+            if isinstance(waiters, tuple):
+                waiting.append(waiters[1])
+            else:
+                waiting.extend(entry[1] for entry in waiters)
         for records in (*self._finals.values(), *self._peeks.values()):
             waiting.extend(records)
         waiting.extend(self._status)
         waiting.extend(self._schedule_answers)
         self._schedule_answers.clear()
+        waiting.extend(self._operations.values())
+        self._operations.clear()
         waiting.extend(answer for answer, _ in self._job_requests.values())
         self._job_requests.clear()
         self._jobs.clear()

@@ -222,10 +222,18 @@ class FramedProtocol(Int32StringReceiver):
         otherwise hold this peer forever).
         """
         limit = interval * max(1, tolerance)
+        last_beat = [self.clock.seconds()]
 
         def beat() -> None:
-            silent = self.clock.seconds() - self.last_heard
-            if silent > limit:
+            now = self.clock.seconds()
+            # A beat far later than due means this reactor was blocked (a
+            # long synchronous call of the application): what the scheduler
+            # sent meanwhile is still unread, so its silence is judged at the
+            # next beat, after the reactor has read its socket, not now.
+            late = now - last_beat[0] > 2 * interval
+            last_beat[0] = now
+            silent = now - self.last_heard
+            if silent > limit and not late:
                 self.log.warn(
                     "scheduler {peer} silent for {silent:.1f} s: dropping the connection",
                     peer=self.peer,

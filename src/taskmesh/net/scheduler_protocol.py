@@ -13,8 +13,9 @@ a client may have at most ``max_queries`` queries waiting and ``max_jobs``
 jobs open, the scheduler serves at most ``max_connections`` connections, and
 idle clients exchange heartbeats with the scheduler like workers do, so a
 client that vanished without a FIN is dropped and frees what it held.  Who
-waits for which task's outcome is kept in one ``ResultWatchers`` table, not
-in callbacks on the task's Deferred, so a connection that leaves takes its
+waits for which task's outcome is kept in one ``ResultWatchers`` table, told
+each outcome by the core (``Scheduler.on_outcome``), not in callbacks on a
+Deferred per task, so a connection that leaves takes its
 waits with it.
 """
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.task import LoopingCall
@@ -34,7 +34,8 @@ from zope.interface import implementer
 from taskmesh import wire
 from taskmesh.core.scheduler import IWorkerChannel, Job, Scheduler, WorkerState, describe_schedule
 from taskmesh.core.schedules import ScheduleError
-from taskmesh.errors import StoreUnavailable, TaskCancelled, TaskFailed
+from taskmesh.core.tasks import Task
+from taskmesh.errors import StoreUnavailable
 from taskmesh.net.auth import AuthenticationFailed, RoleSecrets, SchedulerHandshake
 from taskmesh.net.frames import PartialFrameBudget
 from taskmesh.net.framing import DEFAULT_FRAME_BUDGET, ConnectionLimits, FramedProtocol, PeerMisbehaved
@@ -121,6 +122,8 @@ class SchedulerProtocol(FramedProtocol):
                     raise PeerMisbehaved(str(e)) from None
             case wire.Progress(records=progress):
                 self.core.progress(worker, progress)
+            case wire.Drain(records=lease_ids):
+                self.core.drain(worker, lease_ids)
             case wire.Heartbeat():
                 pass
             case wire.Error():
@@ -159,6 +162,8 @@ class SchedulerProtocol(FramedProtocol):
                     raise PeerMisbehaved(f"job {job.id} ends at {total} items but {job.received} came")
                 self.core.end_job(job)
                 self._forget_if_done(job)
+            case wire.ListTasks() | wire.RetryTasks() | wire.PurgeTasks():
+                self._operate(message)
             case wire.Heartbeat():
                 pass
             case wire.Error():
@@ -223,6 +228,50 @@ class SchedulerProtocol(FramedProtocol):
         if ok and len(answer) > self.send_limit - 16:
             ok, answer = False, f"the answer ({len(answer)} bytes) does not fit a frame; list fewer schedules"
         self.send(wire.ScheduleAnswer(ok, answer))
+
+    def _operate(self, message: wire.ListTasks | wire.RetryTasks | wire.PurgeTasks) -> None:
+        """
+        An operator's request (``taskmesh tasks``, ``retry``, ``purge``): the
+        core decides; a list is answered now (it reads committed rows), a
+        retry or purge once its writes are durable.  Each counts as a query
+        until answered (--max-queries).
+        """
+        self._count_queries(1)
+        core = self.core
+        try:
+            match message:
+                case wire.ListTasks():
+                    state = None if message.state == 0 else wire.LIST_STATES[message.state]
+                    answer = core.list_tasks(
+                        state, message.task_type, message.limit, message.before_id or None
+                    )
+                    self._send_answer(message.request, answer)
+                    return
+                case wire.RetryTasks():
+                    answer = core.retry(message.task_ids, message.every_failed, message.task_type)
+                    self.log.info(
+                        "{name} asked to retry: {retried} retried, {refused} refused",
+                        name=self.name,
+                        retried=len(answer["retried"]),
+                        refused=len(answer["refused"]),
+                    )
+                case wire.PurgeTasks():
+                    answer = {"purged": core.purge(message.task_type, f"purged by {self.name}")}
+        except StoreUnavailable as e:
+            self._send_answer(message.request, {"error": str(e)})
+            return
+        core.after_commit(self._send_answer, message.request, answer)
+
+    def _send_answer(self, request: int, answer: dict[str, Any]) -> None:
+        self._queries_pending -= 1
+        if self.closing:
+            return
+        text = json.dumps(answer, separators=(",", ":"))
+        if len(text) + 16 > min(self.send_limit, wire.MAX_ANSWER):
+            text = json.dumps(
+                {"error": f"the answer of {len(text)} bytes does not fit in a frame; ask for less"}
+            )
+        self.send(wire.Answer(request, text))
 
     def _count_queries(self, count: int) -> None:
         waiting = self._queries_pending + len(self._queried) + count
@@ -574,8 +623,9 @@ class LimitPassed(PeerMisbehaved):
 
 class ResultWatchers:
     """
-    Which connections wait for which task's outcome.  One callback per task
-    on the core's Deferred, however many connections wait for it, and a
+    Which connections wait for which task's outcome.  The core tells it
+    each watched task's outcome once (``Scheduler.on_outcome``: one call,
+    no Deferred per task), however many connections wait for it, and a
     connection that leaves is taken out at once: a dead client holds nothing.
     """
 
@@ -585,6 +635,7 @@ class ResultWatchers:
         self._core = core
         #: task id -> the connection waiting (one, the usual case), or a set of them.
         self._waiting: dict[int, SchedulerProtocol | set[SchedulerProtocol]] = {}
+        core.on_outcome = self._outcome
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -595,19 +646,16 @@ class ResultWatchers:
         has one (or is unknown), send it now and return False.
         """
         try:
-            found = self._core.watch(task_id)
+            found = self._core.notify(task_id)
         except StoreUnavailable as e:
             # The store cannot even be read: drop the connection with the
             # reason; a client waiting by id reconnects and asks again.
             protocol.fail(wire.ERROR_INTERNAL, str(e))
             return False
-        if isinstance(found, Deferred):
+        if isinstance(found, Task):
             waiting = self._waiting.get(task_id)
             if waiting is None:
                 self._waiting[task_id] = protocol
-                found.addCallbacks(
-                    self._succeeded, self._failed, callbackArgs=(task_id,), errbackArgs=(task_id,)
-                )
             elif isinstance(waiting, set):
                 waiting.add(protocol)
             elif waiting is not protocol:
@@ -633,45 +681,20 @@ class ResultWatchers:
                     del waiting[task_id]
         protocol.watching.clear()
 
-    def _deliver(self, task_id: int, status: int, value: bytes) -> None:
+    def _outcome(self, task_id: int, state: State, value: bytes) -> None:
+        """The core's ``on_outcome``: one record for each connection waiting."""
         waiting = self._waiting.pop(task_id, None)
         if waiting is None:
             return
-        try:
-            if not isinstance(waiting, set):
-                waiting.outcome(task_id, status, value)
-                return
-        except Exception:
-            self.log.failure("bug while sending the outcome of task {task_id}", task_id=task_id)
+        status = _OUTCOME_STATUS[state]
+        if not isinstance(waiting, set):  # the usual case
+            waiting.outcome(task_id, status, value)
             return
         for protocol in waiting:
             try:
                 protocol.outcome(task_id, status, value)
             except Exception:  # a bug for one connection must not keep the others from their answer
                 self.log.failure("bug while sending the outcome of task {task_id}", task_id=task_id)
-
-    def _succeeded(self, value: bytes, task_id: int) -> bytes:
-        waiting = self._waiting.pop(task_id, None)
-        if waiting is not None and not isinstance(waiting, set):  # the usual case, inline
-            try:
-                waiting.outcome(task_id, wire.STATUS_OK, value)
-            except Exception:
-                self.log.failure("bug while sending the outcome of task {task_id}", task_id=task_id)
-        elif waiting is not None:
-            self._waiting[task_id] = waiting
-            self._deliver(task_id, wire.STATUS_OK, value)
-        return value  # others may watch the same task
-
-    def _failed(self, failure: Failure, task_id: int) -> Failure:
-        if failure.check(TaskCancelled):
-            status = wire.STATUS_CANCELLED
-        elif failure.check(TaskFailed):
-            status = wire.STATUS_FAILED
-        else:
-            self.log.failure("unexpected failure of task {task_id}", failure, task_id=task_id)
-            status = wire.STATUS_FAILED
-        self._deliver(task_id, status, str(failure.value).encode("utf-8", "replace"))
-        return failure  # others may watch the same task
 
 
 def _too_large(size: int, limit: int) -> bytes:
@@ -756,6 +779,18 @@ class SchedulerFactory(Factory):
             )
             return
         self.connections.add(protocol)
+
+    def connections_by_role(self) -> dict[str, int]:
+        """
+        Open connections by role, counted when asked (a scrape), not kept up
+        to date per connection: ``handshake`` is one whose hello has not
+        been proved yet.
+        """
+        counts = dict.fromkeys((*wire.ROLE_NAMES.values(), "handshake"), 0)
+        for protocol in self.connections:
+            role = protocol.role
+            counts[wire.ROLE_NAMES[role] if role is not None else "handshake"] += 1
+        return counts
 
     def connection_lost(self, protocol: SchedulerProtocol) -> None:
         self.connections.discard(protocol)

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from taskmesh import wire
+from taskmesh.core.timings import WorkerStats
 from taskmesh.core.worker import OverCapacity, RunBlocking, Worker
 from taskmesh.handlers import HandlerRegistry
 from taskmesh.net.framing import ConnectionLimits, PeerMisbehaved
@@ -121,6 +122,7 @@ class WorkerProtocol(PeerProtocol):
             clock=self.clock,
             call_from_thread=factory.call_from_thread,
             capacity=factory.slots + welcome.prefetch,
+            stats=factory.stats,
         )
         factory.welcomed()
         factory.connected(self)
@@ -141,6 +143,28 @@ class WorkerProtocol(PeerProtocol):
         )
         self.close()
         self.factory.refused(reason)
+
+    def drain(self, on_idle: Callable[[], None]) -> int:
+        """
+        Start a warm shutdown on this connection: hand the work held and not
+        started back to the scheduler now (a Drain, sent at once), and any
+        that arrives later too; ``on_idle`` is called when the running work
+        has been reported.  Returns how many run on (0: call nothing, done).
+        """
+        core = self.core
+        if core is None:
+            return 0
+        held = core.drain(self._hand_back, on_idle)
+        self.send(wire.Drain(held))
+        self.log.info(
+            "shutting down: handed {count} held tasks back to the scheduler; {running} still run",
+            count=len(held),
+            running=core.busy,
+        )
+        return core.busy
+
+    def _hand_back(self, lease_ids: list[int]) -> None:
+        self.send(wire.Drain(lease_ids))
 
     def _report(self, task_id: int, status: int, value: bytes) -> None:
         self.queue(wire.Results, (task_id, status, value), len(value))
@@ -167,6 +191,8 @@ class WorkerProtocol(PeerProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
+        if self.core is not None:
+            self.factory.last_lost = reason.getErrorMessage()
         self.factory.disconnected(self)
         if self.core is not None:
             self.core.stop()
@@ -219,6 +245,12 @@ class WorkerFactory(Factory):
         #: The connection that has been welcomed, if any: where progress from
         #: the process pool goes.
         self.current: WorkerProtocol | None = None
+        #: This process's counters for its /metrics, across reconnections.
+        self.stats = WorkerStats(slots)
+        #: Why the last welcomed connection was lost (for the service's retry line).
+        self.last_lost: str | None = None
+        #: Called when the welcomed connection is lost (the service, while it drains).
+        self.lost: Callable[[], None] = lambda: None
 
     def connected(self, protocol: WorkerProtocol) -> None:
         self.current = protocol
@@ -226,6 +258,7 @@ class WorkerFactory(Factory):
     def disconnected(self, protocol: WorkerProtocol) -> None:
         if self.current is protocol:
             self.current = None
+            self.lost()
 
     def post_progress(self, records: list[wire.ProgressRecord]) -> None:
         """Progress from tasks in the process pool (in the reactor thread)."""

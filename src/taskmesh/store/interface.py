@@ -252,6 +252,20 @@ class ITaskStore(Interface):
         For the dashboard; read-only.  Reads may raise ``StoreUnavailable``.
         """
 
+    def stored_task(task_id: int) -> StoredTask | None:
+        """
+        A committed task as submitted (finished or not), with its state; None
+        if the store does not have it (or keeps no payloads: memory).  For
+        ``taskmesh retry``; one read by id.  Reads may raise ``StoreUnavailable``.
+        """
+
+    def reopen(task_id: int) -> None:
+        """
+        Make a finished task unfinished again, with no outcome and 0 attempts
+        and losses (durable at the next commit, in order with the other
+        writes), so that it runs again under its id: ``taskmesh retry``.
+        """
+
     def close() -> None:
         """Commit what can be committed, and release the storage (and its lock)."""
 

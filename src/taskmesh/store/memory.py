@@ -218,5 +218,13 @@ class MemoryStore:
                     return found, task_id
         return found, None
 
+    def stored_task(self, task_id: int) -> StoredTask | None:
+        """Always None: a memory store keeps no payloads (finished tasks cannot be retried)."""
+        return None
+
+    def reopen(self, task_id: int) -> None:
+        """Forget the outcome (never called: ``stored_task`` gives nothing to reopen)."""
+        self._outcomes.pop(task_id, None)
+
     def close(self) -> None:
         """Nothing to release."""

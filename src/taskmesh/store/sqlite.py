@@ -508,6 +508,38 @@ class SqliteStore:
         self._finishes = [row for row in self._finishes if row[3] not in ids]
         self._bytes = sum(len(row[2]) for row in self._adds) + sum(len(row[1]) for row in self._finishes)
 
+    def stored_task(self, task_id: int) -> StoredTask | None:
+        try:
+            row = self._db.execute(
+                "SELECT id, type, payload, submitted_at, priority, key, timeout, max_attempts,"
+                " retry_on_error, attempts, losses, state, finished_at FROM tasks WHERE id = ?",
+                (task_id,),
+            ).fetchone()
+        except sqlite3.Error as e:
+            raise StoreUnavailable(describe_error(e)) from e
+        if row is None:
+            return None
+        return StoredTask(
+            id=row[0],
+            type=row[1],
+            payload=bytes(row[2]),
+            submitted_at=row[3],
+            priority=row[4],
+            key=row[5],
+            timeout=row[6],
+            max_attempts=row[7],
+            retry_on_error=bool(row[8]),
+            attempts=row[9],
+            losses=row[10],
+            state=State(row[11]) if row[12] is not None else State.QUEUED,
+        )
+
+    def reopen(self, task_id: int) -> None:
+        # Through the same buffers as attempts and outcomes, so it lands in
+        # order with them: a reopened task's next outcome comes after it.
+        self._attempts.append((0, 0, task_id))
+        self._finishes.append((int(State.QUEUED), b"", None, task_id))
+
     def pending(self) -> int:
         """Buffered writes not yet committed (for status and logs)."""
         return len(self._adds) + len(self._attempts) + len(self._finishes) + len(self._schedule_writes)

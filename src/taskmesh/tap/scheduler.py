@@ -12,6 +12,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from taskmesh import wire
+from taskmesh.config import Configurable, config_help
 from taskmesh.core.scheduler import Policy, Scheduler
 from taskmesh.errors import StoreUnavailable
 from taskmesh.net.auth import RoleSecrets
@@ -40,7 +41,8 @@ DEFAULT_STORE = "taskmesh.sqlite"
 _DEFAULTS = Policy()
 
 
-class Options(usage.Options):
+class Options(Configurable):
+    config_section = "scheduler"
     synopsis = "[options]"
     longdesc = (
         "Run a taskmesh scheduler: it accepts tasks from clients, hands them to "
@@ -49,7 +51,7 @@ class Options(usage.Options):
         "in an SQLite file (taskmesh.sqlite in the current folder by default), "
         "so a restarted scheduler resumes every unfinished task. With -n and no "
         "--pidfile, no pid file is written, so several taskmesh processes can "
-        "run from one folder."
+        "run from one folder. " + config_help("scheduler")
     )
     optParameters = [
         [
@@ -280,6 +282,7 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        self.apply_config()
         if self["max-frame"] > wire.MAX_FRAME_LIMIT:
             raise usage.UsageError(f"--max-frame must be at most {wire.MAX_FRAME_LIMIT}")
         if self["max-payload"] + wire.MAX_RECORD_OVERHEAD + wire.FRAME_OVERHEAD > self["max-frame"]:

@@ -11,15 +11,17 @@ from twisted.application.service import IService
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python import usage
 
+from taskmesh.config import Configurable, config_help
 from taskmesh.functions import load_tasks
 from taskmesh.handlers import HandlerError, default_registry, load_import_path
 from taskmesh.net.address import DEFAULT_ADDRESS, Addresses, FollowingEndpoint, parse_addresses
 from taskmesh.net.scheduler_protocol import MAX_WORKER_SLOTS
 from taskmesh.net.tls import ClientTLS
-from taskmesh.service import DEFAULT_RECONNECT_MAX_DELAY, POOLS, WorkerService
+from taskmesh.service import DEFAULT_GRACE, DEFAULT_RECONNECT_MAX_DELAY, POOLS, WorkerService
 from taskmesh.tap import (
     PEER_SECURITY_FLAGS,
     PEER_SECURITY_PARAMETERS,
+    non_negative_float,
     peer_security,
     positive_float,
     positive_int,
@@ -27,12 +29,13 @@ from taskmesh.tap import (
 )
 
 
-class Options(usage.Options):
+class Options(Configurable):
+    config_section = "worker"
     synopsis = "[options]"
     longdesc = (
         "Run a taskmesh worker: it connects to a scheduler, announces the task "
         "types it runs, runs what it is assigned and reconnects by itself when "
-        "the scheduler goes away. Start as many as you like, anywhere."
+        "the scheduler goes away. Start as many as you like, anywhere. " + config_help("worker")
     )
     optParameters = [
         [
@@ -59,6 +62,23 @@ class Options(usage.Options):
             "Where CPU-bound handlers (such as pbkdf2) run: 'thread', or 'process' "
             "for a pool of --concurrency processes that keeps every core busy.",
         ],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve this worker's own Prometheus /metrics (tasks run and failed by type, run "
+            "time, busy slots) on this endpoint, e.g. tcp:9102:interface=127.0.0.1. No login: "
+            "keep it on loopback or a private interface. Off unless given.",
+        ],
+        [
+            "grace",
+            None,
+            DEFAULT_GRACE,
+            "On SIGTERM or SIGINT, seconds the running tasks may take to finish (their results "
+            "are delivered) while held ones go back to the scheduler at once; then, or at a "
+            "second signal, exit. 0: exit at once.",
+            non_negative_float,
+        ],
         *PEER_SECURITY_PARAMETERS,
     ]
     optFlags = [
@@ -84,6 +104,7 @@ class Options(usage.Options):
         self["tasks"].append(module)
 
     def postOptions(self) -> None:
+        self.apply_config()
         try:
             parse_addresses(self["connect"])
         except ValueError as e:
@@ -126,7 +147,7 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     handlers = default_registry(reactor, options["handler-objects"], use_plugins=not options["no-plugins"])
-    return WorkerService(
+    service = WorkerService(
         reactor,
         scheduler_endpoint(reactor, options["connect"], options["tls-options"]),
         handlers,
@@ -135,7 +156,14 @@ def makeService(options: Options) -> IService:
         reconnect_max_delay=options["reconnect-max-delay"],
         pool=options["pool"],
         secret=options["secret"],
+        grace=options["grace"],
+        address=options["connect"],
     )
+    if options["metrics"]:
+        from taskmesh.web.worker_metrics import WorkerMetricsService
+
+        WorkerMetricsService(reactor, options["metrics"], service.factory).setServiceParent(service)
+    return service
 
 
 def scheduler_endpoint(reactor: Any, connect: str, tls: ClientTLS | None) -> IStreamClientEndpoint:

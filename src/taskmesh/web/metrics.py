@@ -100,6 +100,19 @@ class MeshCollector(Collector):
         yield CounterMetricFamily(
             "taskmesh_store_failed_commits", "Commits that failed since start.", value=store["failed_commits"]
         )
+        commits = core.commit_times
+        commit_family = HistogramMetricFamily(
+            "taskmesh_store_commit_seconds",
+            "Seconds each store commit took (one per reactor turn that wrote, not per task).",
+        )
+        commit_family.add_metric([], commits.cumulative(), commits.total)
+        yield commit_family
+        connections = GaugeMetricFamily(
+            "taskmesh_connections", "Open connections by role, counted at scrape time.", labels=["role"]
+        )
+        for role, count in sorted(view.connections().items()):
+            connections.add_metric([role], count)
+        yield connections
 
 
 def registry_for(view: MeshView) -> CollectorRegistry:

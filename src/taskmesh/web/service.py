@@ -8,6 +8,7 @@ on without it.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
@@ -59,10 +60,11 @@ class WebService(Service):
         core: Scheduler,
         client_secret: bytes,
         store: ITaskStore | None = None,
+        connections: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         self.listen = listen
         self.reactor = reactor
-        self.view = MeshView(core, reactor, store)
+        self.view = MeshView(core, reactor, store, connections)
         self.token = None if endpoint_is_loopback(listen) else web_token(client_secret)
         root, self.events = build_root(self.view, self.token)
         self.site = Site(root)

@@ -10,6 +10,7 @@ core: a bug in the web layer cannot change a scheduling decision.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -25,16 +26,27 @@ HISTORY = 300
 class MeshView:
     """What the web layer may know about a scheduler: counts, workers, jobs, history."""
 
-    def __init__(self, core: Scheduler, clock: IReactorTime, store: ITaskStore | None = None) -> None:
+    def __init__(
+        self,
+        core: Scheduler,
+        clock: IReactorTime,
+        store: ITaskStore | None = None,
+        connections: Callable[[], dict[str, int]] | None = None,
+    ) -> None:
         self._core = core
         self._clock = clock
         self._store = store
+        self._connections = connections
         #: (time, submitted, completed, failed, queued, running) once a second.
         self.history: deque[tuple[float, int, int, int, int, int]] = deque(maxlen=HISTORY)
 
     @property
     def core(self) -> Scheduler:
         return self._core
+
+    def connections(self) -> dict[str, int]:
+        """Open connections by role (``client``, ``worker``, ``handshake``), counted now."""
+        return self._connections() if self._connections is not None else {}
 
     def sample(self) -> None:
         """Record the counters now (called once a second by the web service)."""
