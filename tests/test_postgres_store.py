@@ -121,6 +121,21 @@ def test_a_commit_after_the_server_ended_the_session_reconnects_at_once(
     assert [row[0] for row in rows(postgres_url)] == [1, 2]
 
 
+def test_a_read_after_the_server_ended_the_session_reconnects_at_once(
+    postgres: PostgresCluster, postgres_url: str, stores: list[PostgresStore]
+) -> None:
+    # A client waiting for a result after a database restart must get it,
+    # not a dropped connection: the dead reader session is replaced at once.
+    store = open_store(postgres_url, stores)
+    store.add(task(1))
+    store.finish(1, State.SUCCEEDED, b"one", 5.0)
+    store.commit()
+    assert store.task_for_key("nothing") is None  # the reader connects
+    assert postgres.terminate_sessions(postgres_url) == 2
+    outcome = store.outcome(1)
+    assert outcome is not None and outcome.value == b"one"
+
+
 def test_a_second_scheduler_is_refused_and_says_who_holds_the_lock(
     postgres_url: str, stores: list[PostgresStore]
 ) -> None:

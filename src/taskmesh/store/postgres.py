@@ -466,12 +466,24 @@ class PostgresStore:
         return StoreUnavailable(reason)
 
     def _read(self, query: str, arguments: Sequence[object]) -> list[tuple[Any, ...]]:
-        db = self._read_connection()
-        try:
-            rows: list[tuple[Any, ...]] = db.execute(query, arguments).fetchall()
-            return rows
-        except psycopg.Error as e:
-            raise self._read_failed(e) from None
+        """
+        One bounded read.  A reader session found dead (the server restarted
+        since its last read) is replaced and the read tried once more at
+        once, as the writer does with its batch: a database that is back
+        must not cost a waiting client its answer.
+        """
+        for retry in (True, False):
+            db = self._read_connection()
+            try:
+                rows: list[tuple[Any, ...]] = db.execute(query, arguments).fetchall()
+                return rows
+            except psycopg.Error as e:
+                stale = retry and (db.closed or db.broken)
+                error = self._read_failed(e)
+                if not stale:
+                    raise error from None
+                self._read_retry_at = 0.0  # reconnect now, once; failing that, the usual interval
+        raise AssertionError("unreachable")
 
     # -- writes (reactor thread: buffers only) --------------------------------
 
