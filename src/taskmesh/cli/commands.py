@@ -85,9 +85,6 @@ Exit status:
 Anything but 0 after map means the output is not complete, except 1.
 """
 
-#: Pause between attempts to reach a scheduler again while waiting for a result.
-RECONNECT_DELAY = 0.5
-
 
 class CommandOptions(usage.Options):
     """
@@ -418,10 +415,18 @@ def out(data: bytes | str) -> None:
     sys.stdout.flush()
 
 
-async def connect(options: ConnectionOptions, reactor: Any) -> Client:
+async def connect(options: ConnectionOptions, reactor: Any, lost: str | None = None) -> Client:
+    """
+    A client; with ``lost`` (the line to say when the connection drops), one
+    that rides out a scheduler restart through the Client's own reconnect,
+    for at most --connect-timeout seconds after each drop (then every call
+    fails with SchedulerGone: exit 3).  Change ``client.on_lost`` to say
+    something else as the command goes on.
+    """
+    address = options["connect"]
     try:
-        return await Client.connect(
-            options["connect"],
+        client = await Client.connect(
+            address,
             reactor,
             timeout=options["connect-timeout"],
             on_no_worker=lambda task_type: warn(
@@ -429,6 +434,9 @@ async def connect(options: ConnectionOptions, reactor: Any) -> Client:
             ),
             secret=options["secret"],
             tls=options["tls-options"],
+            reconnect=lost is not None,
+            reconnect_timeout=options["connect-timeout"],
+            on_reconnected=lambda: warn(f"reconnected to the scheduler at {address}"),
         )
     except AuthenticationFailed as e:
         raise CommandFailed(str(e), EXIT_AUTHENTICATION) from None
@@ -449,29 +457,24 @@ async def connect(options: ConnectionOptions, reactor: Any) -> Client:
             "a web server, for one, says nothing to a taskmesh hello)",
             EXIT_UNREACHABLE,
         ) from None
+    if lost is not None:
+        client.on_lost = lambda: warn(lost)
+    return client
 
 
-async def reconnect(options: ConnectionOptions, reactor: Any) -> Client:
-    """Keep trying to reach a scheduler that went away, for --connect-timeout seconds."""
-    deadline = reactor.seconds() + options["connect-timeout"]
-    while True:
-        try:
-            return await connect(options, reactor)
-        except CommandFailed as e:
-            if e.status == EXIT_AUTHENTICATION or reactor.seconds() >= deadline:
-                raise
-        await task.deferLater(reactor, RECONNECT_DELAY, lambda: None)
+def gone(options: ConnectionOptions, error: SchedulerGone | AuthenticationFailed) -> CommandFailed:
+    """The connection dropped and the client's reconnect gave up: exit 3 (5: our secret was refused)."""
+    if isinstance(error, AuthenticationFailed):
+        return CommandFailed(str(error), EXIT_AUTHENTICATION)
+    return CommandFailed(f"the scheduler at {options['connect']}: {error}", EXIT_UNREACHABLE)
 
 
 async def wait_for(options: ConnectionOptions, reactor: Any, client: Client, task_id: int) -> bytes:
-    """A task's result, attaching again by id whenever the connection drops."""
+    """A task's result; the client re-attaches by id whenever the connection drops."""
+    client.on_lost = lambda: warn(f"lost the scheduler while waiting for task {task_id}; reconnecting")
     try:
-        while True:
-            try:
-                return await client.result(task_id, wait=True)
-            except SchedulerGone:
-                warn(f"lost the scheduler while waiting for task {task_id}; reconnecting")
-                client = await reconnect(options, reactor)
+        result: bytes = await client.result(task_id, wait=True)
+        return result
     finally:
         await client.close()
 
@@ -490,15 +493,22 @@ def task_error(task_id: int, error: Exception) -> CommandFailed:
 
 
 async def submit(options: SubmitOptions, reactor: Any) -> None:
-    client = await connect(options, reactor)
+    twice = "" if options["options"].get("key") else " (without --key it may run twice)"
+    client = await connect(
+        options,
+        reactor,
+        lost=f"lost the scheduler before it acknowledged the task; reconnecting to submit it again{twice}",
+    )
     try:
         task_id = await client.enqueue(options["payload"], options["type"], **options["options"])
     except TaskRejected as e:
+        await client.close()
         raise task_error(0, e) from None
-    except SchedulerGone as e:
+    except (SchedulerGone, AuthenticationFailed) as e:
+        error = gone(options, e)
         raise CommandFailed(
-            f"{e} (the task may or may not have been stored; submit again with --key to be sure)",
-            EXIT_UNREACHABLE,
+            f"{error} (the task may or may not have been stored; submit again with --key to be sure)",
+            error.status,
         ) from None
     if options["no-wait"] or "delay" in options["options"] or "at" in options["options"]:
         await client.close()
@@ -508,11 +518,15 @@ async def submit(options: SubmitOptions, reactor: Any) -> None:
         out(await wait_for(options, reactor, client, task_id))
     except (TaskFailed, TaskUnknown) as e:
         raise task_error(task_id, e) from None
+    except (SchedulerGone, AuthenticationFailed) as e:
+        raise gone(options, e) from None
 
 
 async def result(options: ResultOptions, reactor: Any) -> None:
-    client = await connect(options, reactor)
     task_id = options["task_id"]
+    client = await connect(
+        options, reactor, lost=f"lost the scheduler while waiting for task {task_id}; reconnecting"
+    )
     try:
         if options["wait"]:
             out(await wait_for(options, reactor, client, task_id))
@@ -527,8 +541,8 @@ async def result(options: ResultOptions, reactor: Any) -> None:
         raise CommandFailed(f"task {task_id} has not finished: {e}", EXIT_NOT_FINISHED) from None
     except (TaskFailed, TaskUnknown) as e:
         raise task_error(task_id, e) from None
-    except SchedulerGone as e:
-        raise CommandFailed(str(e), EXIT_UNREACHABLE) from None
+    except (SchedulerGone, AuthenticationFailed) as e:
+        raise gone(options, e) from None
 
 
 async def cancel(options: CancelOptions, reactor: Any) -> None:
@@ -638,7 +652,7 @@ def describe_store(store: dict[str, Any]) -> str:
 
 
 async def status(options: StatusOptions, reactor: Any) -> None:
-    client = await connect(options, reactor)
+    client = await connect(options, reactor, lost="lost the scheduler; reconnecting")
     previous: tuple[float, int] | None = None
     try:
         while True:
@@ -656,8 +670,8 @@ async def status(options: StatusOptions, reactor: Any) -> None:
                 sys.stdout.write("\x1b[H\x1b[2J")  # refresh in place: home, clear
             out(text)
             await task.deferLater(reactor, options["interval"], lambda: None)
-    except SchedulerGone as e:
-        raise CommandFailed(str(e), EXIT_UNREACHABLE) from None
+    except (SchedulerGone, AuthenticationFailed) as e:
+        raise gone(options, e) from None
     finally:
         await client.close()
 
@@ -728,18 +742,20 @@ async def map_lines(options: MapOptions, reactor: Any, stopper: Stopper | None =
     except OSError as e:
         raise CommandFailed(f"{e.filename}: {e.strerror}", EXIT_USAGE) from None
     output = output_file.stream if output_file is not None else sys.stdout.buffer
-    first = [True]
-    protocols: list[Any] = []
+    clients: list[Client] = []
 
     async def connect_protocol() -> Any:
-        if first[0]:
-            first[0] = False
-            client = await connect(options, reactor)
-        else:
-            warn("lost the scheduler during the map; reconnecting and sending the unanswered lines again")
-            client = await reconnect(options, reactor)
-        protocols.append(client.protocol)
-        return client.protocol
+        """The map's connection: the Client reconnects under it, and the map re-opens its job there."""
+        if not clients:
+            clients.append(
+                await connect(
+                    options,
+                    reactor,
+                    lost="lost the scheduler during the map; "
+                    "reconnecting and sending the unanswered lines again",
+                )
+            )
+        return await clients[0].connection()
 
     bar = ProgressBar(size_hint)
     # Results and the bar on one terminal: the bar steps aside for each batch.
@@ -809,13 +825,13 @@ async def map_lines(options: MapOptions, reactor: Any, stopper: Stopper | None =
     except CommandFailed as e:
         bar.erase()
         raise CommandFailed(f"{e}; {how_far()}", e.status) from None
-    except SchedulerGone as e:
+    except (SchedulerGone, AuthenticationFailed) as e:
         bar.erase()
-        raise CommandFailed(f"{e}; {how_far()}", EXIT_UNREACHABLE) from None
+        failed = gone(options, e)
+        raise CommandFailed(f"{failed}; {how_far()}", failed.status) from None
     finally:
-        for protocol in protocols:
-            if protocol.transport is not None:
-                protocol.transport.loseConnection()
+        for client in clients:
+            client.close()
         if stream is not sys.stdin.buffer:
             stream.close()
         if failures is not None:

@@ -403,8 +403,13 @@ class AsyncClient:
         protocol: _Protocol,
         wait_timeout: float | None,
         again: Callable[[], Any] | None,
+        reconnect_timeout: float | None = None,
     ) -> None:
         self._protocol = protocol
+        #: Seconds to keep trying after a drop (None: until ``close``).
+        self.reconnect_timeout = reconnect_timeout
+        #: Why every call now fails: the reconnection's time was spent.
+        self._gone: SchedulerGone | None = None
         self._loop = protocol.loop
         #: The default bound of every wait, in seconds (None: unbounded).
         self.wait_timeout = wait_timeout
@@ -433,13 +438,25 @@ class AsyncClient:
     async def _reconnect_loop(self) -> None:
         assert self._again is not None
         delay = RECONNECT_FIRST_DELAY
+        bound = self.reconnect_timeout
+        deadline = None if bound is None else self._loop.time() + bound
         while not self._closed:
             try:
                 protocol = await self._again()
             except AuthenticationFailed:
                 self._closed = True
                 break
-            except (OSError, SchedulerGone, TimeoutError):
+            except (OSError, SchedulerGone, TimeoutError) as e:
+                if deadline is not None:
+                    left = deadline - self._loop.time()
+                    if left <= 0:
+                        self._gone = SchedulerGone(
+                            f"lost the connection and could not reconnect within {bound:g} seconds "
+                            f"(last: {e})"
+                        )
+                        self._closed = True
+                        break
+                    delay = min(delay, left)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX_DELAY)
                 continue
@@ -453,8 +470,15 @@ class AsyncClient:
         self._connected.set()
 
     async def _current(self) -> _Protocol:
-        if self._again is not None and not self._closed and self._protocol.closing:
-            await self._connected.wait()
+        while self._again is not None and not self._closed and self._protocol.closing:
+            if self._connected.is_set():
+                # Dropped, but ``_lost`` (a callback of ``lost``) has not run yet: let it,
+                # rather than spin on the dead connection without yielding to the loop.
+                await asyncio.sleep(0)
+            else:
+                await self._connected.wait()
+        if self._gone is not None:
+            raise self._gone
         return self._protocol
 
     async def _retrying(self, request: Callable[[ClientConnection, AnswerFuture], None]) -> Any:
@@ -863,6 +887,7 @@ async def connect(
     reconnect: bool = False,
     on_no_worker: Callable[[str], None] = lambda task_type: None,
     frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT,
+    reconnect_timeout: float | None = None,
 ) -> AsyncClient:
     """
     Connect to the scheduler at ``address`` and shake hands within
@@ -874,7 +899,8 @@ async def connect(
     ``privateKey`` as Twisted's ``tls:`` endpoint takes them.
     ``wait_timeout`` bounds every later wait; ``reconnect`` makes a dropped
     connection again, re-attaches accepted tasks by id and sends again those
-    not yet accepted.  A frame the scheduler has started must arrive whole
+    not yet accepted, for at most ``reconnect_timeout`` seconds after each
+    drop (then every call fails with SchedulerGone).  A frame the scheduler has started must arrive whole
     within ``frame_timeout`` seconds, or the connection is dropped saying so.
     """
     key = _secret_bytes(secret, secret_file)
@@ -889,4 +915,4 @@ async def connect(
         return await reach_leader(addresses, attempt)
 
     protocol = await again()
-    return AsyncClient(protocol, wait_timeout, again if reconnect else None)
+    return AsyncClient(protocol, wait_timeout, again if reconnect else None, reconnect_timeout)

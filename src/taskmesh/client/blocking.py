@@ -461,12 +461,13 @@ def connect(
     tls: ClientTLS | None = None,
     reconnect: bool = False,
     on_no_worker: Callable[[str], None] = lambda task_type: None,
+    reconnect_timeout: float | None = None,
 ) -> BlockingClient:
     """
     Connect to the scheduler at ``address`` (``host:port`` or an endpoint
     string, or several separated by commas, tried in turn), within
     ``timeout`` seconds each; see ``taskmesh.Client.connect`` for
-    the secret, TLS and ``reconnect``.  ``wait_timeout`` bounds every later
+    the secret, TLS, ``reconnect`` and ``reconnect_timeout``.  ``wait_timeout`` bounds every later
     wait (None: unbounded).  The first call starts the reactor thread.
     """
     thread = reactor_thread()
@@ -480,6 +481,7 @@ def connect(
             secret_file=secret_file,
             tls=tls,
             reconnect=reconnect,
+            reconnect_timeout=reconnect_timeout,
         )
     )
     tries = len(parse_addresses(address)) + 1  # each in the list, and one pointer followed

@@ -31,6 +31,11 @@ same.  A submission not yet accepted is sent again on the new connection:
 one with a ``key`` runs once (the scheduler answers a repeated key with the
 first task), one without runs at least once (twice, if the scheduler had
 stored it but its acknowledgement was lost with the connection).
+``reconnect_timeout=`` bounds how long it tries after a drop (seconds):
+when that is spent, every pending call fails with SchedulerGone saying so,
+and so does every later one.  ``on_lost()`` and ``on_reconnected()`` are
+called when the connection drops and when it is back (the ``taskmesh``
+command prints one line for each drop through them).
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from collections.abc import Callable, Coroutine, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -202,6 +207,9 @@ class Client:
         reactor: Any = None,
         wait_timeout: float | None = None,
         reconnect: Callable[[], Deferred[ClientProtocol]] | None = None,
+        reconnect_timeout: float | None = None,
+        on_lost: Callable[[], None] | None = None,
+        on_reconnected: Callable[[], None] | None = None,
     ) -> None:
         self._protocol = protocol
         # Time for timeouts and backoff: the connection's own clock unless told otherwise.
@@ -209,7 +217,15 @@ class Client:
         #: The default bound, in seconds, of every wait (None: unbounded).
         self.wait_timeout = wait_timeout
         self._reconnect = reconnect
+        #: Seconds to keep trying after a drop (None: until ``close``).
+        self.reconnect_timeout = reconnect_timeout
+        #: Called when the connection drops (reconnecting) and when it is back;
+        #: attributes, so that a caller can change what it says as it goes.
+        self.on_lost = on_lost
+        self.on_reconnected = on_reconnected
         self._closed = False
+        #: Why every call now fails: the reconnection's time was spent.
+        self._gone: SchedulerGone | None = None
         #: Submissions sent again after a reconnection because they had not been accepted.
         self.resubmissions = 0
         #: Waiting for the next connection (while reconnecting).
@@ -232,6 +248,9 @@ class Client:
         tls: ClientTLS | None = None,
         wait_timeout: float | None = None,
         reconnect: bool = False,
+        reconnect_timeout: float | None = None,
+        on_lost: Callable[[], None] | None = None,
+        on_reconnected: Callable[[], None] | None = None,
     ) -> Deferred[Client]:
         """
         Connect and shake hands.  ``address`` is ``host:port`` or an endpoint
@@ -247,7 +266,10 @@ class Client:
 
         ``wait_timeout``: the default bound of every wait (see the module's
         docstring).  ``reconnect``: make the connection again when it drops,
-        and re-attach accepted submissions by id.
+        and re-attach accepted submissions by id; ``reconnect_timeout``:
+        for at most that many seconds after each drop, then every pending
+        and later call fails with SchedulerGone; ``on_lost()`` and
+        ``on_reconnected()``: called when it drops and when it is back.
         """
         reactor = _resolve_reactor(reactor)
         key = _secret_bytes(secret, secret_file)
@@ -262,7 +284,13 @@ class Client:
         async def first() -> Client:
             protocol = await reach_leader(addresses, attempt)
             return cls(
-                protocol, reactor=reactor, wait_timeout=wait_timeout, reconnect=again if reconnect else None
+                protocol,
+                reactor=reactor,
+                wait_timeout=wait_timeout,
+                reconnect=again if reconnect else None,
+                reconnect_timeout=reconnect_timeout,
+                on_lost=on_lost,
+                on_reconnected=on_reconnected,
             )
 
         return Deferred.fromCoroutine(first())
@@ -276,11 +304,15 @@ class Client:
         if self._closed or protocol is not self._protocol:
             return
         _log.info("connection to the scheduler lost: reconnecting")
+        if self.on_lost is not None:
+            self.on_lost()
         Deferred.fromCoroutine(self._reconnect_loop())
 
     async def _reconnect_loop(self) -> None:
         assert self._reconnect is not None
         delay = RECONNECT_FIRST_DELAY
+        bound = self.reconnect_timeout
+        deadline = None if bound is None else self._reactor.seconds() + bound
         while not self._closed:
             try:
                 protocol = await self._reconnect()
@@ -291,6 +323,12 @@ class Client:
                 return
             except Exception as e:
                 _log.debug("reconnecting: {error}", error=str(e))
+                if deadline is not None:
+                    left = deadline - self._reactor.seconds()
+                    if left <= 0:
+                        self._give_up(bound or 0.0, e)
+                        return
+                    delay = min(delay, left)
                 await deferLater(self._reactor, delay, lambda: None)
                 delay = min(delay * 2, RECONNECT_MAX_DELAY)
                 continue
@@ -302,8 +340,19 @@ class Client:
             self._watch(protocol)
             _log.info("reconnected to the scheduler")
             self._wake(protocol, None)
+            if self.on_reconnected is not None:
+                self.on_reconnected()
             return
         self._wake(None, SchedulerGone("the client was closed"))
+
+    def _give_up(self, seconds: float, error: Exception) -> None:
+        """The scheduler stayed away for ``reconnect_timeout``: every call fails from now on."""
+        self._gone = SchedulerGone(
+            f"lost the connection and could not reconnect within {seconds:g} seconds (last: {error})"
+        )
+        _log.error("reconnecting: {error}; giving up", error=str(self._gone))
+        self._closed = True
+        self._wake(None, self._gone)
 
     def _wake(self, protocol: ClientProtocol | None, error: Exception | None) -> None:
         waiting, self._next_protocol = self._next_protocol, []
@@ -316,6 +365,8 @@ class Client:
     def _current(self) -> Deferred[ClientProtocol]:
         """The connection now, or the next one while reconnecting."""
         protocol = self._protocol
+        if self._gone is not None:
+            return fail(self._gone)
         if self._reconnect is None or self._closed or not protocol.closing:
             return succeed(protocol)
         waiting: Deferred[ClientProtocol] = Deferred()
@@ -582,8 +633,9 @@ class Client:
         The scheduler cuts the items into chunks (``chunk_size`` 0: sized to
         the job's speed); at most ``window`` items are in flight, so memory
         stays bounded however many items there are.  A dropped connection
-        ends the map with SchedulerGone (the ``taskmesh map`` command
-        reconnects and goes on instead).  Keyword options: ``priority``
+        ends the map with SchedulerGone, unless the client reconnects: then
+        the job is opened again and the unanswered items sent again (as the
+        ``taskmesh map`` command does).  Keyword options: ``priority``
         (a task function's own by default), ``chunk_size``, ``window``,
         ``size_hint``, ``progress``, and ``hold(resume)`` for a consumer
         slower than the workers: asked before more items are sent, True
@@ -667,9 +719,7 @@ class Client:
         async def connection() -> ClientProtocol:
             if self._reconnect is None:
                 return first
-            if self._closed:
-                raise SchedulerGone("the client was closed")
-            return await self._current()
+            return await self.connection()
 
         return await run_map(
             connection,
@@ -807,6 +857,16 @@ class Client:
         return self._bounded(
             Deferred.fromCoroutine(self._retrying(lambda protocol: protocol.operate(request))), wait_timeout
         )
+
+    def connection(self) -> Deferred[ClientProtocol]:
+        """
+        The connection now, or while reconnecting the next one, for tools
+        that drive the protocol themselves (the ``taskmesh map`` command):
+        SchedulerGone once the client is closed or its reconnect gave up.
+        """
+        if self._closed and self._gone is None:
+            return fail(SchedulerGone("the client was closed"))
+        return self._current()
 
     @property
     def protocol(self) -> ClientProtocol:
