@@ -388,11 +388,7 @@ class Options(usage.Options):
     def subCommands(self) -> list[tuple[str, None, Callable[[], usage.Options], str]]:
         return [(command.name, None, command.options, command.summary) for command in COMMANDS.values()]
 
-    def opt_version(self) -> None:
-        """Print taskmesh's version and exit."""
-        print(f"taskmesh {__version__}")
-        sys.exit(0)
-
+    opt_version = CommandOptions.opt_version  # taskmesh's version, not Twisted's
     opt_h = usage.Options.opt_help
 
     def getUsage(self, width: int | None = None) -> str:
