@@ -62,7 +62,6 @@ from zope.interface import implementer
 
 from taskmesh.errors import StoreUnavailable
 from taskmesh.store.interface import (
-    LIST_SCAN_ROWS,
     IBackgroundCommit,
     ITaskStore,
     Outcome,
@@ -73,13 +72,13 @@ from taskmesh.store.interface import (
 )
 from taskmesh.store.rows import (
     SCHEDULE_COLUMNS,
-    SUMMARY_COLUMNS,
     TASK_COLUMNS,
+    list_page,
+    list_queries,
     schedule,
     schedule_row,
     stored,
     stored_with_state,
-    summary,
     task_row,
 )
 
@@ -639,35 +638,9 @@ class PostgresStore:
     def list_tasks(
         self, finished: State | None, task_type: str | None, limit: int, before_id: int | None
     ) -> tuple[list[TaskSummary], int | None]:
-        # As SQLite's: the inner query reads at most LIST_SCAN_ROWS rows by
-        # primary key, so a rare filter costs a bounded read, not a table scan.
-        conditions = []
-        arguments: list[object] = [before_id if before_id is not None else 2**63 - 1, LIST_SCAN_ROWS]
-        if finished is State.QUEUED:
-            conditions.append("finished_at IS NULL")
-        elif finished is not None:
-            conditions.append("finished_at IS NOT NULL AND state = %s")
-            arguments.append(int(finished))
-        if task_type is not None:
-            conditions.append("type = %s")
-            arguments.append(task_type)
-        where = ("WHERE " + " AND ".join(conditions)) if conditions else ""
-        scanned = self._read(
-            "SELECT count(*), min(id) FROM (SELECT id FROM tasks WHERE id < %s ORDER BY id DESC LIMIT %s) w",
-            arguments[:2],
-        )[0]
-        rows = self._read(
-            f"SELECT {SUMMARY_COLUMNS} FROM"
-            " (SELECT * FROM tasks WHERE id < %s ORDER BY id DESC LIMIT %s) w "
-            + where
-            + " ORDER BY id DESC LIMIT %s",
-            [*arguments, limit],
-        )
-        found = [summary(row) for row in rows]
-        if len(found) == limit:
-            return found, found[-1].id
-        more = scanned[0] == LIST_SCAN_ROWS
-        return found, (int(scanned[1]) if more else None)
+        scan, page = list_queries("%s", finished, task_type, limit, before_id)
+        scanned = self._read(*scan)[0]
+        return list_page(self._read(*page), scanned, limit)
 
     def prune(self, finished_before: float, limit: int) -> int:
         db = self._read_connection()

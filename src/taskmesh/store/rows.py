@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from taskmesh.store.interface import ScheduleRecord, State, StoredTask, TaskSummary
+from taskmesh.store.interface import LIST_SCAN_ROWS, ScheduleRecord, State, StoredTask, TaskSummary
 from taskmesh.store.memory import due_time
 
 #: A task as ``stored`` reads it and ``task_row`` writes it.
@@ -128,6 +128,53 @@ def schedule(row: Sequence[Any]) -> ScheduleRecord:
         last_task=row[14],
         source=row[15],
     )
+
+
+#: A query and its arguments.
+Query = tuple[str, list[object]]
+
+
+def list_queries(
+    mark: str, finished: State | None, task_type: str | None, limit: int, before_id: int | None
+) -> tuple[Query, Query]:
+    """
+    The two reads of one page of the task list, with ``mark`` the dialect's
+    placeholder (``?``, ``%s``): how many rows the window below
+    ``before_id`` holds and its lowest id, and the page's rows
+    (``SUMMARY_COLUMNS``, for ``list_page``).  The inner query reads at most
+    LIST_SCAN_ROWS rows by primary key, so a rare filter costs a bounded
+    read, not a table scan.
+    """
+    conditions = []
+    arguments: list[object] = [before_id if before_id is not None else 2**63 - 1, LIST_SCAN_ROWS]
+    if finished is State.QUEUED:
+        conditions.append("finished_at IS NULL")
+    elif finished is not None:
+        conditions.append(f"finished_at IS NOT NULL AND state = {mark}")
+        arguments.append(int(finished))
+    if task_type is not None:
+        conditions.append(f"type = {mark}")
+        arguments.append(task_type)
+    where = (" WHERE " + " AND ".join(conditions)) if conditions else ""
+    window = f"SELECT {{}} FROM tasks WHERE id < {mark} ORDER BY id DESC LIMIT {mark}"
+    scan = f"SELECT count(*), min(id) FROM ({window.format('id')}) w"
+    rows = f"SELECT {SUMMARY_COLUMNS} FROM ({window.format('*')}) w{where} ORDER BY id DESC LIMIT {mark}"
+    return (scan, arguments[:2]), (rows, [*arguments, limit])
+
+
+def list_page(
+    rows: Sequence[Sequence[Any]], scanned: Sequence[Any], limit: int
+) -> tuple[list[TaskSummary], int | None]:
+    """
+    The page of ``list_queries``' reads, and the id to go on below (None:
+    nothing more).  Fewer rows than asked: the window is exhausted; go on
+    below it, if anything is there.
+    """
+    found = [summary(row) for row in rows]
+    if len(found) == limit:
+        return found, found[-1].id
+    more = scanned[0] == LIST_SCAN_ROWS
+    return found, (int(scanned[1]) if more else None)
 
 
 def summary(row: Sequence[Any]) -> TaskSummary:

@@ -69,7 +69,6 @@ from zope.interface import implementer
 
 from taskmesh.errors import StoreUnavailable
 from taskmesh.store.interface import (
-    LIST_SCAN_ROWS,
     ITaskStore,
     Outcome,
     ScheduleRecord,
@@ -79,13 +78,13 @@ from taskmesh.store.interface import (
 )
 from taskmesh.store.rows import (
     SCHEDULE_COLUMNS,
-    SUMMARY_COLUMNS,
     TASK_COLUMNS,
+    list_page,
+    list_queries,
     schedule,
     schedule_row,
     stored,
     stored_with_state,
-    summary,
     task_row,
 )
 
@@ -550,39 +549,13 @@ class SqliteStore:
     def list_tasks(
         self, finished: State | None, task_type: str | None, limit: int, before_id: int | None
     ) -> tuple[list[TaskSummary], int | None]:
-        # The inner query reads at most LIST_SCAN_ROWS rows by primary key,
-        # so a rare filter costs a bounded read, not a table scan.
-        conditions = []
-        arguments: list[object] = [before_id if before_id is not None else 2**63 - 1, LIST_SCAN_ROWS]
-        if finished is State.QUEUED:
-            conditions.append("finished_at IS NULL")
-        elif finished is not None:
-            conditions.append("finished_at IS NOT NULL AND state = ?")
-            arguments.append(int(finished))
-        if task_type is not None:
-            conditions.append("type = ?")
-            arguments.append(task_type)
-        where = ("WHERE " + " AND ".join(conditions)) if conditions else ""
+        scan, page = list_queries("?", finished, task_type, limit, before_id)
         try:
-            scanned = self._db.execute(
-                "SELECT count(*), min(id) FROM (SELECT id FROM tasks WHERE id < ? ORDER BY id DESC LIMIT ?)",
-                arguments[:2],
-            ).fetchone()
-            rows = self._db.execute(
-                f"SELECT {SUMMARY_COLUMNS} FROM"
-                " (SELECT * FROM tasks WHERE id < ? ORDER BY id DESC LIMIT ?) "
-                + where
-                + " ORDER BY id DESC LIMIT ?",
-                [*arguments, limit],
-            ).fetchall()
+            scanned = self._db.execute(*scan).fetchone()
+            rows = self._db.execute(*page).fetchall()
         except sqlite3.Error as e:
             raise StoreUnavailable(describe_error(e)) from e
-        found = [summary(row) for row in rows]
-        if len(found) == limit:
-            return found, found[-1].id
-        # Fewer than asked: the window is exhausted; go on below it, if anything is there.
-        more = scanned[0] == LIST_SCAN_ROWS
-        return found, (int(scanned[1]) if more else None)
+        return list_page(rows, scanned, limit)
 
     def prune(self, finished_before: float, limit: int) -> int:
         try:
