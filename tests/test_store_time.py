@@ -100,6 +100,26 @@ def test_delayed_tasks_are_paged_by_due_time_and_kept_out_of_unfinished(store: I
     assert store.due_tasks(1000.0, (150.0, 2), 10) == []
 
 
+def test_a_stored_task_comes_back_as_submitted_with_its_due_time_and_state(store: ITaskStore) -> None:
+    # Both SQL stores read it through one row layout (store/rows.py); the memory store keeps none.
+    store.add(task(1, TaskOptions(at=120.0, key="k", priority=2, retry_on_error=True)))
+    store.add(task(2))
+    store.commit()
+    store.finish(2, State.FAILED, b"boom", 200.0)
+    store.commit()
+    if isinstance(store, MemoryStore):
+        assert store.stored_task(1) is None
+        return
+    first = store.stored_task(1)
+    assert first is not None
+    assert (first.id, first.payload, first.key, first.priority) == (1, b"p1", "k", 2)
+    assert first.retry_on_error is True
+    assert (first.due_at, first.state) == (120.0, State.QUEUED)
+    second = store.stored_task(2)
+    assert second is not None and (second.due_at, second.state) == (None, State.FAILED)
+    assert store.stored_task(99) is None
+
+
 def test_schedules_are_saved_replaced_and_removed(store: ITaskStore) -> None:
     store.save_schedule(record("b"))
     store.save_schedule(record("a", cron=None, every=10.0, tz="UTC"))

@@ -52,7 +52,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -62,7 +62,6 @@ from zope.interface import implementer
 
 from taskmesh.errors import StoreUnavailable
 from taskmesh.store.interface import (
-    LIST_SCAN_ROWS,
     IBackgroundCommit,
     ITaskStore,
     Outcome,
@@ -71,7 +70,17 @@ from taskmesh.store.interface import (
     StoredTask,
     TaskSummary,
 )
-from taskmesh.store.memory import due_time
+from taskmesh.store.rows import (
+    SCHEDULE_COLUMNS,
+    TASK_COLUMNS,
+    list_page,
+    list_queries,
+    schedule,
+    schedule_row,
+    stored,
+    stored_with_state,
+    task_row,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -126,18 +135,10 @@ DUE_INDEX = (
     "CREATE INDEX IF NOT EXISTS tasks_due ON tasks (due_at, id)"
     " WHERE finished_at IS NULL AND due_at IS NOT NULL"
 )
-_TASK_COLUMNS = (
-    "id, type, payload, submitted_at, priority, key, timeout, max_attempts,"
-    " retry_on_error, attempts, losses, due_at"
-)
-_SCHEDULE_COLUMNS = (
-    "name, cron, every, tz, type, payload, priority, timeout, max_attempts,"
-    " retry_on_error, catch_up, paused, next_due, last_due, last_task, source"
-)
 # Create or replace, as SQLite's INSERT OR REPLACE: idempotent, so a batch
 # written again after a lost answer to its COMMIT is no problem either.
 _SAVE_SCHEDULE = (
-    f"INSERT INTO schedules ({_SCHEDULE_COLUMNS})"
+    f"INSERT INTO schedules ({SCHEDULE_COLUMNS})"
     " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
     " ON CONFLICT (name) DO UPDATE SET cron = excluded.cron, every = excluded.every,"
     " tz = excluded.tz, type = excluded.type, payload = excluded.payload,"
@@ -151,8 +152,7 @@ _REMOVE_SCHEDULE = "DELETE FROM schedules WHERE name = %s"
 _REOPEN_DUE = "UPDATE tasks SET due_at = NULL WHERE id = %s"
 
 _INSERT = (
-    "INSERT INTO tasks (id, type, payload, submitted_at, priority, key, timeout,"
-    " max_attempts, retry_on_error, attempts, losses, due_at)"
+    f"INSERT INTO tasks ({TASK_COLUMNS})"
     " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING"
 )
 _FINISH = "UPDATE tasks SET state = %s, result = %s, finished_at = %s WHERE id = %s"
@@ -236,68 +236,6 @@ def where(url: str) -> str:
     except psycopg.ProgrammingError:
         return "(unparsable URL)"
     return f"{given.get('host', 'localhost')}:{given.get('port', 5432)}/{given.get('dbname', '')}"
-
-
-def _stored(row: Sequence[Any]) -> StoredTask:
-    """A row of ``_TASK_COLUMNS`` as a StoredTask."""
-    return StoredTask(
-        id=row[0],
-        type=row[1],
-        payload=bytes(row[2]),
-        submitted_at=row[3],
-        priority=row[4],
-        key=row[5],
-        timeout=row[6],
-        max_attempts=row[7],
-        retry_on_error=bool(row[8]),
-        attempts=row[9],
-        losses=row[10],
-        due_at=row[11],
-    )
-
-
-def _schedule_row(record: ScheduleRecord) -> tuple[Any, ...]:
-    """A ScheduleRecord as the values of ``_SCHEDULE_COLUMNS``."""
-    return (
-        record.name,
-        record.cron,
-        record.every,
-        record.tz,
-        record.task_type,
-        record.payload,
-        record.priority,
-        record.timeout,
-        record.max_attempts,
-        bool(record.retry_on_error),
-        bool(record.catch_up),
-        bool(record.paused),
-        record.next_due,
-        record.last_due,
-        record.last_task,
-        record.source,
-    )
-
-
-def _schedule(row: Sequence[Any]) -> ScheduleRecord:
-    """A row of ``_SCHEDULE_COLUMNS`` as a ScheduleRecord."""
-    return ScheduleRecord(
-        name=row[0],
-        cron=row[1],
-        every=row[2],
-        tz=row[3],
-        task_type=row[4],
-        payload=bytes(row[5]),
-        priority=row[6],
-        timeout=row[7],
-        max_attempts=row[8],
-        retry_on_error=bool(row[9]),
-        catch_up=bool(row[10]),
-        paused=bool(row[11]),
-        next_due=row[12],
-        last_due=row[13],
-        last_task=row[14],
-        source=row[15],
-    )
 
 
 @dataclass(eq=False)
@@ -491,24 +429,8 @@ class PostgresStore:
         return self._next_id
 
     def add(self, task: Any) -> None:
-        options = task.options
-        key = options.key
-        self._adds.append(
-            (
-                task.id,
-                task.type,
-                task.payload,
-                task.submitted_at,
-                options.priority,
-                key,
-                options.timeout,
-                options.max_attempts,
-                options.retry_on_error,
-                task.attempts,
-                task.losses,
-                None if options.delay is None and options.at is None else due_time(task),
-            )
-        )
+        key = task.options.key
+        self._adds.append(task_row(task))
         if key is not None:
             self._keys[key] = task.id
         if task.id >= self._next_id:
@@ -653,7 +575,7 @@ class PostgresStore:
                 if batch.finishes:
                     cursor.executemany(_FINISH, batch.finishes)
                 # After the tasks: a tick's record is never durable without its task.
-                saves = [_schedule_row(r) for r in batch.schedules.values() if r is not None]
+                saves = [schedule_row(r, bool) for r in batch.schedules.values() if r is not None]
                 removes = [(name,) for name, r in batch.schedules.items() if r is None]
                 if saves:
                     cursor.executemany(_SAVE_SCHEDULE, saves)
@@ -685,11 +607,11 @@ class PostgresStore:
                     cursor.itersize = 2000
                     # Tasks with a due time are the core's to read a window at a time (due_tasks).
                     cursor.execute(
-                        f"SELECT {_TASK_COLUMNS} FROM tasks"
+                        f"SELECT {TASK_COLUMNS} FROM tasks"
                         " WHERE finished_at IS NULL AND due_at IS NULL ORDER BY id"
                     )
                     for row in cursor:
-                        yield _stored(row)
+                        yield stored(row)
         except psycopg.Error as e:
             raise StoreUnavailable(describe_error(e)) from None
 
@@ -716,47 +638,9 @@ class PostgresStore:
     def list_tasks(
         self, finished: State | None, task_type: str | None, limit: int, before_id: int | None
     ) -> tuple[list[TaskSummary], int | None]:
-        # As SQLite's: the inner query reads at most LIST_SCAN_ROWS rows by
-        # primary key, so a rare filter costs a bounded read, not a table scan.
-        conditions = []
-        arguments: list[object] = [before_id if before_id is not None else 2**63 - 1, LIST_SCAN_ROWS]
-        if finished is State.QUEUED:
-            conditions.append("finished_at IS NULL")
-        elif finished is not None:
-            conditions.append("finished_at IS NOT NULL AND state = %s")
-            arguments.append(int(finished))
-        if task_type is not None:
-            conditions.append("type = %s")
-            arguments.append(task_type)
-        where = ("WHERE " + " AND ".join(conditions)) if conditions else ""
-        scanned = self._read(
-            "SELECT count(*), min(id) FROM (SELECT id FROM tasks WHERE id < %s ORDER BY id DESC LIMIT %s) w",
-            arguments[:2],
-        )[0]
-        rows = self._read(
-            "SELECT id, type, state, submitted_at, finished_at, attempts, losses, key FROM"
-            " (SELECT * FROM tasks WHERE id < %s ORDER BY id DESC LIMIT %s) w "
-            + where
-            + " ORDER BY id DESC LIMIT %s",
-            [*arguments, limit],
-        )
-        found = [
-            TaskSummary(
-                id=row[0],
-                type=row[1],
-                state=State(row[2]) if row[4] is not None else State.QUEUED,
-                submitted_at=row[3],
-                finished_at=row[4],
-                attempts=row[5],
-                losses=row[6],
-                key=row[7],
-            )
-            for row in rows
-        ]
-        if len(found) == limit:
-            return found, found[-1].id
-        more = scanned[0] == LIST_SCAN_ROWS
-        return found, (int(scanned[1]) if more else None)
+        scan, page = list_queries("%s", finished, task_type, limit, before_id)
+        scanned = self._read(*scan)[0]
+        return list_page(self._read(*page), scanned, limit)
 
     def prune(self, finished_before: float, limit: int) -> int:
         db = self._read_connection()
@@ -812,18 +696,18 @@ class PostgresStore:
 
     def due_tasks(self, before: float, after: tuple[float, int], limit: int) -> list[StoredTask]:
         rows = self._read(
-            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE finished_at IS NULL AND due_at IS NOT NULL"
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE finished_at IS NULL AND due_at IS NOT NULL"
             " AND due_at < %s AND (due_at, id) > (%s, %s) ORDER BY due_at, id LIMIT %s",
             (before, after[0], after[1], limit),
         )
-        return [_stored(row) for row in rows]
+        return [stored(row) for row in rows]
 
     def scheduled_task(self, task_id: int) -> StoredTask | None:
         rows = self._read(
-            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = %s AND finished_at IS NULL AND due_at IS NOT NULL",
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = %s AND finished_at IS NULL AND due_at IS NOT NULL",
             (task_id,),
         )
-        return _stored(rows[0]) if rows else None
+        return stored(rows[0]) if rows else None
 
     def count_scheduled(self, after: float) -> int:
         rows = self._read(
@@ -840,21 +724,15 @@ class PostgresStore:
 
     def schedules(self) -> list[ScheduleRecord]:
         # By code point, as SQLite's and the memory store's order, whatever the database's collation.
-        rows = self._read(f'SELECT {_SCHEDULE_COLUMNS} FROM schedules ORDER BY name COLLATE "C"', ())
-        return [_schedule(row) for row in rows]
+        rows = self._read(f'SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY name COLLATE "C"', ())
+        return [schedule(row) for row in rows]
 
     # -- operating: retry a finished task (the ops branch's stored_task, reopen) ---
 
     def stored_task(self, task_id: int) -> StoredTask | None:
         """A committed task as submitted, finished or not, with its state (one read by id)."""
-        rows = self._read(f"SELECT {_TASK_COLUMNS}, state, finished_at FROM tasks WHERE id = %s", (task_id,))
-        if not rows:
-            return None
-        row = rows[0]
-        found = _stored(row)
-        if row[13] is None:
-            return found
-        return replace(found, state=State(row[12]))
+        rows = self._read(f"SELECT {TASK_COLUMNS}, state, finished_at FROM tasks WHERE id = %s", (task_id,))
+        return stored_with_state(rows[0]) if rows else None
 
     def reopen(self, task_id: int) -> None:
         """

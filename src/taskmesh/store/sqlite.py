@@ -69,7 +69,6 @@ from zope.interface import implementer
 
 from taskmesh.errors import StoreUnavailable
 from taskmesh.store.interface import (
-    LIST_SCAN_ROWS,
     ITaskStore,
     Outcome,
     ScheduleRecord,
@@ -77,7 +76,17 @@ from taskmesh.store.interface import (
     StoredTask,
     TaskSummary,
 )
-from taskmesh.store.memory import due_time
+from taskmesh.store.rows import (
+    SCHEDULE_COLUMNS,
+    TASK_COLUMNS,
+    list_page,
+    list_queries,
+    schedule,
+    schedule_row,
+    stored,
+    stored_with_state,
+    task_row,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -130,13 +139,8 @@ DUE_INDEX = (
     "CREATE INDEX IF NOT EXISTS tasks_due ON tasks (due_at, id)"
     " WHERE finished_at IS NULL AND due_at IS NOT NULL"
 )
-_TASK_COLUMNS = (
-    "id, type, payload, submitted_at, priority, key, timeout, max_attempts,"
-    " retry_on_error, attempts, losses, due_at"
-)
 _SAVE_SCHEDULE = (
-    "INSERT OR REPLACE INTO schedules (name, cron, every, tz, type, payload, priority, timeout,"
-    " max_attempts, retry_on_error, catch_up, paused, next_due, last_due, last_task, source)"
+    f"INSERT OR REPLACE INTO schedules ({SCHEDULE_COLUMNS})"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
@@ -144,8 +148,7 @@ _SAVE_SCHEDULE = (
 # reporting an error (an fsync that failed late) must not fail for good on
 # its own rows.  Another task with the same key still fails, loudly.
 _INSERT = (
-    "INSERT INTO tasks (id, type, payload, submitted_at, priority, key, timeout,"
-    " max_attempts, retry_on_error, attempts, losses, due_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (id) DO NOTHING"
 )
 _FINISH = "UPDATE tasks SET state = ?, result = ?, finished_at = ? WHERE id = ?"
@@ -249,45 +252,6 @@ class StoreLock:
             self._fd = None
 
 
-def _stored(row: tuple[Any, ...]) -> StoredTask:
-    """A row of ``_TASK_COLUMNS`` as a StoredTask."""
-    return StoredTask(
-        id=row[0],
-        type=row[1],
-        payload=bytes(row[2]),
-        submitted_at=row[3],
-        priority=row[4],
-        key=row[5],
-        timeout=row[6],
-        max_attempts=row[7],
-        retry_on_error=bool(row[8]),
-        attempts=row[9],
-        losses=row[10],
-        due_at=row[11],
-    )
-
-
-def _schedule_row(record: ScheduleRecord) -> tuple[Any, ...]:
-    return (
-        record.name,
-        record.cron,
-        record.every,
-        record.tz,
-        record.task_type,
-        record.payload,
-        record.priority,
-        record.timeout,
-        record.max_attempts,
-        int(record.retry_on_error),
-        int(record.catch_up),
-        int(record.paused),
-        record.next_due,
-        record.last_due,
-        record.last_task,
-        record.source,
-    )
-
-
 @implementer(ITaskStore)
 class SqliteStore:
     """Tasks and outcomes in one SQLite database file."""
@@ -374,23 +338,7 @@ class SqliteStore:
         return self._next_id
 
     def add(self, task: Any) -> None:
-        options = task.options
-        self._adds.append(
-            (
-                task.id,
-                task.type,
-                task.payload,
-                task.submitted_at,
-                options.priority,
-                options.key,
-                options.timeout,
-                options.max_attempts,
-                options.retry_on_error,
-                task.attempts,
-                task.losses,
-                None if options.delay is None and options.at is None else due_time(task),
-            )
-        )
+        self._adds.append(task_row(task))
         self._bytes += len(task.payload)
         if task.id >= self._next_id:
             self._next_id = task.id + 1
@@ -472,7 +420,7 @@ class SqliteStore:
                     if record is None:
                         db.execute("DELETE FROM schedules WHERE name = ?", (name,))
                     else:
-                        db.execute(_SAVE_SCHEDULE, _schedule_row(record))
+                        db.execute(_SAVE_SCHEDULE, schedule_row(record, int))
                 if self._next_id != self._stored_next_id:
                     db.execute(
                         "INSERT OR REPLACE INTO counters (name, value) VALUES ('next_id', ?)",
@@ -511,28 +459,11 @@ class SqliteStore:
     def stored_task(self, task_id: int) -> StoredTask | None:
         try:
             row = self._db.execute(
-                "SELECT id, type, payload, submitted_at, priority, key, timeout, max_attempts,"
-                " retry_on_error, attempts, losses, state, finished_at FROM tasks WHERE id = ?",
-                (task_id,),
+                f"SELECT {TASK_COLUMNS}, state, finished_at FROM tasks WHERE id = ?", (task_id,)
             ).fetchone()
         except sqlite3.Error as e:
             raise StoreUnavailable(describe_error(e)) from e
-        if row is None:
-            return None
-        return StoredTask(
-            id=row[0],
-            type=row[1],
-            payload=bytes(row[2]),
-            submitted_at=row[3],
-            priority=row[4],
-            key=row[5],
-            timeout=row[6],
-            max_attempts=row[7],
-            retry_on_error=bool(row[8]),
-            attempts=row[9],
-            losses=row[10],
-            state=State(row[11]) if row[12] is not None else State.QUEUED,
-        )
+        return None if row is None else stored_with_state(row)
 
     def reopen(self, task_id: int) -> None:
         # Through the same buffers as attempts and outcomes, so it lands in
@@ -546,32 +477,32 @@ class SqliteStore:
 
     def unfinished(self) -> Iterator[StoredTask]:
         rows = self._db.execute(
-            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE finished_at IS NULL AND due_at IS NULL ORDER BY id"
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE finished_at IS NULL AND due_at IS NULL ORDER BY id"
         )
         for row in rows:
-            yield _stored(row)
+            yield stored(row)
 
     def due_tasks(self, before: float, after: tuple[float, int], limit: int) -> list[StoredTask]:
         try:
             rows = self._db.execute(
-                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE finished_at IS NULL AND due_at IS NOT NULL"
+                f"SELECT {TASK_COLUMNS} FROM tasks WHERE finished_at IS NULL AND due_at IS NOT NULL"
                 " AND due_at < ? AND (due_at, id) > (?, ?) ORDER BY due_at, id LIMIT ?",
                 (before, after[0], after[1], limit),
             ).fetchall()
         except sqlite3.Error as e:
             raise StoreUnavailable(describe_error(e)) from e
-        return [_stored(row) for row in rows]
+        return [stored(row) for row in rows]
 
     def scheduled_task(self, task_id: int) -> StoredTask | None:
         try:
             row = self._db.execute(
-                f"SELECT {_TASK_COLUMNS} FROM tasks"
+                f"SELECT {TASK_COLUMNS} FROM tasks"
                 " WHERE id = ? AND finished_at IS NULL AND due_at IS NOT NULL",
                 (task_id,),
             ).fetchone()
         except sqlite3.Error as e:
             raise StoreUnavailable(describe_error(e)) from e
-        return None if row is None else _stored(row)
+        return None if row is None else stored(row)
 
     def count_scheduled(self, after: float) -> int:
         try:
@@ -591,34 +522,10 @@ class SqliteStore:
 
     def schedules(self) -> list[ScheduleRecord]:
         try:
-            rows = self._db.execute(
-                "SELECT name, cron, every, tz, type, payload, priority, timeout, max_attempts,"
-                " retry_on_error, catch_up, paused, next_due, last_due, last_task, source"
-                " FROM schedules ORDER BY name"
-            ).fetchall()
+            rows = self._db.execute(f"SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY name").fetchall()
         except sqlite3.Error as e:
             raise StoreUnavailable(describe_error(e)) from e
-        return [
-            ScheduleRecord(
-                name=row[0],
-                cron=row[1],
-                every=row[2],
-                tz=row[3],
-                task_type=row[4],
-                payload=bytes(row[5]),
-                priority=row[6],
-                timeout=row[7],
-                max_attempts=row[8],
-                retry_on_error=bool(row[9]),
-                catch_up=bool(row[10]),
-                paused=bool(row[11]),
-                next_due=row[12],
-                last_due=row[13],
-                last_task=row[14],
-                source=row[15],
-            )
-            for row in rows
-        ]
+        return [schedule(row) for row in rows]
 
     def outcome(self, task_id: int) -> Outcome | None:
         try:
@@ -642,51 +549,13 @@ class SqliteStore:
     def list_tasks(
         self, finished: State | None, task_type: str | None, limit: int, before_id: int | None
     ) -> tuple[list[TaskSummary], int | None]:
-        # The inner query reads at most LIST_SCAN_ROWS rows by primary key,
-        # so a rare filter costs a bounded read, not a table scan.
-        conditions = []
-        arguments: list[object] = [before_id if before_id is not None else 2**63 - 1, LIST_SCAN_ROWS]
-        if finished is State.QUEUED:
-            conditions.append("finished_at IS NULL")
-        elif finished is not None:
-            conditions.append("finished_at IS NOT NULL AND state = ?")
-            arguments.append(int(finished))
-        if task_type is not None:
-            conditions.append("type = ?")
-            arguments.append(task_type)
-        where = ("WHERE " + " AND ".join(conditions)) if conditions else ""
+        scan, page = list_queries("?", finished, task_type, limit, before_id)
         try:
-            scanned = self._db.execute(
-                "SELECT count(*), min(id) FROM (SELECT id FROM tasks WHERE id < ? ORDER BY id DESC LIMIT ?)",
-                arguments[:2],
-            ).fetchone()
-            rows = self._db.execute(
-                "SELECT id, type, state, submitted_at, finished_at, attempts, losses, key FROM"
-                " (SELECT * FROM tasks WHERE id < ? ORDER BY id DESC LIMIT ?) "
-                + where
-                + " ORDER BY id DESC LIMIT ?",
-                [*arguments, limit],
-            ).fetchall()
+            scanned = self._db.execute(*scan).fetchone()
+            rows = self._db.execute(*page).fetchall()
         except sqlite3.Error as e:
             raise StoreUnavailable(describe_error(e)) from e
-        found = [
-            TaskSummary(
-                id=row[0],
-                type=row[1],
-                state=State(row[2]) if row[4] is not None else State.QUEUED,
-                submitted_at=row[3],
-                finished_at=row[4],
-                attempts=row[5],
-                losses=row[6],
-                key=row[7],
-            )
-            for row in rows
-        ]
-        if len(found) == limit:
-            return found, found[-1].id
-        # Fewer than asked: the window is exhausted; go on below it, if anything is there.
-        more = scanned[0] == LIST_SCAN_ROWS
-        return found, (int(scanned[1]) if more else None)
+        return list_page(rows, scanned, limit)
 
     def prune(self, finished_before: float, limit: int) -> int:
         try:

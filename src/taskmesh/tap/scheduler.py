@@ -372,19 +372,8 @@ def makeService(options: Options) -> IService:
         options["listen"],
         core,
         store,
-        max_frame=options["max-frame"],
-        max_payload=options["max-payload"],
-        name=options["name"],
-        factory_options={
-            "limits": options["limits"],
-            "frame_budget": options["frame-budget"],
-            "max_queries": options["max-queries"],
-            "max_jobs": options["max-jobs"],
-            "max_connections": options["max-connections"] or connection_limit(),
-        },
         secrets=secrets,
-        tls=options["tls-options"],
-        web=None if options["web"] == "none" else options["web"],
+        **service_options(options),
     )
 
 
@@ -405,6 +394,28 @@ def role_secrets(options: Options) -> RoleSecrets:
 
 #: File descriptors kept for everything but connections (the store, logs, pools).
 RESERVED_DESCRIPTORS = 64
+
+
+def service_options(options: Any) -> dict[str, Any]:
+    """
+    The keyword arguments a scheduler's service takes from its options, the
+    same for a lone scheduler and one of several on a shared store: frame
+    and payload bounds, its name, every peer's bounds, TLS and the dashboard.
+    """
+    return {
+        "max_frame": options["max-frame"],
+        "max_payload": options["max-payload"],
+        "name": options["name"],
+        "factory_options": {
+            "limits": options["limits"],
+            "frame_budget": options["frame-budget"],
+            "max_queries": options["max-queries"],
+            "max_jobs": options["max-jobs"],
+            "max_connections": options["max-connections"] or connection_limit(),
+        },
+        "tls": options["tls-options"],
+        "web": None if options["web"] == "none" else options["web"],
+    }
 
 
 def connection_limit() -> int:

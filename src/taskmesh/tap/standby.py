@@ -61,7 +61,7 @@ def standby_service(options: Any, reactor: Any, secrets: RoleSecrets) -> Any:
     from taskmesh.core.scheduler import Scheduler
     from taskmesh.service import StandbySchedulerService
     from taskmesh.store.election import PostgresElection
-    from taskmesh.tap.scheduler import connection_limit
+    from taskmesh.tap.scheduler import service_options
 
     election = PostgresElection(options["store"], options["advertise"], reactor)
 
@@ -75,16 +75,5 @@ def standby_service(options: Any, reactor: Any, secrets: RoleSecrets) -> Any:
         options["advertise"],
         open_core,
         secrets,
-        max_frame=options["max-frame"],
-        max_payload=options["max-payload"],
-        name=options["name"],
-        factory_options={
-            "limits": options["limits"],
-            "frame_budget": options["frame-budget"],
-            "max_queries": options["max-queries"],
-            "max_jobs": options["max-jobs"],
-            "max_connections": options["max-connections"] or connection_limit(),
-        },
-        tls=options["tls-options"],
-        web=None if options["web"] == "none" else options["web"],
+        **service_options(options),
     )
