@@ -282,3 +282,22 @@ def test_a_backlog_of_large_payloads_is_sliced_by_bytes(tmp_path: Path) -> None:
         if done:
             break
     assert durable == [4, 8, 10]
+
+
+def test_a_reopened_delayed_task_is_queued_at_once_after_a_restart(tmp_path: Path) -> None:
+    # taskmesh retry of a delayed task cancelled before its time: the core
+    # queues it at once, and so must a restart (as the PostgreSQL store does).
+    path = str(tmp_path / "tasks.sqlite")
+    store = SqliteStore(path)
+    store.add(Task(1, "t", b"p", TaskOptions(at=5000.0), 100.0))
+    store.finish(1, State.CANCELLED, b"no", 300.0)
+    store.commit()
+    store.reopen(1)
+    store.commit()
+    store.close()
+    again = SqliteStore(path)
+    try:
+        assert [t.id for t in again.unfinished()] == [1]
+        assert again.due_tasks(1e12, (-1.0, 0), 10) == [] and again.count_scheduled(0.0) == 0
+    finally:
+        again.close()

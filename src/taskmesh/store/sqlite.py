@@ -152,7 +152,9 @@ _INSERT = (
     " ON CONFLICT (id) DO NOTHING"
 )
 _FINISH = "UPDATE tasks SET state = ?, result = ?, finished_at = ? WHERE id = ?"
-_ATTEMPTS = "UPDATE tasks SET attempts = ?, losses = ? WHERE id = ?"
+# Attempts are recorded for a task that has run (or is reopened by a retry): it
+# is due by then, so its due time goes, and a restart queues it at once.
+_ATTEMPTS = "UPDATE tasks SET attempts = ?, losses = ?, due_at = NULL WHERE id = ?"
 _PRUNE = "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE finished_at < ? LIMIT ?)"
 
 SYNC_MODES = ("off", "normal", "full")
