@@ -42,25 +42,24 @@ import os
 import socket
 import ssl
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta
 from typing import Any, cast
 
 from taskmesh import wire
 from taskmesh.client.mapping import BYTES_PER_FRAME, DEFAULT_WINDOW, ITEMS_PER_FRAME, too_large
 from taskmesh.client.operations import list_request, purge_request, retry_request
 from taskmesh.client.schedules import add_command, name_command
+from taskmesh.client.submission import Submission, as_bytes, submission
 from taskmesh.client.twisted_client import (
     DEFAULT_CONNECT_TIMEOUT,
     RECONNECT_FIRST_DELAY,
     RECONNECT_MAX_DELAY,
-    _as_bytes,
     _is_function,
     _secret_bytes,
     function_payloads,
 )
 from taskmesh.codec import decode_result, task_failed
 from taskmesh.errors import AuthenticationFailed, NotTaskmesh, SchedulerGone, TaskFailed
-from taskmesh.functions import as_task, task_options
+from taskmesh.functions import as_task
 from taskmesh.handlers import DEFAULT_TASK_TYPE
 from taskmesh.net.address import DEFAULT_ADDRESS, Addresses, parse_address, parse_plain_endpoint, reach_leader
 from taskmesh.net.connection import (
@@ -76,9 +75,6 @@ from taskmesh.net.framing import CLOSE_GRACE, DEFAULT_FRAME_TIMEOUT, DEFAULT_MAX
 from taskmesh.net.tls import ClientTLS
 
 __all__ = ["AsyncClient", "TaskFuture", "connect"]
-
-#: What a submission needs to be sent again: (task type, payload, options, decode).
-_Resubmittable = tuple[str, bytes, wire.TaskOptions, Any]
 
 
 class AnswerFuture(asyncio.Future[Any]):
@@ -509,31 +505,10 @@ class AsyncClient:
         ``submit("text", "sha256", priority=...)`` (a payload and a task
         type; the future has the result's bytes).  Returns at once.
         """
-        if isinstance(task, str | bytes):
-            return self._submit_payload(task, *args, **kwargs)
-        function = as_task(task)
-        return self._submit(
-            function.name, function.call_payload(args, kwargs), function.submit_options, decode_result
-        )
+        return self._submit(*submission(task, args, kwargs))
 
     #: ``start`` is ``submit``: a name that says it does not wait.
     start = submit
-
-    def _submit_payload(
-        self,
-        payload: str | bytes,
-        task_type: str = DEFAULT_TASK_TYPE,
-        *,
-        priority: int = 0,
-        timeout: float | None = None,
-        max_attempts: int = 0,
-        key: str | None = None,
-        retry_on_error: bool = False,
-        delay: float | timedelta | None = None,
-        at: float | datetime | None = None,
-    ) -> TaskFuture:
-        options = task_options(priority, timeout, max_attempts, key, retry_on_error, False, delay, at)
-        return self._submit(wire.check_task_type(task_type), _as_bytes(payload), options)
 
     def _submit(
         self, task_type: str, payload: bytes, options: wire.TaskOptions, decode: Any = None
@@ -552,7 +527,7 @@ class AsyncClient:
             handle.add_done_callback(lambda _: timer.cancel())
         return handle
 
-    def _submit_on(self, protocol: _Protocol, handle: TaskFuture, request: _Resubmittable) -> None:
+    def _submit_on(self, protocol: _Protocol, handle: TaskFuture, request: Submission) -> None:
         """Submit on this connection; if it drops first, ``_settle`` takes over."""
         if handle.done():  # its caller gave up (a timeout) while we reconnected
             return
@@ -561,7 +536,7 @@ class AsyncClient:
         protocol.core.submit(inner, task_type, payload, options, decode, handle.accepted)
         inner.add_done_callback(lambda done: self._settle(done, handle, request))
 
-    def _settle(self, done: asyncio.Future[Any], handle: TaskFuture, request: _Resubmittable) -> None:
+    def _settle(self, done: asyncio.Future[Any], handle: TaskFuture, request: Submission) -> None:
         """
         A submission's answer.  If the connection dropped first: accepted,
         its result is fetched by id on the next connection; never accepted,
@@ -609,28 +584,8 @@ class AsyncClient:
 
     async def enqueue(self, task: Any, /, *args: Any, **kwargs: Any) -> int:
         """Queue one task without waiting for it; returns its id once the scheduler made it durable."""
-        if isinstance(task, str | bytes):
-            return await self._enqueue_payload(task, *args, **kwargs)
-        function = as_task(task)
-        return await self._enqueue(
-            function.name, function.call_payload(args, kwargs), function.enqueue_options
-        )
-
-    async def _enqueue_payload(
-        self,
-        payload: str | bytes,
-        task_type: str = DEFAULT_TASK_TYPE,
-        *,
-        priority: int = 0,
-        timeout: float | None = None,
-        max_attempts: int = 0,
-        key: str | None = None,
-        retry_on_error: bool = False,
-        delay: float | timedelta | None = None,
-        at: float | datetime | None = None,
-    ) -> int:
-        options = task_options(priority, timeout, max_attempts, key, retry_on_error, True, delay, at)
-        return await self._enqueue(wire.check_task_type(task_type), _as_bytes(payload), options)
+        task_type, payload, options, _ = submission(task, args, kwargs, enqueue=True)
+        return await self._enqueue(task_type, payload, options)
 
     async def _enqueue(self, task_type: str, payload: bytes, options: wire.TaskOptions) -> int:
         if self._again is None:
@@ -749,7 +704,7 @@ class AsyncClient:
         else:
             items, *rest = (task, *args)
             task_type = wire.check_task_type(rest[0] if rest else DEFAULT_TASK_TYPE)
-            payloads = [_as_bytes(item) for item in items]
+            payloads = [as_bytes(item) for item in items]
             decode, default_priority = False, 0
         return list(
             await self._bounded(

@@ -37,8 +37,11 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
-from taskmesh.client.twisted_client import DEFAULT_CONNECT_TIMEOUT, Client, TaskHandle
+from taskmesh.client.submission import submission
+from taskmesh.client.twisted_client import DEFAULT_CONNECT_TIMEOUT, Client
+from taskmesh.errors import SchedulerGone
 from taskmesh.net.address import DEFAULT_ADDRESS, parse_addresses
 from taskmesh.net.tls import ClientTLS
 
@@ -192,35 +195,108 @@ def _wait(future: Future[T], timeout: float | None) -> T:
         raise TimeoutError(f"no answer within {timeout:g} s") from None
 
 
+#: Guards the hand-off between the reactor thread finishing a Handle and a
+#: thread starting to wait on it: one lock for all of them, held for a few
+#: attribute reads and writes, so that a Handle needs no lock of its own.
+_handoff = threading.Lock()
+
+
 class Handle:
-    """A task submitted with ``start``: its id once accepted, its result later."""
+    """
+    A task submitted with ``start``: its id once accepted, its result later.
 
-    __slots__ = ("_client", "_future", "twisted_handle")
+    It is also what the connection core fires (its answer, on the reactor
+    thread): no Deferred or Future per task, and a waiting thread's Event
+    only if it has to wait, so pipelined tasks cost little memory and little
+    garbage collection.
+    """
 
-    def __init__(self, client: BlockingClient, result: Future[Any]) -> None:
+    __slots__ = ("_client", "_event", "_id_waiters", "_outcome", "accepted_id")
+
+    def __init__(self, client: BlockingClient) -> None:
         self._client = client
-        self._future = result
-        #: The Twisted client's TaskHandle, set on the reactor thread (None if the submission raised).
-        self.twisted_handle: TaskHandle[Any] | None = None
+        #: (True, result) or (False, exception), once finished.
+        self._outcome: tuple[bool, Any] | None = None
+        self._event: threading.Event | None = None
+        #: The task's id once the scheduler accepted it (set on the reactor thread).
+        self.accepted_id: int | None = None
+        self._id_waiters: list[Deferred[int]] | None = None
 
     def result(self, timeout: float | None = -1.0) -> Any:
         """The task's result; waits at most ``timeout`` seconds (default: the client's wait_timeout)."""
-        return _wait(self._future, self._client.wait_timeout if timeout == -1.0 else timeout)
+        outcome = self._outcome
+        if outcome is None:
+            with _handoff:
+                outcome = self._outcome
+                if outcome is None and self._event is None:
+                    self._event = threading.Event()
+                event = self._event
+            if outcome is None:
+                seconds = self._client.wait_timeout if timeout == -1.0 else timeout
+                if event is None or not event.wait(seconds):
+                    raise TimeoutError(f"no answer within {seconds:g} s")
+                outcome = self._outcome
+        assert outcome is not None
+        ok, value = outcome
+        if ok:
+            return value
+        raise value
 
     def done(self) -> bool:
-        return self._future.done()
+        return self._outcome is not None
 
     @property
     def task_id(self) -> int:
         """The task's id, once the scheduler accepted it (waits for that, within the client's bound)."""
-        # Calls run in order on the reactor thread: this one after the submission's.
-        found = self._client._thread.call(self._id)
-        return int(_wait(found, self._client.wait_timeout))
+        known = self.accepted_id
+        if known is not None:
+            return known
+        return int(_wait(self._client._thread.call(self._id), self._client.wait_timeout))
+
+    # -- the reactor thread's side: the connection core's answer -----------------
+
+    @property
+    def called(self) -> bool:
+        return self._outcome is not None
+
+    def accepted(self, task_id: int) -> None:
+        self.accepted_id = task_id
+        waiters, self._id_waiters = self._id_waiters, None
+        for waiting in waiters or ():
+            waiting.callback(task_id)
+
+    def callback(self, result: Any) -> None:
+        self._finish((True, result))
+
+    def errback(self, fail: Any = None) -> None:
+        self._finish((False, fail.value if isinstance(fail, Failure) else fail))
+
+    def _finish(self, outcome: tuple[bool, Any]) -> None:
+        with _handoff:
+            if self._outcome is not None:
+                return
+            self._outcome = outcome
+            event = self._event
+        if event is not None:
+            event.set()
+        waiters, self._id_waiters = self._id_waiters, None
+        if waiters:
+            never = outcome[1] if not outcome[0] else SchedulerGone("the task was never accepted")
+            for waiting in waiters:
+                waiting.errback(never)
 
     def _id(self) -> Any:
-        if self.twisted_handle is None:
-            return self._future.result(0)  # raises why the submission failed
-        return self.twisted_handle.id()
+        """On the reactor thread: the id, or a Deferred of it (calls run in order: after the submission)."""
+        if self.accepted_id is not None:
+            return self.accepted_id
+        outcome = self._outcome
+        if outcome is not None:
+            raise outcome[1] if not outcome[0] else SchedulerGone("the task was never accepted")
+        waiting: Deferred[int] = Deferred()
+        if self._id_waiters is None:
+            self._id_waiters = []
+        self._id_waiters.append(waiting)
+        return waiting
 
 
 class BlockingClient:
@@ -237,19 +313,15 @@ class BlockingClient:
 
     def start(self, task: Any, /, *args: Any, **kwargs: Any) -> Handle:
         """Submit without waiting, in ``submit``'s shape; the Handle has the result later."""
-        handle = Handle(self, Future())
+        handle = Handle(self)
         self._thread.post(self._start, handle, task, args, kwargs)
         return handle
 
     def _start(self, handle: Handle, task: Any, args: Any, kwargs: Any) -> None:
-        result = handle._future
         try:
-            waiting = self._client.submit(task, *args, **kwargs)
-        except BaseException as e:
-            result.set_exception(e)
-            return
-        handle.twisted_handle = waiting
-        waiting.addCallbacks(_set_result, _set_failure, (result,), {}, (result,))
+            self._client.submit_into(handle, submission(task, args, kwargs))
+        except Exception as e:  # the arguments were refused (TypeError, ...): the caller's error
+            handle.errback(e)
 
     def submit(self, task: Any, /, *args: Any, **kwargs: Any) -> Any:
         """

@@ -44,7 +44,7 @@ import os
 import socket
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from datetime import datetime, timedelta
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import connectProtocol
@@ -56,6 +56,7 @@ from taskmesh import wire
 from taskmesh.client.mapping import DEFAULT_WINDOW, Hold, ItemRefused, MapSummary, Progress, Writer, run_map
 from taskmesh.client.operations import list_request, purge_request, retry_request
 from taskmesh.client.schedules import add_command, name_command
+from taskmesh.client.submission import Submission, as_bytes, submission
 from taskmesh.codec import decode_result, encode_arguments, task_failed
 from taskmesh.errors import (
     AuthenticationFailed,
@@ -132,6 +133,10 @@ class TaskHandle(Deferred[R], Generic[R]):
         self._id_waiters.append(waiting)
         return waiting
 
+    @property
+    def accepted_id(self) -> int | None:
+        return self.task_id
+
     def accepted(self, task_id: int) -> None:
         self.task_id = task_id
         waiters = self._id_waiters
@@ -147,8 +152,22 @@ class TaskHandle(Deferred[R], Generic[R]):
         return failure
 
 
-#: What a submission needs to be sent again: (task type, payload, options, decode).
-_Resubmittable = tuple[str, bytes, wire.TaskOptions, Any]
+class SubmissionAnswer(Protocol):
+    """
+    What a submission's outcome goes to: a TaskHandle, or the blocking
+    client's Handle.  ``accepted`` is told the id when the scheduler has
+    accepted the task; then the outcome fires it, at most once.
+    """
+
+    @property
+    def called(self) -> bool: ...
+    @property
+    def accepted_id(self) -> int | None:
+        """The task's id once the scheduler accepted it (None before)."""
+
+    def accepted(self, task_id: int) -> None: ...
+    def callback(self, result: Any) -> Any: ...
+    def errback(self, fail: Any = None) -> Any: ...
 
 
 def _timed_out(result: Any, timeout: float) -> Any:
@@ -393,16 +412,26 @@ class Client:
         self, task_type: str, payload: bytes, options: wire.TaskOptions, decode: Any = None
     ) -> TaskHandle[Any]:
         handle: TaskHandle[Any] = TaskHandle()
-        if self._reconnect is None:
-            # Straight to the connection core: this runs once per task.
-            self._protocol.core.submit(handle, task_type, payload, options, decode, handle.accepted)
-        else:
-            self._submit_on(self._protocol, handle, (task_type, payload, options, decode))
+        self.submit_into(handle, (task_type, payload, options, decode))
         if self.wait_timeout is not None:
             self._bounded(handle, None)
         return handle
 
-    def _submit_on(self, protocol: ClientProtocol, handle: TaskHandle[Any], request: _Resubmittable) -> None:
+    def submit_into(self, answer: SubmissionAnswer, request: Submission) -> None:
+        """
+        Send one submission whose outcome goes to ``answer``: ``submit``
+        makes a TaskHandle, the blocking client passes its own handle, so
+        that no Deferred stands between the connection and the caller's
+        thread.  With reconnect on, it is re-attached or sent again after a
+        drop, as ``submit``'s.
+        """
+        if self._reconnect is None:
+            # Straight to the connection core: this runs once per task.
+            self._protocol.core.submit(answer, *request, answer.accepted)
+        else:
+            self._submit_on(self._protocol, answer, request)
+
+    def _submit_on(self, protocol: ClientProtocol, handle: SubmissionAnswer, request: Submission) -> None:
         """Submit on this connection; if it drops first, ``_reattach`` takes over."""
         if handle.called:  # its caller gave up (a timeout) while we reconnected
             return
@@ -410,7 +439,7 @@ class Client:
         inner = protocol.submit(task_type, payload, options, decode, handle.accepted)
         inner.addCallbacks(handle.callback, self._reattach, errbackArgs=(handle, request))
 
-    def _reattach(self, failure: Any, handle: TaskHandle[Any], request: _Resubmittable) -> None:
+    def _reattach(self, failure: Any, handle: SubmissionAnswer, request: Submission) -> None:
         """
         The connection dropped under a submission.  Accepted: fetch its
         result by id on the next connection.  Never accepted: submit it
@@ -420,7 +449,7 @@ class Client:
         """
         if handle.called:
             return
-        task_id = handle.task_id
+        task_id = handle.accepted_id
         if not failure.check(SchedulerGone) or self._closed:
             handle.errback(failure)
             return
@@ -497,39 +526,22 @@ class Client:
         (``scheduled`` until then; cancellable).  A task function takes them
         from its decorator, or from ``add.options(...)`` passed in its place.
         """
-        if isinstance(task, (str, bytes)):  # noqa: UP038  (a tuple is quicker here)
-            if not kwargs and len(args) < 2:  # the common case, without a second call
-                task_type = wire.check_task_type(args[0]) if args else DEFAULT_TASK_TYPE
-                payload = task.encode("utf-8") if isinstance(task, str) else task
-                if self._reconnect is not None or self.wait_timeout is not None:
-                    return self._submit(task_type, payload, wire.DEFAULT_OPTIONS)
-                # _submit's usual path, inline: this runs once per task.
-                handle: TaskHandle[bytes] = TaskHandle()
-                self._protocol.core.submit(
-                    handle, task_type, payload, wire.DEFAULT_OPTIONS, None, handle.accepted
-                )
-                return handle
-            return self._submit_payload(task, *args, **kwargs)
-        function = as_task(task)
-        return self._submit(
-            function.name, function.call_payload(args, kwargs), function.submit_options, decode_result
-        )
-
-    def _submit_payload(
-        self,
-        payload: Payload,
-        task_type: str = DEFAULT_TASK_TYPE,
-        *,
-        priority: int = 0,
-        timeout: float | None = None,
-        max_attempts: int = 0,
-        key: str | None = None,
-        retry_on_error: bool = False,
-        delay: float | timedelta | None = None,
-        at: float | datetime | None = None,
-    ) -> TaskHandle[bytes]:
-        options = task_options(priority, timeout, max_attempts, key, retry_on_error, False, delay, at)
-        return self._submit(wire.check_task_type(task_type), _as_bytes(payload), options)
+        if (
+            isinstance(task, (str, bytes))  # noqa: UP038  (a tuple is quicker here)
+            and not kwargs
+            and len(args) < 2
+            and self._reconnect is None
+            and self.wait_timeout is None
+        ):
+            # The usual case, submission() and _submit() inline: this runs once per task.
+            handle: TaskHandle[bytes] = TaskHandle()
+            task_type = wire.check_task_type(args[0]) if args else DEFAULT_TASK_TYPE
+            payload = task.encode("utf-8") if isinstance(task, str) else task
+            self._protocol.core.submit(
+                handle, task_type, payload, wire.DEFAULT_OPTIONS, None, handle.accepted
+            )
+            return handle
+        return self._submit(*submission(task, args, kwargs))
 
     @overload
     def enqueue(self, task: TaskFunction[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Deferred[int]: ...
@@ -560,10 +572,8 @@ class Client:
         Fetch the result later with ``result(task_id)`` (``json=True`` for a
         task function's), from this connection or any other.
         """
-        if isinstance(task, str | bytes):
-            return self._enqueue_payload(task, *args, **kwargs)
-        function = as_task(task)
-        return self._enqueue(function.name, function.call_payload(args, kwargs), function.enqueue_options)
+        task_type, payload, options, _ = submission(task, args, kwargs, enqueue=True)
+        return self._enqueue(task_type, payload, options)
 
     def _enqueue(self, task_type: str, payload: bytes, options: wire.TaskOptions) -> Deferred[int]:
         if self._reconnect is None:
@@ -575,22 +585,6 @@ class Client:
             ),
             None,
         )
-
-    def _enqueue_payload(
-        self,
-        payload: Payload,
-        task_type: str = DEFAULT_TASK_TYPE,
-        *,
-        priority: int = 0,
-        timeout: float | None = None,
-        max_attempts: int = 0,
-        key: str | None = None,
-        retry_on_error: bool = False,
-        delay: float | timedelta | None = None,
-        at: float | datetime | None = None,
-    ) -> Deferred[int]:
-        options = task_options(priority, timeout, max_attempts, key, retry_on_error, True, delay, at)
-        return self._enqueue(wire.check_task_type(task_type), _as_bytes(payload), options)
 
     def result(
         self, task_id: int, wait: bool = True, *, json: bool = False, wait_timeout: float | None = None
@@ -697,7 +691,7 @@ class Client:
         progress: Progress = lambda done, failed: None,
         hold: Hold | None = None,
     ) -> MapSummary:
-        payloads = (_as_bytes(item) for item in items)
+        payloads = (as_bytes(item) for item in items)
         return await self._run(
             payloads, write, task_type, priority, chunk_size, window, size_hint, progress, hold
         )
@@ -887,10 +881,6 @@ class Client:
             protocol.flush()
             protocol.close()
         return protocol.lost
-
-
-def _as_bytes(payload: Payload) -> bytes:
-    return payload.encode("utf-8") if isinstance(payload, str) else payload
 
 
 def _is_function(task: object) -> bool:
