@@ -214,3 +214,12 @@ def test_the_task_list_filters_pages_and_shows_the_unfinished_as_queued(open_sto
     rows, _ = store.list_tasks(State.FAILED, "even", 10, None)
     assert rows == []
     assert LIST_SCAN_ROWS > 10  # the bounded window is not what ended these pages
+
+
+def test_the_task_list_gives_a_delayed_task_s_due_time(open_store: Opener) -> None:
+    store = open_store()
+    store.add(Task(1, "t", b"later", TaskOptions(at=5000.0), 100.0))
+    store.add(task(2))
+    store.commit()
+    rows, _ = store.list_tasks(None, None, 10, None)
+    assert [(row.id, row.due_at) for row in rows] == [(2, None), (1, 5000.0)]

@@ -139,6 +139,22 @@ def test_a_scheduled_task_only_in_the_store_is_seen_and_cancelled(kind: str, tmp
     store.close()
 
 
+def test_listed_delayed_tasks_are_scheduled_and_not_held_in_memory(tmp_path: Path) -> None:
+    """A dashboard page of tasks beyond the horizon costs neither a read nor memory per task."""
+    store = SqliteStore(str(tmp_path / "s.db"))
+    clock, core = rig(store)
+    far = [core.submit("t", b"far", TaskOptions(delay=86400.0))[0] for _ in range(3)]
+    now, _ = core.submit("t", b"now", TaskOptions())
+    clock.advance(0)
+    assert set(core._tasks) == {now}
+    listed = core.list_tasks(None, None, 10, None)["tasks"]
+    assert [(t["id"], t["state"]) for t in listed] == [(now, "queued")] + [
+        (i, "scheduled") for i in reversed(far)
+    ]
+    assert set(core._tasks) == {now}  # listing held none of them
+    store.close()
+
+
 def test_delayed_tasks_survive_a_restart_and_run_once_due(tmp_path: Path) -> None:
     path = str(tmp_path / "s.db")
     store = SqliteStore(path)

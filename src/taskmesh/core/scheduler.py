@@ -72,6 +72,7 @@ from taskmesh.store.interface import (
     ScheduleRecord,
     State,
     StoredTask,
+    TaskSummary,
 )
 from taskmesh.store.memory import MemoryStore, due_time
 from taskmesh.wire import (
@@ -637,12 +638,9 @@ class Scheduler:
         rows, next_before = self._store.list_tasks(wanted, task_type, limit, before_id)
         listed = []
         for row in rows:
-            shown = row.state
+            shown = self.listed_state(row)
             reason = None
-            if row.finished_at is None:
-                live = self.state_of(row.id)
-                shown = live if live is not None else State.QUEUED
-            elif shown is not State.SUCCEEDED:
+            if row.finished_at is not None and shown is not State.SUCCEEDED:
                 outcome = self._store.outcome(row.id)
                 if outcome is not None:
                     reason = failure_summary(outcome.value).splitlines()[0][:200] if outcome.value else ""
@@ -660,6 +658,21 @@ class Scheduler:
                 }
             )
         return {"tasks": listed, "next_before": next_before}
+
+    def listed_state(self, row: TaskSummary) -> State:
+        """
+        What a row of the store's task list is now: a finished task as
+        stored; an unfinished one as held here (queued, running, ...), else
+        scheduled if it waits in the store for its due time (beyond the
+        horizon: read from the row, so that listing delayed tasks neither
+        reads each one again nor holds it in memory), else queued.
+        """
+        if row.finished_at is not None:
+            return row.state
+        task = self._tasks.get(row.id)
+        if task is not None:
+            return State.RUNNING if task.state.finished else task.state
+        return State.SCHEDULED if row.due_at is not None else State.QUEUED
 
     def retry(
         self, task_ids: list[int], every_failed: bool = False, task_type: str | None = None

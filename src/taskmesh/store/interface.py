@@ -127,7 +127,10 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class TaskSummary:
-    """One row of the dashboard's task list (a store's view: an unfinished task is QUEUED here)."""
+    """
+    One row of the task list (a store's view: an unfinished task is QUEUED
+    here; the core's ``listed_state`` says what it is now).
+    """
 
     id: int
     type: str | None  # None: a store that does not keep types (memory)
@@ -137,6 +140,8 @@ class TaskSummary:
     attempts: int
     losses: int
     key: str | None
+    #: When a delayed task is due (seconds since the epoch); None for one queued at once.
+    due_at: float | None = None
 
 
 #: Rows a task list page looks at, at the most, to find its matches: a

@@ -30,7 +30,7 @@ SCHEDULE_COLUMNS = (
     " retry_on_error, catch_up, paused, next_due, last_due, last_task, source"
 )
 #: A task for the dashboard's list, as ``summary`` reads it.
-SUMMARY_COLUMNS = "id, type, state, submitted_at, finished_at, attempts, losses, key"
+SUMMARY_COLUMNS = "id, type, state, submitted_at, finished_at, attempts, losses, key, due_at"
 
 
 def task_row(task: Any) -> tuple[Any, ...]:
@@ -188,4 +188,5 @@ def summary(row: Sequence[Any]) -> TaskSummary:
         attempts=row[5],
         losses=row[6],
         key=row[7],
+        due_at=row[8],
     )

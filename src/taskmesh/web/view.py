@@ -177,16 +177,11 @@ class MeshView:
         now = self._clock.seconds()
         listed = []
         for row in rows:
-            if row.finished_at is not None:
-                shown = row.state.name.lower()
-            else:  # the store knows it unfinished; the core knows whether queued or running
-                live = self._core.state_of(row.id)
-                shown = live.name.lower() if live is not None else "unfinished"
             listed.append(
                 {
                     "id": row.id,
                     "type": row.type,
-                    "state": shown,
+                    "state": self._core.listed_state(row).name.lower(),
                     "attempts": row.attempts,
                     "losses": row.losses,
                     "key": row.key,
