@@ -208,6 +208,10 @@ def test_status_text_counts_map_items_and_separates_running_from_held() -> None:
     assert "store: available" in text
     assert "w1" in text and worker.slots == 1
     assert "rate: 5.0 completed/s" in describe_status(core.stats(), rate=5.0)
+    assert "draining" not in text
+    core.drain(worker, [])  # it shuts down warm
+    line = next(line for line in describe_status(core.stats()).splitlines() if "w1" in line)
+    assert line.endswith("echo  (draining: finishing what it runs, taking no more)")
 
 
 def test_the_task_list_pages_through_the_store_with_live_states_and_filters(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -606,6 +606,7 @@ def describe_status(report: dict[str, Any], rate: float | None = None) -> str:
                 f"  {worker['name']:<40} {worker['slots']:>5} {worker['running']:>7} "
                 f"{worker.get('held', 0):>5} {worker.get('done', 0):>8} {worker.get('failed', 0):>6}  "
                 + ",".join(worker["types"])
+                + ("  (draining: finishing what it runs, taking no more)" if worker.get("draining") else "")
             )
     for job in report.get("jobs", []):
         lines.append(
