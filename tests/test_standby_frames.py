@@ -189,6 +189,64 @@ def test_a_worker_follows_the_pointer_instead_of_giving_up() -> None:
     assert transport.disconnecting
 
 
+def worker_factory() -> WorkerFactory:
+    return WorkerFactory(
+        Clock(),
+        HandlerRegistry([Sha256Handler()]),
+        1,
+        "w",
+        lambda *args: None,  # type: ignore[arg-type,return-value]
+        secret=SECRET,
+    )
+
+
+def test_connections_that_end_before_a_welcome_count_as_failed_attempts() -> None:
+    """
+    The service backs off on them: a standby that knows no leader, or a peer
+    that is not taskmesh, would otherwise be tried about once a second
+    forever (ClientService counts only connections that were never made).
+    """
+    factory = worker_factory()
+    for count in (1, 2):
+        worker = factory.buildProtocol(None)
+        transport = StringTransport()
+        worker.makeConnection(transport)
+        answer_as_standby(worker, transport, "")  # a standby that knows no leader yet
+        worker.connectionLost(Failure(ConnectionDone()))
+        assert factory.unwelcomed == count
+    text = factory.buildProtocol(None)
+    text.makeConnection(StringTransport())
+    text.dataReceived(b"SSH-2.0-OpenSSH_9.2\r\n")
+    text.connectionLost(Failure(ConnectionDone()))
+    assert factory.unwelcomed == 3
+    assert factory.last_lost is not None and "is not a taskmesh scheduler" in factory.last_lost
+    # A standby that names the leader is not a failure: the next attempt goes there.
+    pointed = factory.buildProtocol(None)
+    transport = StringTransport()
+    pointed.makeConnection(transport)
+    answer_as_standby(pointed, transport, "a.example:9001")
+    pointed.connectionLost(Failure(ConnectionDone()))
+    assert factory.unwelcomed == 3
+
+
+def test_a_welcome_clears_the_count_of_failed_connections() -> None:
+    factory = worker_factory()
+    factory.unwelcomed = 5
+    core = Scheduler(Clock())
+    scheduler = SchedulerFactory(core, Clock(), SECRETS, "s1").buildProtocol(None)
+    scheduler_transport = StringTransport()
+    scheduler.makeConnection(scheduler_transport)
+    worker = factory.buildProtocol(None)
+    transport = StringTransport()
+    worker.makeConnection(transport)
+    for _ in range(3):  # hello, challenge, proof, welcome
+        scheduler.dataReceived(transport.value())
+        transport.clear()
+        worker.dataReceived(scheduler_transport.value())
+        scheduler_transport.clear()
+    assert worker.core is not None and factory.unwelcomed == 0
+
+
 def test_the_switch_serves_the_standby_then_the_leader() -> None:
     clock = Clock()
     switch = LeaderSwitch(standby())

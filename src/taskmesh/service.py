@@ -290,9 +290,13 @@ class WorkerService(MultiService):
         The backoff, and one line an operator can use: why (the connection
         was lost, or the attempt failed, and how) and when, rounded.
         """
-        delay: float = self._backoff(attempt)
         lost = self.factory.last_lost
-        if lost is not None and attempt == 1:
+        just_lost = lost is not None and attempt == 1
+        # Connections that ended before a welcome count as failed attempts too
+        # (ClientService counts only those that did not connect at all).
+        attempt += self.factory.unwelcomed
+        delay: float = self._backoff(attempt)
+        if just_lost:
             why = f"lost the connection: {lost}"
         else:
             why = self._endpoint.last_failure

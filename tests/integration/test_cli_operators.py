@@ -482,6 +482,11 @@ def test_a_peer_that_is_not_taskmesh_is_named_at_once_on_every_side(mesh: Mesh) 
             asyncio.run(taskmesh.aio.connect(f"127.0.0.1:{server.port}", timeout=25))
         worker = mesh.twistd("worker", "taskmesh-worker", "--connect", f"127.0.0.1:{server.port}")
         worker.wait_for(rf"127\.0\.0\.1:{server.port} is not a taskmesh scheduler: it sent 'HTTP/1\.1 400")
+        # It backs off as from a refused connection, saying why: the attempts count up.
+        worker.wait_for(
+            rf"cannot reach the scheduler at 127\.0\.0\.1:{server.port} \(lost the connection: "
+            r".* is not a taskmesh scheduler: .*\); trying again in \d+\.\d s \(attempt 3\)"
+        )
     finally:
         server.close()
     # And the scheduler, asked by a browser (an HTTP request on its taskmesh port):

@@ -38,6 +38,8 @@ class WorkerProtocol(PeerProtocol):
         super().__init__(factory.clock, factory.limits, factory.secret)
         self.factory = factory
         self.core: Worker | None = None
+        #: A standby named the leader: the next attempt goes there, not counted as a failure.
+        self._following = False
 
     def hello(self) -> wire.Hello:
         factory = self.factory
@@ -81,6 +83,7 @@ class WorkerProtocol(PeerProtocol):
                     peer=self.peer,
                     leader=leader or "(none yet)",
                 )
+                self._following = bool(leader)
                 self.close()
                 self.factory.standby(leader)
             case wire.Error() if core is None and message.code == wire.ERROR_AUTH:
@@ -124,6 +127,7 @@ class WorkerProtocol(PeerProtocol):
             capacity=factory.slots + welcome.prefetch,
             stats=factory.stats,
         )
+        factory.unwelcomed = 0
         factory.welcomed()
         factory.connected(self)
         if welcome.heartbeat_ms:
@@ -193,6 +197,9 @@ class WorkerProtocol(PeerProtocol):
         super().connectionLost(reason)
         if self.core is not None:
             self.factory.last_lost = reason.getErrorMessage()
+        elif not self._following:
+            self.factory.unwelcomed += 1
+            self.factory.last_lost = self.closed_because or reason.getErrorMessage()
         self.factory.disconnected(self)
         if self.core is not None:
             self.core.stop()
@@ -247,8 +254,13 @@ class WorkerFactory(Factory):
         self.current: WorkerProtocol | None = None
         #: This process's counters for its /metrics, across reconnections.
         self.stats = WorkerStats(slots)
-        #: Why the last welcomed connection was lost (for the service's retry line).
+        #: Why the last connection was lost (for the service's retry line).
         self.last_lost: str | None = None
+        #: Connections in a row that ended before a welcome (the peer is not a
+        #: taskmesh scheduler, a standby that knows no leader yet, a handshake
+        #: that timed out): the service backs off on them as on failed
+        #: attempts, instead of trying again about once a second forever.
+        self.unwelcomed = 0
         #: Called when the welcomed connection is lost (the service, while it drains).
         self.lost: Callable[[], None] = lambda: None
 
