@@ -321,3 +321,26 @@ def test_metrics_have_commit_times_per_commit_and_connections_by_role_counted_at
     assert samples[("taskmesh_store_commit_seconds_bucket", (("le", "0.0001"),))] == sum(
         core.commit_times.counts
     )
+
+
+def test_a_standby_answers_health_503_and_tells_where_the_leader_is_only_with_the_token() -> None:
+    from taskmesh.web.standby import standby_root
+
+    leader = ["10.0.0.1:9001"]
+    open_root = standby_root(lambda: leader[0], None)  # on loopback: no token asked
+    request, body = get(open_root, "/health")
+    assert request.responseCode == 503 and body == b"standby: not the leader\n"
+    for path in ("/", "/api/status", "/metrics"):
+        request, body = get(open_root, path)
+        assert request.responseCode == 503 and b"the leader is at 10.0.0.1:9001" in body, path
+    leader[0] = ""
+    assert b"the leader is at (none elected yet)" in get(open_root, "/")[1]
+
+    token = web_token(b"s" * 32)
+    guarded = standby_root(lambda: "10.0.0.1:9001", token)
+    request, body = get(guarded, "/health")  # open to probes, and tells nothing
+    assert request.responseCode == 503 and b"10.0.0.1" not in body
+    request, body = get(guarded, "/")
+    assert request.responseCode == 403 and b"10.0.0.1" not in body
+    request, body = get(guarded, "/", cookie=token.encode())
+    assert request.responseCode == 503 and b"10.0.0.1:9001" in body

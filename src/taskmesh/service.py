@@ -564,6 +564,14 @@ class StandbySchedulerService(Service):
         self.endpoint.listen(self.listening_factory).addCallbacks(self._listening, failures.append)
         if failures:
             failures[0].raiseException()
+        if self.web_endpoint is not None:
+            from taskmesh.web.standby import StandbyWebService
+
+            # Until elected: /health answers 503 "standby" on the dashboard's address.
+            self.web = StandbyWebService(
+                self.reactor, self.web_endpoint, lambda: self.leadership.leader, self.secrets.client
+            )
+            self.web.startService()
         self.election.start(self.reactor)
         self.leadership.start()
 
@@ -613,12 +621,21 @@ class StandbySchedulerService(Service):
         self.core, self.store, self.factory = core, store, factory
         self.switch.lead(factory)
         if self.web_endpoint is not None:
-            from taskmesh.web import WebService
-
-            self.web = WebService(self.reactor, self.web_endpoint, core, self.secrets.client, store)
-            self.web.startService()
+            # The standby's pages make way for the dashboard, on the same address.
+            standby_web = self.web
+            stopped = maybeDeferred(standby_web.stopService) if standby_web is not None else succeed(None)
+            stopped.addBoth(lambda _: self._serve_dashboard(core, store))
         self.log.info("leading: serving on {listen}", listen=self.listen)
         self._announce(f"as the leader, advertised as {self.leadership.advertise}")
+
+    def _serve_dashboard(self, core: Scheduler, store: ITaskStore) -> None:
+        if not self.running or self.core is not core:
+            return  # stopped, or stepped down, while the standby's pages closed
+        from taskmesh.web import WebService
+
+        assert self.web_endpoint is not None
+        self.web = WebService(self.reactor, self.web_endpoint, core, self.secrets.client, store)
+        self.web.startService()
 
     def _step_down(self, reason: str) -> None:
         """Never two leaders: drop every peer and leave, without committing anything more."""

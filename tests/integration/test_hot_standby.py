@@ -10,7 +10,8 @@ Hot standby on a real PostgreSQL (the throwaway cluster of
   cuts the leader's lock session at random);
 - a leader whose lock session is terminated on the server stops serving at
   once (its port closes, it exits with status 75), and the standby takes
-  over.
+  over; its dashboard address answered /health with 503 "standby" until
+  then, and serves the dashboard (200 "serving") from then on.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -32,7 +35,7 @@ from taskmesh.testing import Mesh, Process, child_env, free_port, wait_until
 CHAOS = Path(__file__).resolve().parents[2] / "bench" / "chaos.py"
 
 
-def start(mesh: Mesh, name: str, port: int, url: str) -> Process:
+def start(mesh: Mesh, name: str, port: int, url: str, web: int | None = None) -> Process:
     process = mesh.twistd(
         name,
         "taskmesh-scheduler",
@@ -42,7 +45,7 @@ def start(mesh: Mesh, name: str, port: int, url: str) -> Process:
         url,
         "--hot-standby",
         "--web",
-        "none",
+        "none" if web is None else f"tcp:{web}:interface=127.0.0.1",
         "--heartbeat",
         "1",
     )
@@ -50,16 +53,24 @@ def start(mesh: Mesh, name: str, port: int, url: str) -> Process:
     return process
 
 
-def two_schedulers(mesh: Mesh, url: str) -> tuple[Process, Process, int, int]:
+def two_schedulers(mesh: Mesh, url: str, standby_web: int | None = None) -> tuple[Process, Process, int, int]:
     first, second = mesh.port, free_port()
     leader = start(mesh, "s1", first, url)
     leader.wait_for(r"leading: serving on ")
-    standby = start(mesh, "s2", second, url)
+    standby = start(mesh, "s2", second, url, web=standby_web)
     standby.wait_for(rf"standby: the leader is at 127\.0\.0\.1:{first}\b")
     # Peers get both addresses, the standby's first: they must follow its pointer.
     mesh.address = f"127.0.0.1:{second},127.0.0.1:{first}"
     mesh.scheduler_process = leader
     return leader, standby, first, second
+
+
+def health(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=TIMEOUT) as answer:
+            return answer.status, answer.read().decode().strip()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read().decode().strip()
 
 
 @pytest.mark.integration
@@ -126,7 +137,11 @@ def test_a_leader_whose_lock_session_is_cut_stops_serving_and_the_standby_leads(
     tmp_path: Path, postgres_url: str
 ) -> None:
     with Mesh(tmp_path, store=postgres_url) as mesh:
-        leader, standby, first, _ = two_schedulers(mesh, postgres_url)
+        web = free_port()
+        leader, standby, first, _ = two_schedulers(mesh, postgres_url, standby_web=web)
+        # A probe asking the standby's dashboard address hears "standby", not a refused connection.
+        standby.wait_for(r"standby's /health on .* answers 503 until this scheduler is elected")
+        assert health(web) == (503, "standby: not the leader")
         mesh.workers("w1")
         with psycopg.connect(postgres_url, autocommit=True) as db:
             (cut,) = db.execute(
@@ -147,6 +162,9 @@ def test_a_leader_whose_lock_session_is_cut_stops_serving_and_the_standby_leads(
         with pytest.raises(OSError):  # the deposed leader's port is closed
             socket.create_connection(("127.0.0.1", first), timeout=2).close()
         mesh.scheduler_process = standby
+        # Elected, it serves its dashboard on the same address.
+        standby.wait_for(r"dashboard on http://127\.0\.0\.1:\d+/")
+        assert health(web) == (200, "serving")
         mesh.wait_joined("w1")  # the worker follows by itself
         submitted = mesh.run_submit(HELLO)
         assert submitted.popen.returncode == 0, submitted.describe()

@@ -65,7 +65,8 @@ class Options(Configurable):
             None,
             DEFAULT_WEB,
             "Endpoint of the dashboard, /metrics, /health and /api/ ('none': off). "
-            "Beyond loopback it asks for a token derived from the clients' secret (logged as a link).",
+            "Beyond loopback it asks for a token derived from the clients' secret (logged as a link). "
+            "A hot standby serves only /health there (503 'standby') until it is elected.",
         ],
         [
             "store",
