@@ -11,17 +11,13 @@ import ipaddress
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web.server import Site
 
 from taskmesh.core.scheduler import Scheduler
 from taskmesh.store.interface import ITaskStore
+from taskmesh.web.listening import SiteService
 from taskmesh.web.resources import build_root, token_link, web_token
 from taskmesh.web.view import MeshView
 
@@ -48,10 +44,10 @@ def endpoint_is_loopback(description: str) -> bool:
     return False  # tcp:9002 listens on every interface
 
 
-class WebService(Service):
+class WebService(SiteService):
     """The dashboard, ``/metrics``, ``/health`` and ``/api/`` of one scheduler."""
 
-    log = Logger()
+    what = "dashboard"
 
     def __init__(
         self,
@@ -62,30 +58,23 @@ class WebService(Service):
         store: ITaskStore | None = None,
         connections: Callable[[], dict[str, int]] | None = None,
     ) -> None:
-        self.listen = listen
-        self.reactor = reactor
         self.view = MeshView(core, reactor, store, connections)
         self.token = None if endpoint_is_loopback(listen) else web_token(client_secret)
         root, self.events = build_root(self.view, self.token)
-        self.site = Site(root)
-        self.site.displayTracebacks = False
-        self.endpoint = serverFromString(reactor, listen)
-        self.port: IListeningPort | None = None
+        super().__init__(reactor, listen, root)
         self._loop = LoopingCall(self._tick)
         self._loop.clock = reactor
 
     def startService(self) -> None:
-        super().startService()
         self.view.sample()
         self._loop.start(SAMPLE_INTERVAL, now=False)
-        self.endpoint.listen(self.site).addCallbacks(self._listening, self._failed)
+        super().startService()
 
     def _tick(self) -> None:
         self.view.sample()
         self.events.publish()
 
-    def _listening(self, port: IListeningPort) -> None:
-        self.port = port
+    def listening(self, port: IListeningPort) -> None:
         host = port.getHost()
         address = getattr(host, "host", "")
         shown = f"[{address}]" if ":" in address else address
@@ -101,20 +90,8 @@ class WebService(Service):
         else:
             self.log.info("dashboard on {address}/ (metrics at /metrics)", address=base)
 
-    def _failed(self, failure: Failure) -> None:
-        self.log.error(
-            "dashboard not started: cannot listen on {listen}: {reason}",
-            listen=self.listen,
-            reason=failure.getErrorMessage(),
-        )
-
     def stopService(self) -> Deferred[None]:
-        super().stopService()
         if self._loop.running:
             self._loop.stop()
         self.events.close()
-        port, self.port = self.port, None
-        if port is None:
-            return succeed(None)
-        stopped: Deferred[None] = maybeDeferred(port.stopListening)  # type: ignore[call-overload]
-        return stopped
+        return super().stopService()

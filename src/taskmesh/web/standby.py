@@ -17,15 +17,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
-from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import Request
 
+from taskmesh.web.listening import SiteService
 from taskmesh.web.resources import Guard, web_token
 from taskmesh.web.service import endpoint_is_loopback
 
@@ -79,43 +75,16 @@ def standby_root(leader: Callable[[], str], token: str | None) -> Resource:
     return Guard(_StandbyRoot(leader), token)
 
 
-class StandbyWebService(Service):
-    """The standby's pages on the dashboard's endpoint; a failure to listen is logged, not fatal."""
+class StandbyWebService(SiteService):
+    """The standby's pages on the dashboard's endpoint."""
 
-    log = Logger()
+    what = "standby's /health"
 
     def __init__(self, reactor: Any, listen: str, leader: Callable[[], str], client_secret: bytes) -> None:
-        self.listen = listen
         token = None if endpoint_is_loopback(listen) else web_token(client_secret)
-        self.site = Site(standby_root(leader, token))
-        self.site.displayTracebacks = False
-        self.endpoint = serverFromString(reactor, listen)
-        self.port: IListeningPort | None = None
+        super().__init__(reactor, listen, standby_root(leader, token))
 
-    def startService(self) -> None:
-        super().startService()
-        self.endpoint.listen(self.site).addCallbacks(self._listening, self._failed)
-
-    def _listening(self, port: IListeningPort) -> None:
-        if not self.running:  # stopped (elected) before the port was open
-            port.stopListening()
-            return
-        self.port = port
+    def listening(self, port: IListeningPort) -> None:
         self.log.info(
             "standby's /health on {listen} answers 503 until this scheduler is elected", listen=self.listen
         )
-
-    def _failed(self, failure: Failure) -> None:
-        self.log.error(
-            "standby's /health not served: cannot listen on {listen}: {reason}",
-            listen=self.listen,
-            reason=failure.getErrorMessage(),
-        )
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        port, self.port = self.port, None
-        if port is None:
-            return succeed(None)
-        stopped: Deferred[None] = maybeDeferred(port.stopListening)  # type: ignore[call-overload]
-        return stopped

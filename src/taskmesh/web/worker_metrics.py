@@ -18,17 +18,12 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
-from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Site
 
 from taskmesh._version import __version__
 from taskmesh.net.worker_protocol import WorkerFactory
+from taskmesh.web.listening import SiteService
 
 
 class WorkerCollector(Collector):
@@ -92,46 +87,22 @@ def worker_registry(factory: WorkerFactory) -> CollectorRegistry:
     return registry
 
 
-class WorkerMetricsService(Service):
+class WorkerMetricsService(SiteService):
     """``/metrics`` of one worker on its own endpoint; one that cannot listen is logged and left off."""
 
-    log = Logger()
+    what = "worker metrics"
 
     def __init__(self, reactor: Any, listen: str, factory: WorkerFactory) -> None:
         from prometheus_client.twisted import MetricsResource
 
-        self.listen = listen
         root = Resource()
         root.putChild(b"metrics", MetricsResource(worker_registry(factory)))
-        self.site = Site(root)
-        self.site.displayTracebacks = False
-        self.endpoint = serverFromString(reactor, listen)
-        self.port: IListeningPort | None = None
+        super().__init__(reactor, listen, root)
 
-    def startService(self) -> None:
-        super().startService()
-        self.endpoint.listen(self.site).addCallbacks(self._listening, self._failed)
-
-    def _listening(self, port: IListeningPort) -> None:
-        self.port = port
+    def listening(self, port: IListeningPort) -> None:
         host = port.getHost()
         self.log.info(
             "worker metrics on http://{host}:{port}/metrics",
             host=getattr(host, "host", ""),
             port=getattr(host, "port", ""),
         )
-
-    def _failed(self, failure: Failure) -> None:
-        self.log.error(
-            "worker metrics not started: cannot listen on {listen}: {reason}",
-            listen=self.listen,
-            reason=failure.getErrorMessage(),
-        )
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        port, self.port = self.port, None
-        if port is None:
-            return succeed(None)
-        stopped: Deferred[None] = maybeDeferred(port.stopListening)  # type: ignore[call-overload]
-        return stopped
