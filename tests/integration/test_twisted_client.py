@@ -14,7 +14,7 @@ import pytest
 import pytest_twisted
 import sample_tasks
 from conftest import Mesh, bounded
-from twisted.internet import reactor
+from twisted.internet import reactor, threads
 from twisted.internet.defer import Deferred
 
 import taskmesh
@@ -92,7 +92,8 @@ async def test_reconnect_survives_a_scheduler_restart(mesh: Mesh) -> None:
         handle = client.submit(sample_tasks.gated, str(gate), 2)
         await bounded(handle.id())
         first.kill()
-        mesh.scheduler("scheduler2")  # the same port and store
+        # The same port and store; started from a thread, so the reactor (and the client) runs meanwhile.
+        await bounded(threads.deferToThread(mesh.scheduler, "scheduler2"))
         gate.touch()
         assert await bounded(handle) == "through"
         assert await bounded(client.submit(sample_tasks.add, 1, 1)) == 2
@@ -115,7 +116,8 @@ async def test_submissions_not_accepted_when_the_scheduler_went_away_are_sent_ag
         handles = [client.submit(sample_tasks.add, i, 10) for i in range(20)]
         again = client.submit(keyed, 1, 2)
         enqueued = client.enqueue(sample_tasks.add, 5, 5)
-        mesh.scheduler("scheduler2")  # the same port and store
+        # The same port and store; started from a thread, so the reactor (and the client) runs meanwhile.
+        await bounded(threads.deferToThread(mesh.scheduler, "scheduler2"))
         assert [await bounded(handle) for handle in handles] == [i + 10 for i in range(20)]
         assert await bounded(again) == 3
         assert await bounded(client.result(await bounded(enqueued), json=True)) == 10
