@@ -56,6 +56,39 @@ def blocking(address: str, folder: Path) -> dict[str, Any]:
     return seen
 
 
+def blocking_fork(address: str, folder: Path) -> dict[str, Any]:
+    """
+    A process forks after its client started (gunicorn's --preload, say):
+    the child is told why it cannot use it, at once; the parent's client
+    works on.
+    """
+    import os
+
+    seen: dict[str, Any] = {}
+    client = taskmesh.connect(address, wait_timeout=WAIT)
+    seen["before"] = client.submit(sample_tasks.add, 1, 2)
+    pid = os.fork()
+    if pid == 0:  # the child: report through its exit status (0: refused as it should be)
+        try:
+            client.submit(sample_tasks.add, 2, 2)
+        except RuntimeError as e:
+            ok = "was forked from pid" in str(e) and "call taskmesh.connect() in the child" in str(e)
+        else:
+            ok = False
+        try:
+            taskmesh.connect(address, timeout=5)
+        except RuntimeError as e:
+            ok = ok and "was forked from pid" in str(e)
+        else:
+            ok = False
+        client.close()  # quietly nothing: the connection is the parent's
+        os._exit(0 if ok else 1)
+    seen["child_exit"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    seen["after"] = client.submit(sample_tasks.add, 3, 4)
+    client.close()
+    return seen
+
+
 def blocking_restart(address: str, folder: Path) -> dict[str, Any]:
     """Submit a gated task, let the test restart the scheduler under it, get its result."""
     client = taskmesh.connect(address, wait_timeout=WAIT, reconnect=True)
@@ -220,6 +253,8 @@ def main() -> None:
         seen = blocking(address, folder)
     elif kind == "blocking-backpressure":
         seen = blocking_backpressure(address, folder)
+    elif kind == "blocking-fork":
+        seen = blocking_fork(address, folder)
     elif kind == "blocking-restart":
         seen = blocking_restart(address, folder)
     elif kind == "aio":

@@ -3,7 +3,8 @@ The blocking and asyncio clients against real scheduler and worker
 processes, each in a process of its own (``client_scripts.py``): submit,
 enqueue, result by id, cancel, status, a map in order, bounded waits, many
 threads at once (blocking), a scheduler restart survived with reconnect on,
-a clean exit with no thread left, and no Twisted reactor in the asyncio one.
+a clean exit with no thread left, a forked child told why it cannot use its
+parent's blocking client, and no Twisted reactor in the asyncio one.
 """
 
 from __future__ import annotations
@@ -50,6 +51,14 @@ def test_the_blocking_client_against_real_processes(mesh: Mesh) -> None:
     assert seen["threads"] == [i + 1 for i in range(200)]  # 16 threads at once
     assert seen["pipelined"] == sum(2 * i for i in range(1000))
     assert seen["threads_left"] == ["MainThread"]
+
+
+@pytest.mark.integration
+def test_a_forked_child_is_told_it_cannot_use_its_parent_s_blocking_client(mesh: Mesh) -> None:
+    mesh.scheduler()
+    mesh.workers("w1", **TASKS)
+    seen = run_script(mesh, "blocking-fork")
+    assert seen == {"before": 3, "child_exit": 0, "after": 7}
 
 
 @pytest.mark.integration

@@ -20,6 +20,11 @@ Every method may be called from any thread.  Every wait is bounded: by
 given to ``connect`` (60 s by default; None waits forever).  A timed-out
 wait raises TimeoutError; the task itself goes on.
 
+A process forked after its client started (gunicorn's ``--preload``,
+``multiprocessing`` with fork) cannot use it in the child: the reactor
+thread is not there and its sockets are the parent's.  Every call there
+raises RuntimeError saying so; connect in the child instead.
+
 Pipelining: ``start(...)`` submits without waiting and returns a ``Handle``
 (``.result(timeout)``, ``.task_id``): start many, then gather, and each task
 costs no thread round trip of its own.  Calls from user threads are handed
@@ -30,6 +35,7 @@ call).
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -66,6 +72,8 @@ class _ReactorThread:
         self._scheduled = False
         self._thread: threading.Thread | None = None
         self._stopped = False
+        #: Why calls are refused from now on (None: they are not).
+        self._refusal: str | None = None
 
     def start(self) -> None:
         if self.reactor.running:
@@ -101,8 +109,8 @@ class _ReactorThread:
         self._post(function, args, None)
 
     def _post(self, function: Callable[..., Any], args: tuple[Any, ...], future: Future[Any] | None) -> None:
-        if self._stopped:
-            raise RuntimeError("the taskmesh reactor thread has stopped (the interpreter is exiting)")
+        if self._refusal is not None:
+            raise RuntimeError(self._refusal)
         self._calls.append((function, args, future))
         if not self._scheduled:
             self._scheduled = True
@@ -129,11 +137,26 @@ class _ReactorThread:
             else:
                 future.set_result(result)
 
+    def forked(self, parent: int) -> None:
+        """
+        In a child process forked from one where this thread ran: the
+        thread is not here (fork copies only the forking thread), and the
+        reactor's epoll and sockets are the parent's, shared: using them
+        would hang, or steal the parent's answers.  Refuse, saying why.
+        """
+        self._stopped = True
+        self._refusal = (
+            f"this process was forked from pid {parent} after its taskmesh client had started; "
+            "a forked child cannot use its parent's connection: call taskmesh.connect() in the "
+            "child (e.g. in a post-fork hook, or without the server's preload option)"
+        )
+
     def stop(self) -> None:
         """Stop the reactor (it closes its connections and thread pool) and wait for its thread."""
         if self._stopped or self._thread is None:
             return
         self._stopped = True
+        self._refusal = "the taskmesh reactor thread has stopped (shutdown(), or the interpreter is exiting)"
         if self.reactor.running:
             self.reactor.callFromThread(self.reactor.stop)
         self._thread.join(STOP_TIMEOUT)
@@ -168,10 +191,22 @@ _lock = threading.Lock()
 _thread: _ReactorThread | None = None
 
 
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # a fork while another thread held it would leave it held forever
+    if _thread is not None:
+        _thread.forked(os.getppid())
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def reactor_thread() -> _ReactorThread:
-    """The process's reactor thread, started on first use."""
+    """The process's reactor thread, started on first use (in a forked child: refused, saying why)."""
     global _thread
     with _lock:
+        if _thread is not None and _thread._refusal is not None:
+            raise RuntimeError(_thread._refusal)
         if _thread is None:
             thread = _ReactorThread()
             thread.start()
