@@ -2,10 +2,11 @@
 The PostgreSQL store: tasks and outcomes in a database server, for a
 scheduler whose store must outlive its machine (``--store postgresql://...``).
 
-The tables are SQLite's (store/sqlite.py), column for column, so that what
-is ported between the two stays a translation.  A commit is durable when
-PostgreSQL says so: with the server's defaults (``fsync``,
-``synchronous_commit=on``) that is on the server's disk.
+The tables are SQLite's, column for column, both written once in
+store/schema.py, so that what is ported between the two stays a
+translation.  A commit is durable when PostgreSQL says so: with the
+server's defaults (``fsync``, ``synchronous_commit=on``) that is on the
+server's disk.
 
 Group commit off the reactor thread (``IBackgroundCommit``): the core hands
 each group of writes to ``begin_commit``, which moves the buffers into a
@@ -81,60 +82,14 @@ from taskmesh.store.rows import (
     stored_with_state,
     task_row,
 )
+from taskmesh.store.schema import DUE_INDEX, POSTGRESQL, migrations, schema
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
-    id             bigint           PRIMARY KEY,
-    type           text             NOT NULL,
-    payload        bytea            NOT NULL,
-    submitted_at   double precision NOT NULL,
-    priority       integer          NOT NULL DEFAULT 0,
-    key            text             UNIQUE,
-    timeout        double precision,
-    max_attempts   integer          NOT NULL,
-    retry_on_error boolean          NOT NULL DEFAULT false,
-    attempts       integer          NOT NULL DEFAULT 0,
-    losses         integer          NOT NULL DEFAULT 0,
-    state          smallint         NOT NULL DEFAULT 0,
-    result         bytea,
-    finished_at    double precision
-);
-CREATE INDEX IF NOT EXISTS tasks_unfinished ON tasks (id) WHERE finished_at IS NULL;
-CREATE INDEX IF NOT EXISTS tasks_finished_at ON tasks (finished_at) WHERE finished_at IS NOT NULL;
--- The next task id, kept apart from the tasks: pruning old rows must never
--- let an id be handed out twice.
-CREATE TABLE IF NOT EXISTS counters (name text PRIMARY KEY, value bigint NOT NULL);
--- Periodic schedules (see ScheduleRecord), one row each, by name.
-CREATE TABLE IF NOT EXISTS schedules (
-    name           text             PRIMARY KEY,
-    cron           text,
-    every          double precision,
-    tz             text             NOT NULL,
-    type           text             NOT NULL,
-    payload        bytea            NOT NULL,
-    priority       integer          NOT NULL,
-    timeout        double precision,
-    max_attempts   integer          NOT NULL,
-    retry_on_error boolean          NOT NULL,
-    catch_up       boolean          NOT NULL,
-    paused         boolean          NOT NULL,
-    next_due       double precision NOT NULL,
-    last_due       double precision,
-    last_task      bigint,
-    source         text             NOT NULL
-);
-"""
-
-#: What a database made before delayed tasks lacks, added at open: (table,
-#: column, statement).  Looked up in the catalog first, so that a database
-#: already migrated takes no ACCESS EXCLUSIVE lock (which would wait on
-#: every reader, a standby's included) at each start.
-MIGRATIONS = (("tasks", "due_at", "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS due_at double precision"),)
-#: Indexes on migrated columns, made after the migrations.
-DUE_INDEX = (
-    "CREATE INDEX IF NOT EXISTS tasks_due ON tasks (due_at, id)"
-    " WHERE finished_at IS NULL AND due_at IS NOT NULL"
-)
+#: The tables and indexes (store/schema.py: written once for both SQL stores).
+SCHEMA = schema(POSTGRESQL)
+#: What a store made before delayed tasks lacks: (table, column, statement),
+#: added at open after a look at the catalog (so that an older database is
+#: migrated in place, once, and a migrated one takes no lock for it).
+MIGRATIONS = migrations(POSTGRESQL)
 # Create or replace, as SQLite's INSERT OR REPLACE: idempotent, so a batch
 # written again after a lost answer to its COMMIT is no problem either.
 _SAVE_SCHEDULE = (

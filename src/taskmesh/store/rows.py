@@ -3,7 +3,7 @@ The SQL stores' shared row layout: the columns the SQLite and PostgreSQL
 stores read and write, in one order, and the conversions between their rows
 and the store's records.
 
-The two stores' tables are the same column for column (see store/postgres.py),
+The two stores' tables are the same column for column (store/schema.py),
 so what a row means is written once, here; what differs between the two
 dialects stays in each store: placeholders (``?`` and ``%s``), how a flag is
 written (an integer for SQLite, a boolean for PostgreSQL), BLOB and BYTEA,

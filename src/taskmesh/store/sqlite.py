@@ -87,58 +87,14 @@ from taskmesh.store.rows import (
     stored_with_state,
     task_row,
 )
+from taskmesh.store.schema import DUE_INDEX, SQLITE, migrations, schema
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
-    id             INTEGER PRIMARY KEY,
-    type           TEXT    NOT NULL,
-    payload        BLOB    NOT NULL,
-    submitted_at   REAL    NOT NULL,
-    priority       INTEGER NOT NULL DEFAULT 0,
-    key            TEXT    UNIQUE,
-    timeout        REAL,
-    max_attempts   INTEGER NOT NULL,
-    retry_on_error INTEGER NOT NULL DEFAULT 0,
-    attempts       INTEGER NOT NULL DEFAULT 0,
-    losses         INTEGER NOT NULL DEFAULT 0,
-    state          INTEGER NOT NULL DEFAULT 0,
-    result         BLOB,
-    finished_at    REAL
-);
-CREATE INDEX IF NOT EXISTS tasks_unfinished ON tasks (id) WHERE finished_at IS NULL;
-CREATE INDEX IF NOT EXISTS tasks_finished_at ON tasks (finished_at) WHERE finished_at IS NOT NULL;
--- The next task id, kept apart from the tasks: pruning old rows must never
--- let an id be handed out twice.
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
--- Periodic schedules (see ScheduleRecord), one row each, by name.
-CREATE TABLE IF NOT EXISTS schedules (
-    name           TEXT    PRIMARY KEY,
-    cron           TEXT,
-    every          REAL,
-    tz             TEXT    NOT NULL,
-    type           TEXT    NOT NULL,
-    payload        BLOB    NOT NULL,
-    priority       INTEGER NOT NULL,
-    timeout        REAL,
-    max_attempts   INTEGER NOT NULL,
-    retry_on_error INTEGER NOT NULL,
-    catch_up       INTEGER NOT NULL,
-    paused         INTEGER NOT NULL,
-    next_due       REAL    NOT NULL,
-    last_due       REAL,
-    last_task      INTEGER,
-    source         TEXT    NOT NULL
-);
-"""
-
-#: What a store made before delayed tasks lacks: added at open (guarded, so
-#: an older file is migrated in place, once).
-MIGRATIONS = (("tasks", "due_at", "ALTER TABLE tasks ADD COLUMN due_at REAL"),)
-#: Indexes on migrated columns, made after the migrations.
-DUE_INDEX = (
-    "CREATE INDEX IF NOT EXISTS tasks_due ON tasks (due_at, id)"
-    " WHERE finished_at IS NULL AND due_at IS NOT NULL"
-)
+#: The tables and indexes (store/schema.py: written once for both SQL stores).
+SCHEMA = schema(SQLITE)
+#: What a store made before delayed tasks lacks: (table, column, statement),
+#: added at open after a look at the catalog (so that an older database is
+#: migrated in place, once, and a migrated one takes no lock for it).
+MIGRATIONS = migrations(SQLITE)
 _SAVE_SCHEDULE = (
     f"INSERT OR REPLACE INTO schedules ({SCHEDULE_COLUMNS})"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
