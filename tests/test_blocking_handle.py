@@ -21,10 +21,15 @@ from taskmesh.errors import SchedulerGone, TaskFailed
 BOUND = 10.0
 
 
+class _Thread:
+    forked = False
+
+
 class _Client:
-    """What a Handle reads of its client: the default bound of a wait."""
+    """What a Handle reads of its client: the default bound of a wait, and whether it forked."""
 
     wait_timeout: float | None = BOUND
+    _thread = _Thread()
 
 
 def handle() -> Handle:

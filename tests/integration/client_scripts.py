@@ -67,12 +67,21 @@ def blocking_fork(address: str, folder: Path) -> dict[str, Any]:
     seen: dict[str, Any] = {}
     client = taskmesh.connect(address, wait_timeout=WAIT)
     seen["before"] = client.submit(sample_tasks.add, 1, 2)
+    gate = folder / "gate-fork"
+    pending = client.start(sample_tasks.gated, str(gate), 2)  # unanswered when it forks
+    seen["accepted"] = pending.task_id > 0  # accepted before the fork
     pid = os.fork()
     if pid == 0:  # the child: report through its exit status (0: refused as it should be)
         try:
             client.submit(sample_tasks.add, 2, 2)
         except RuntimeError as e:
             ok = "was forked from pid" in str(e) and "call taskmesh.connect() in the child" in str(e)
+        else:
+            ok = False
+        try:
+            pending.result(timeout=30)  # at once, not after 30 s: its answer goes to the parent
+        except RuntimeError as e:
+            ok = ok and "was forked from pid" in str(e)
         else:
             ok = False
         try:
@@ -85,6 +94,8 @@ def blocking_fork(address: str, folder: Path) -> dict[str, Any]:
         os._exit(0 if ok else 1)
     seen["child_exit"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     seen["after"] = client.submit(sample_tasks.add, 3, 4)
+    gate.touch()
+    seen["pending"] = pending.result()
     client.close()
     return seen
 

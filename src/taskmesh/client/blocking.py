@@ -74,6 +74,8 @@ class _ReactorThread:
         self._stopped = False
         #: Why calls are refused from now on (None: they are not).
         self._refusal: str | None = None
+        #: Whether this is a child forked from the process whose thread this was.
+        self.forked = False
 
     def start(self) -> None:
         if self.reactor.running:
@@ -137,14 +139,14 @@ class _ReactorThread:
             else:
                 future.set_result(result)
 
-    def forked(self, parent: int) -> None:
+    def refuse_after_fork(self, parent: int) -> None:
         """
         In a child process forked from one where this thread ran: the
         thread is not here (fork copies only the forking thread), and the
         reactor's epoll and sockets are the parent's, shared: using them
         would hang, or steal the parent's answers.  Refuse, saying why.
         """
-        self._stopped = True
+        self._stopped = self.forked = True
         self._refusal = (
             f"this process was forked from pid {parent} after its taskmesh client had started; "
             "a forked child cannot use its parent's connection: call taskmesh.connect() in the "
@@ -192,10 +194,11 @@ _thread: _ReactorThread | None = None
 
 
 def _after_fork_in_child() -> None:
-    global _lock
-    _lock = threading.Lock()  # a fork while another thread held it would leave it held forever
+    global _lock, _handoff
+    # A fork while another thread held one would leave it held forever.
+    _lock, _handoff = threading.Lock(), threading.Lock()
     if _thread is not None:
-        _thread.forked(os.getppid())
+        _thread.refuse_after_fork(os.getppid())
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -261,6 +264,8 @@ class Handle:
         """The task's result; waits at most ``timeout`` seconds (default: the client's wait_timeout)."""
         outcome = self._outcome
         if outcome is None:
+            if self._client._thread.forked:  # never to be answered here: the parent's
+                raise RuntimeError(self._client._thread._refusal)
             with _handoff:
                 outcome = self._outcome
                 if outcome is None and self._event is None:
