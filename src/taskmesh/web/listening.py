@@ -3,6 +3,13 @@ An HTTP site on an endpoint of its own, beside a scheduler or a worker: the
 dashboard, a standby's /health, a worker's /metrics.  Serving it is never
 worth the process: a site that cannot listen is logged and left off, and
 the scheduler or worker serves on without it.
+
+Its peers are bounded as the taskmesh port's are: twisted.web's limits on a
+request's lines and headers, its idle timeout (a minute), and here at most
+``max_connections`` open at once (``DEFAULT_MAX_WEB_CONNECTIONS``), beyond
+which a connection is closed as it arrives.  Without that bound, anyone who
+reaches the address (``/health`` needs no token) could hold open every
+descriptor the process has, and with them the scheduler's own port.
 """
 
 from __future__ import annotations
@@ -14,9 +21,41 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+
+#: Connections a site serves at once, at the most.
+DEFAULT_MAX_WEB_CONNECTIONS = 1000
+
+
+class BoundedConnections(WrappingFactory):
+    """A factory's connections, at most ``limit`` open at once; one more is closed at once."""
+
+    log = Logger()
+
+    def __init__(self, wrapped: Any, limit: int, what: str) -> None:
+        super().__init__(wrapped)
+        self.limit = limit
+        self.what = what
+        #: Connections closed on arrival because ``limit`` were open.
+        self.refused = 0
+
+    # None refuses the connection (IProtocolFactory says so), which WrappingFactory's type omits.
+    def buildProtocol(self, addr: Any) -> ProtocolWrapper | None:  # type: ignore[override]
+        if len(self.protocols) >= self.limit:
+            self.refused += 1
+            if self.refused == 1 or self.refused % 1000 == 0:  # a flood is logged, not amplified
+                self.log.warn(
+                    "{what}: {limit} connections are open, the most it serves; closing new ones "
+                    "({refused} so far)",
+                    what=self.what,
+                    limit=self.limit,
+                    refused=self.refused,
+                )
+            return None
+        return super().buildProtocol(addr)
 
 
 class SiteService(Service):
@@ -26,16 +65,23 @@ class SiteService(Service):
     #: What the site is, for the line logged when it cannot listen.
     what = "web site"
 
-    def __init__(self, reactor: Any, listen: str, root: Resource) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        listen: str,
+        root: Resource,
+        max_connections: int = DEFAULT_MAX_WEB_CONNECTIONS,
+    ) -> None:
         self.listen = listen
         self.site = Site(root)
         self.site.displayTracebacks = False
+        self.factory = BoundedConnections(self.site, max_connections, self.what)
         self.endpoint = serverFromString(reactor, listen)
         self.port: IListeningPort | None = None
 
     def startService(self) -> None:
         super().startService()
-        self.endpoint.listen(self.site).addCallbacks(self._listening, self._failed)
+        self.endpoint.listen(self.factory).addCallbacks(self._listening, self._failed)
 
     def _listening(self, port: IListeningPort) -> None:
         if not self.running:  # stopped before the port was open
