@@ -67,6 +67,14 @@ def test_a_failure_is_raised_as_its_exception_whether_a_failure_or_an_exception(
         as_exception.result()
 
 
+def test_a_failure_given_to_callback_is_a_failure_as_for_a_deferred() -> None:
+    """The reconnect path may call back with a Failure (a result fetched again by id that failed)."""
+    fetched = handle()
+    fetched.callback(Failure(TaskFailed("failed on the worker")))
+    with pytest.raises(TaskFailed, match="failed on the worker"):
+        fetched.result()
+
+
 def test_it_fires_at_most_once() -> None:
     once = handle()
     once.callback(1)

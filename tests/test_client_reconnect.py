@@ -119,3 +119,38 @@ def test_without_a_timeout_it_keeps_trying() -> None:
     assert waiting == [] and len(attempts) > 10
     client.close()
     assert isinstance(waiting[0], Failure) and waiting[0].check(SchedulerGone)
+
+
+def test_a_blocking_handle_re_attached_after_a_drop_raises_its_task_s_failure() -> None:
+    """The blocking client's Handle takes the reconnect path too: a task that failed meanwhile raises."""
+    from taskmesh.client.blocking import Handle
+    from taskmesh.errors import TaskFailed
+
+    class Bounds:
+        wait_timeout = 0.0
+
+        class _thread:  # noqa: N801  (what a Handle reads of its client's thread)
+            forked = False
+
+    clock = Clock()
+    first, sent_first = welcomed(clock)
+    second, sent_second = welcomed(clock)
+    client = Client(first, reactor=clock, reconnect=lambda: succeed(second), reconnect_timeout=5)
+    answer = Handle(Bounds())  # type: ignore[arg-type]
+    client.submit_into(answer, ("sha256", b"x", wire.DEFAULT_OPTIONS, None))
+    clock.advance(0)
+    (submit,) = frames(sent_first.value())
+    assert isinstance(submit, wire.Submit)
+    first.dataReceived(frame(wire.Accepted([(submit.records[0][0], 41, 0)])))
+    assert answer.accepted_id == 41
+    drop(first)
+    clock.advance(1)
+    assert any(isinstance(message, wire.Query) for message in frames(sent_second.value()))
+    second.dataReceived(frame(wire.Results([(41, wire.STATUS_FAILED, b"ValueError: boom")])))
+    assert answer.done()
+    try:
+        answer.result(0)
+    except TaskFailed as e:
+        assert "boom" in str(e)
+    else:
+        raise AssertionError("a failed task's handle returned instead of raising")

@@ -80,3 +80,43 @@ async def test_a_site_serves_at_most_its_connections_and_closes_the_next() -> No
         "again": b"HTTP/1.0 503 Service Unavailable",
     }
     assert service.factory.refused >= 1
+
+
+def kept_alive(port: int, answered: object, stopped: object) -> dict[str, object]:
+    """A keep-alive connection is served, then (once the site stops) closed, not served on."""
+    import threading
+
+    assert isinstance(answered, threading.Event) and isinstance(stopped, threading.Event)
+    connection = socket.create_connection(("127.0.0.1", port), timeout=BOUND)
+    connection.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = b""
+    while b"not the leader\n" not in answer:
+        chunk = connection.recv(65536)
+        if not chunk:
+            break
+        answer += chunk
+    seen: dict[str, object] = {"first": answer.split(b"\r\n", 1)[0]}
+    answered.set()
+    stopped.wait(BOUND)
+    seen["after_stop"] = connection.recv(1)  # b"": the site closed it
+    connection.close()
+    return seen
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_a_site_closes_its_kept_alive_connections() -> None:
+    """So that once a standby is elected, a prober's kept-alive connection is not told 'standby' forever."""
+    import threading
+
+    root = Resource()
+    root.putChild(b"health", StandbyHealth())
+    service = SiteService(reactor, "tcp:0:interface=127.0.0.1", root)
+    service.startService()
+    assert service.port is not None
+    answered, stopped = threading.Event(), threading.Event()
+    running = deferToThread(kept_alive, service.port.getHost().port, answered, stopped)
+    assert await deferToThread(answered.wait, BOUND)
+    await service.stopService()
+    stopped.set()
+    seen = await running
+    assert seen == {"first": b"HTTP/1.1 503 Service Unavailable", "after_stop": b""}

@@ -564,14 +564,6 @@ class StandbySchedulerService(Service):
         self.endpoint.listen(self.listening_factory).addCallbacks(self._listening, failures.append)
         if failures:
             failures[0].raiseException()
-        if self.web_endpoint is not None:
-            from taskmesh.web.standby import StandbyWebService
-
-            # Until elected: /health answers 503 "standby" on the dashboard's address.
-            self.web = StandbyWebService(
-                self.reactor, self.web_endpoint, lambda: self.leadership.leader, self.secrets.client
-            )
-            self.web.startService()
         self.election.start(self.reactor)
         self.leadership.start()
 
@@ -599,6 +591,16 @@ class StandbySchedulerService(Service):
 
     def _standby(self, leader: str) -> None:
         self._announce(f"as a hot standby; the leader is at {leader or '(none yet)'}")
+        if self.web_endpoint is not None and self.web is None and self.core is None and self.running:
+            # Once known to be a standby (not at start, where it would race
+            # an elected neighbour on the same host for the address): until
+            # elected, /health answers 503 "standby" on the dashboard's address.
+            from taskmesh.web.standby import StandbyWebService
+
+            self.web = StandbyWebService(
+                self.reactor, self.web_endpoint, lambda: self.leadership.leader, self.secrets.client
+            )
+            self.web.startService()
 
     def _lead(self) -> None:
         """Elected: open the store under our term, recover, serve."""

@@ -75,7 +75,7 @@ def blocking_fork(address: str, folder: Path) -> dict[str, Any]:
         try:
             client.submit(sample_tasks.add, 2, 2)
         except RuntimeError as e:
-            ok = "was forked from pid" in str(e) and "call taskmesh.connect() in the child" in str(e)
+            ok = "was forked from pid" in str(e) and "connect only after forking" in str(e)
         else:
             ok = False
         try:

@@ -22,8 +22,11 @@ wait raises TimeoutError; the task itself goes on.
 
 A process forked after its client started (gunicorn's ``--preload``,
 ``multiprocessing`` with fork) cannot use it in the child: the reactor
-thread is not there and its sockets are the parent's.  Every call there
-raises RuntimeError saying so; connect in the child instead.
+thread is not there, and the reactor and its sockets are the parent's (a
+Twisted reactor cannot be started twice, so the child cannot connect
+either).  Every call there raises RuntimeError saying so.  Connect after
+the fork instead: lazily, on first use in each worker process, not at
+import time in a preloading parent.
 
 Pipelining: ``start(...)`` submits without waiting and returns a ``Handle``
 (``.result(timeout)``, ``.task_id``): start many, then gather, and each task
@@ -149,8 +152,9 @@ class _ReactorThread:
         self._stopped = self.forked = True
         self._refusal = (
             f"this process was forked from pid {parent} after its taskmesh client had started; "
-            "a forked child cannot use its parent's connection: call taskmesh.connect() in the "
-            "child (e.g. in a post-fork hook, or without the server's preload option)"
+            "a forked child can neither use its parent's connection nor start its own: connect "
+            "only after forking (lazily, on first use in each worker process; not at import time "
+            "in a parent that preloads)"
         )
 
     def stop(self) -> None:
@@ -306,7 +310,11 @@ class Handle:
             waiting.callback(task_id)
 
     def callback(self, result: Any) -> None:
-        self._finish((True, result))
+        # As a Deferred does: a Failure given to callback is a failure.
+        if isinstance(result, Failure):
+            self._finish((False, result.value))
+        else:
+            self._finish((True, result))
 
     def errback(self, fail: Any = None) -> None:
         self._finish((False, fail.value if isinstance(fail, Failure) else fail))

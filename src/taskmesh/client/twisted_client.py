@@ -469,7 +469,11 @@ class Client:
             return value if decode is None else decode(value)
 
         def fire(result: Any) -> None:
-            if not handle.called:
+            if handle.called:
+                return
+            if isinstance(result, Failure):
+                handle.errback(result)  # a Deferred would take it either way; a blocking Handle not
+            else:
                 handle.callback(result)
 
         Deferred.fromCoroutine(fetch()).addBoth(fire)

@@ -66,7 +66,7 @@ class Options(Configurable):
             DEFAULT_WEB,
             "Endpoint of the dashboard, /metrics, /health and /api/ ('none': off). "
             "Beyond loopback it asks for a token derived from the clients' secret (logged as a link). "
-            "A hot standby serves only /health there (503 'standby') until it is elected.",
+            "A hot standby answers there with 503 until it is elected (/health: 'standby').",
         ],
         [
             "store",

@@ -19,6 +19,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -94,15 +95,26 @@ class SiteService(Service):
         """The site is up: say where (each site its own line)."""
 
     def _failed(self, failure: Failure) -> None:
+        hint = ""
+        if failure.check(CannotListenError) and "in use" in failure.getErrorMessage():
+            hint = " (schedulers on one host each need their own --web address, as their own --listen)"
         self.log.error(
-            "{what} not started: cannot listen on {listen}: {reason}",
+            "{what} not started: cannot listen on {listen}: {reason}{hint}",
             what=self.what,
             listen=self.listen,
             reason=failure.getErrorMessage(),
+            hint=hint,
         )
 
     def stopService(self) -> Deferred[None]:
+        """
+        Stop listening and close the connections it has open: a kept-alive
+        one must not go on being served by this site (a standby's 503, once
+        the dashboard has taken the address over).
+        """
         super().stopService()
+        for wrapper in list(self.factory.protocols):
+            wrapper.transport.loseConnection()
         port, self.port = self.port, None
         if port is None:
             return succeed(None)
