@@ -74,8 +74,7 @@ class _ReactorThread:
         self._calls: deque[tuple[Callable[..., Any], tuple[Any, ...], Future[Any] | None]] = deque()
         self._scheduled = False
         self._thread: threading.Thread | None = None
-        self._stopped = False
-        #: Why calls are refused from now on (None: they are not).
+        #: Why calls are refused from now on (None: they are not): stopped, or forked.
         self._refusal: str | None = None
         #: Whether this is a child forked from the process whose thread this was.
         self.forked = False
@@ -113,6 +112,10 @@ class _ReactorThread:
         """``call`` for a function that reports by itself: no Future (the pipelined hot path)."""
         self._post(function, args, None)
 
+    @property
+    def stopped(self) -> bool:
+        return self._refusal is not None
+
     def _post(self, function: Callable[..., Any], args: tuple[Any, ...], future: Future[Any] | None) -> None:
         if self._refusal is not None:
             raise RuntimeError(self._refusal)
@@ -149,7 +152,7 @@ class _ReactorThread:
         reactor's epoll and sockets are the parent's, shared: using them
         would hang, or steal the parent's answers.  Refuse, saying why.
         """
-        self._stopped = self.forked = True
+        self.forked = True
         self._refusal = (
             f"this process was forked from pid {parent} after its taskmesh client had started; "
             "a forked child can neither use its parent's connection nor start its own: connect "
@@ -159,9 +162,8 @@ class _ReactorThread:
 
     def stop(self) -> None:
         """Stop the reactor (it closes its connections and thread pool) and wait for its thread."""
-        if self._stopped or self._thread is None:
+        if self.stopped or self._thread is None:
             return
-        self._stopped = True
         self._refusal = "the taskmesh reactor thread has stopped (shutdown(), or the interpreter is exiting)"
         if self.reactor.running:
             self.reactor.callFromThread(self.reactor.stop)
@@ -272,12 +274,11 @@ class Handle:
                 raise RuntimeError(self._client._thread._refusal)
             with _handoff:
                 outcome = self._outcome
-                if outcome is None and self._event is None:
-                    self._event = threading.Event()
-                event = self._event
+                if outcome is None:
+                    event = self._event = self._event or threading.Event()
             if outcome is None:
                 seconds = self._client.wait_timeout if timeout == -1.0 else timeout
-                if event is None or not event.wait(seconds):
+                if not event.wait(seconds):
                     raise TimeoutError(f"no answer within {seconds:g} s")
                 outcome = self._outcome
         assert outcome is not None
@@ -310,9 +311,8 @@ class Handle:
             waiting.callback(task_id)
 
     def callback(self, result: Any) -> None:
-        # As a Deferred does: a Failure given to callback is a failure.
-        if isinstance(result, Failure):
-            self._finish((False, result.value))
+        if isinstance(result, Failure):  # as for a Deferred: a failure all the same
+            self.errback(result)
         else:
             self._finish((True, result))
 
@@ -328,10 +328,8 @@ class Handle:
         if event is not None:
             event.set()
         waiters, self._id_waiters = self._id_waiters, None
-        if waiters:
-            never = outcome[1] if not outcome[0] else SchedulerGone("the task was never accepted")
-            for waiting in waiters:
-                waiting.errback(never)
+        for waiting in waiters or ():
+            waiting.errback(_no_id(outcome))
 
     def _id(self) -> Any:
         """On the reactor thread: the id, or a Deferred of it (calls run in order: after the submission)."""
@@ -339,12 +337,18 @@ class Handle:
             return self.accepted_id
         outcome = self._outcome
         if outcome is not None:
-            raise outcome[1] if not outcome[0] else SchedulerGone("the task was never accepted")
+            raise _no_id(outcome)
         waiting: Deferred[int] = Deferred()
         if self._id_waiters is None:
             self._id_waiters = []
         self._id_waiters.append(waiting)
         return waiting
+
+
+def _no_id(outcome: tuple[bool, Any]) -> BaseException:
+    """Why a task finished without an id: its submission's error (or, oddly, none)."""
+    ok, value = outcome
+    return SchedulerGone("the task was never accepted") if ok else value
 
 
 class BlockingClient:
@@ -547,7 +551,7 @@ class BlockingClient:
 
     def close(self, *, wait_timeout: float | None = None) -> None:
         """Disconnect; what is still pending fails with SchedulerGone."""
-        if self._thread._stopped:
+        if self._thread.stopped:
             return
         _wait(self._thread.call(self._client.close), self._bound(wait_timeout))
 

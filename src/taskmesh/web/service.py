@@ -44,6 +44,11 @@ def endpoint_is_loopback(description: str) -> bool:
     return False  # tcp:9002 listens on every interface
 
 
+def site_token(listen: str, client_secret: bytes) -> str | None:
+    """The token a site on ``listen`` asks for: none on loopback, else one from the clients' secret."""
+    return None if endpoint_is_loopback(listen) else web_token(client_secret)
+
+
 class WebService(SiteService):
     """The dashboard, ``/metrics``, ``/health`` and ``/api/`` of one scheduler."""
 
@@ -59,7 +64,7 @@ class WebService(SiteService):
         connections: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         self.view = MeshView(core, reactor, store, connections)
-        self.token = None if endpoint_is_loopback(listen) else web_token(client_secret)
+        self.token = site_token(listen, client_secret)
         root, self.events = build_root(self.view, self.token)
         super().__init__(reactor, listen, root)
         self._loop = LoopingCall(self._tick)

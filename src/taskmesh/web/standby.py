@@ -22,8 +22,8 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from taskmesh.web.listening import SiteService
-from taskmesh.web.resources import Guard, web_token
-from taskmesh.web.service import endpoint_is_loopback
+from taskmesh.web.resources import Guard
+from taskmesh.web.service import site_token
 
 
 class StandbyHealth(Resource):
@@ -81,8 +81,7 @@ class StandbyWebService(SiteService):
     what = "standby's /health"
 
     def __init__(self, reactor: Any, listen: str, leader: Callable[[], str], client_secret: bytes) -> None:
-        token = None if endpoint_is_loopback(listen) else web_token(client_secret)
-        super().__init__(reactor, listen, standby_root(leader, token))
+        super().__init__(reactor, listen, standby_root(leader, site_token(listen, client_secret)))
 
     def listening(self, port: IListeningPort) -> None:
         self.log.info(
