@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import signal
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,10 +20,13 @@ import ops_tasks
 import pytest
 import pytest_twisted
 from conftest import TIMEOUT, Mesh, bounded
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 
 import taskmesh
+from taskmesh.testing import free_port
 
 T = TypeVar("T")
 HERE = Path(__file__).resolve().parent
@@ -44,6 +48,19 @@ def runs(mark: Path) -> int:
     return len(mark.read_text().splitlines()) if mark.exists() else 0
 
 
+def waiting(port: int) -> float | None:
+    """The worker's own count of tasks received and waiting for a slot (its /metrics), None if not up yet."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return None
+    for family in text_string_to_metric_families(text):
+        if family.name == "taskmesh_worker_process_waiting":
+            return float(family.samples[0].value)
+    return None
+
+
 async def held_by(client: taskmesh.Client, name: str, count: int) -> None:
     async def holding() -> bool:
         status = await bounded(client.status())
@@ -60,7 +77,11 @@ async def held_by(client: taskmesh.Client, name: str, count: int) -> None:
 @pytest_twisted.ensureDeferred
 async def test_sigterm_hands_back_held_tasks_and_delivers_the_running_one(mesh: Mesh, tmp_path: Path) -> None:
     scheduler = mesh.scheduler()
-    (first,) = mesh.workers("first", **OPS)  # one slot, and the scheduler's prefetch of 2
+    metrics = free_port()
+    # One slot, and the scheduler's prefetch of 2; its /metrics says what it has received.
+    (first,) = mesh.workers(
+        "first", options=(*OPS["options"], "--metrics", f"tcp:{metrics}:interface=127.0.0.1"), extra_path=HERE
+    )
     gates = {name: tmp_path / f"gate-{name}" for name in "abc"}
     marks = {name: tmp_path / f"mark-{name}" for name in "abc"}
     client = await bounded(taskmesh.Client.connect(mesh.address, reactor))
@@ -70,10 +91,17 @@ async def test_sigterm_hands_back_held_tasks_and_delivers_the_running_one(mesh: 
         b = client.submit(ops_tasks.hold, str(gates["b"]), str(marks["b"]))
         c = client.submit(ops_tasks.hold, str(gates["c"]), str(marks["c"]))
         await held_by(client, "first", 3)  # a runs, b and c are prefetched
+        # Assigned is not yet received: wait until the worker itself holds b and c.
+        await eventually(lambda: waiting(metrics) == 2, "the first worker to have received b and c")
 
         first.signal(signal.SIGTERM)
-        first.wait_for(r"shutting down: handed 2 held tasks back to the scheduler; 1 still run")
-        scheduler.wait_for(r"worker first@\S+ is shutting down: it finishes 1 running, hands back 2")
+        # (From a thread: the reactor, and the client's heartbeats, run meanwhile.)
+        await deferToThread(
+            first.wait_for, r"shutting down: handed 2 held tasks back to the scheduler; 1 still run"
+        )
+        await deferToThread(
+            scheduler.wait_for, r"worker first@\S+ is shutting down: it finishes 1 running, hands back 2"
+        )
         (second,) = mesh.workers("second", **OPS)
         # b runs on the second worker while the first still runs a.
         await eventually(lambda: runs(marks["b"]), "task b to start on the second worker")
